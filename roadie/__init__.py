@@ -1,0 +1,1 @@
+"""Roadie: infrastructure automation for the stream platform."""

@@ -1,0 +1,35 @@
+"""Fleet-wide checks over SSH: is every host reachable, verified, and who it should be."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from roadie import ssh
+from roadie.inventory import Inventory
+
+
+@dataclass
+class CheckRow:
+    """One host's answer to the fleet check."""
+
+    host: str
+    address: str
+    ok: bool
+    detail: str
+
+
+def check(inv: Inventory, pattern: str = "all") -> list[CheckRow]:
+    """Run `hostname` on every selected host in parallel; a host must answer with its own name."""
+    hosts = inv.select(pattern)
+    results = ssh.run_parallel(hosts, "hostname")
+    rows = []
+    for host in hosts:
+        result = results[host.name]
+        answered = result.stdout.strip()
+        if not result.ok:
+            rows.append(CheckRow(host.name, host.address, False, result.error or f"exit {result.exit_code}"))
+        elif answered.split(".")[0] != host.name.split(".")[0]:
+            rows.append(CheckRow(host.name, host.address, False, f"answered as {answered!r}"))
+        else:
+            rows.append(CheckRow(host.name, host.address, True, f"hostname {answered}"))
+    return rows

@@ -1,0 +1,202 @@
+"""Read the Ansible inventory: the one host list that Ansible, Fabric and the lab all share.
+
+Parsing goes through Ansible's own InventoryManager and VariableManager, so group_vars,
+host_vars, children, patterns and vault behave exactly as they do for `ansible-playbook`.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from roadie.errors import RoadieError
+from roadie.paths import INVENTORIES, ROOT
+
+# Inventory names an operator can give instead of a path.
+NAMED_INVENTORIES = ("lab", "staging", "production")
+DEFAULT_INVENTORY = "lab"
+
+_LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+
+
+@dataclass(frozen=True)
+class Host:
+    """One inventory host with what it takes to reach it over SSH."""
+
+    name: str
+    address: str
+    port: int
+    user: str
+    known_hosts: Path
+    key_file: Path | None = None
+    groups: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Inventory:
+    """Hosts and groups of one inventory, in inventory order."""
+
+    source: Path
+    hosts: dict[str, Host]
+    groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    def select(self, pattern: str | Iterable[str]) -> list[Host]:
+        """Hosts named by a host or group name, or a comma-separated list of them; unknown names fail."""
+        names = [p.strip() for p in (pattern.split(",") if isinstance(pattern, str) else pattern)]
+        if not names or any(not n for n in names):
+            raise RoadieError(f"empty host or group name in {pattern!r}")
+        chosen: list[str] = []
+        for name in names:
+            if name in self.hosts:
+                members: Iterable[str] = [name]
+            elif name in self.groups:
+                members = self.groups[name]
+                if not members:
+                    raise RoadieError(f"group {name!r} has no hosts in inventory {self.name}")
+            else:
+                groups = ", ".join(sorted(g for g in self.groups if g not in ("all", "ungrouped")))
+                raise RoadieError(f"unknown host or group {name!r} in inventory {self.name} (groups: {groups})")
+            chosen.extend(m for m in members if m not in chosen)
+        return [self.hosts[n] for n in chosen]
+
+    def group(self, name: str) -> list[Host]:
+        """Hosts of one group; an unknown or empty group fails."""
+        if name not in self.groups:
+            raise RoadieError(f"inventory {self.name} has no group {name!r}")
+        return self.select(name)
+
+
+def resolve_source(source: str | os.PathLike[str] | None = None) -> Path:
+    """Path of the inventory to use: the argument, else $ANSIBLE_INVENTORY, else the lab."""
+    raw = str(source) if source else os.environ.get("ANSIBLE_INVENTORY") or DEFAULT_INVENTORY
+    if "," in raw:
+        raise RoadieError(f"one inventory at a time, got {raw!r}")
+    if raw in NAMED_INVENTORIES:
+        path = INVENTORIES / raw
+    else:
+        path = Path(raw).expanduser()
+        if not path.is_absolute():
+            path = (Path.cwd() / path).resolve()
+    if not path.exists():
+        raise RoadieError(f"inventory {raw!r} not found (looked for {path})")
+    return path
+
+
+def _ansible_env() -> None:
+    # Roadie's ansible.cfg applies wherever the command is run from, and a broken inventory
+    # file fails loudly instead of being skipped with a warning.
+    os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
+    os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")
+    os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
+
+
+def _vault_secrets(loader) -> None:  # noqa: ANN001 - Ansible's DataLoader
+    from ansible import constants as C
+    from ansible.parsing.vault import get_file_vault_secret
+
+    files = C.DEFAULT_VAULT_PASSWORD_FILE
+    if isinstance(files, str):
+        files = [files]
+    secrets = []
+    for name in files or []:
+        path = Path(name)
+        if not path.is_absolute():
+            path = ROOT / path
+        if path.exists():
+            secret = get_file_vault_secret(filename=str(path), vault_id="default", loader=loader)
+            secret.load()
+            secrets.append(("default", secret))
+    loader.set_vault_secrets(secrets)
+
+
+def load(source: str | os.PathLike[str] | None = None) -> Inventory:
+    """Parse an inventory (a name from NAMED_INVENTORIES or a path) into hosts and groups."""
+    path = resolve_source(source)
+    _ansible_env()
+    from ansible.errors import AnsibleError
+    from ansible.inventory.manager import InventoryManager
+    from ansible.parsing.dataloader import DataLoader
+    from ansible.template import Templar
+    from ansible.vars.manager import VariableManager
+
+    loader = DataLoader()
+    try:
+        _vault_secrets(loader)
+        manager = InventoryManager(loader=loader, sources=[str(path)])
+        variables = VariableManager(loader=loader, inventory=manager)
+        hosts: dict[str, Host] = {}
+        for ahost in manager.get_hosts("all"):
+            hvars = variables.get_vars(host=ahost)
+            templar = Templar(loader=loader, variables=hvars)
+            hosts[ahost.name] = _host(path, ahost.name, hvars, templar,
+                                      tuple(sorted(g.name for g in ahost.get_groups() if g.name != "all")))
+        groups = {
+            name: tuple(h.name for h in manager.get_hosts(name)) for name in manager.groups
+        }
+    except AnsibleError as exc:
+        message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
+        raise RoadieError(f"inventory {path}: {message}") from None
+    if not hosts:
+        raise RoadieError(f"inventory {path} has no hosts")
+    _check_unique_addresses(path, hosts.values())
+    return Inventory(source=path, hosts=hosts, groups=groups)
+
+
+def _host(source: Path, name: str, hvars: dict, templar, groups: tuple[str, ...]) -> Host:  # noqa: ANN001
+    def value(key: str, default=None):  # noqa: ANN001, ANN202
+        raw = hvars.get(key, default)
+        return templar.template(raw) if isinstance(raw, str) else raw
+
+    address = str(value("ansible_host", name))
+    if not _valid_address(address):
+        raise RoadieError(f"inventory {source.name}: host {name} has a bad address {address!r}")
+    try:
+        port = int(value("ansible_port", 22))
+    except (TypeError, ValueError):
+        raise RoadieError(f"inventory {source.name}: host {name} has a bad ansible_port") from None
+    if not 0 < port < 65536:
+        raise RoadieError(f"inventory {source.name}: host {name} has a bad ansible_port {port}")
+    known_hosts = value("roadie_known_hosts_file")
+    if not known_hosts:
+        raise RoadieError(
+            f"inventory {source.name}: host {name} has no roadie_known_hosts_file; host keys are always checked"
+        )
+    key = value("ansible_ssh_private_key_file") or value("ansible_private_key_file")
+    return Host(
+        name=name,
+        address=address,
+        port=port,
+        user=str(value("ansible_user", "root")),
+        known_hosts=Path(os.path.normpath(known_hosts)),
+        key_file=Path(os.path.normpath(key)) if key else None,
+        groups=groups,
+    )
+
+
+def _valid_address(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return bool(_HOSTNAME.match(address)) and not address.replace(".", "").isdigit()
+
+
+def _check_unique_addresses(source: Path, hosts: Iterable[Host]) -> None:
+    seen: dict[tuple[str, int], str] = {}
+    for host in hosts:
+        key = (host.address, host.port)
+        if key in seen:
+            raise RoadieError(
+                f"inventory {source.name}: hosts {seen[key]} and {host.name} share the address "
+                f"{host.address}:{host.port}"
+            )
+        seen[key] = host.name

@@ -1,0 +1,124 @@
+"""SSH to inventory hosts with Fabric, host keys always verified.
+
+Fabric 3 installs paramiko's AutoAddPolicy and loads no known_hosts, so it would trust any key.
+Every Roadie connection instead loads the inventory's known_hosts and uses RejectPolicy: an
+unknown or changed host key ends the connection with one clear line.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import socket
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import paramiko
+from fabric import Config, Connection, ThreadingGroup
+from fabric.exceptions import GroupException
+from invoke.exceptions import UnexpectedExit
+
+from roadie.errors import RoadieError
+from roadie.inventory import Host
+
+CONNECT_TIMEOUT = 10
+
+
+def _fingerprint(key: paramiko.PKey) -> str:
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+class HostConnection(Connection):
+    """A Fabric connection to one inventory host that refuses unknown or changed host keys."""
+
+    def __init__(self, host: Host, connect_timeout: int = CONNECT_TIMEOUT) -> None:
+        connect_kwargs: dict = {"allow_agent": host.key_file is None, "look_for_keys": host.key_file is None}
+        if host.key_file:
+            connect_kwargs["key_filename"] = str(host.key_file)
+        # Fabric's own ssh_config loading is off: the inventory is the one source of connection settings.
+        config = Config(overrides={"load_ssh_configs": False})
+        super().__init__(host=host.address, user=host.user, port=host.port, config=config,
+                         connect_timeout=connect_timeout, connect_kwargs=connect_kwargs)
+        self.inventory_host = host
+        self.client.set_missing_host_key_policy(paramiko.RejectPolicy())
+        if not host.known_hosts.is_file():
+            raise RoadieError(f"{host.name}: known_hosts file {host.known_hosts} is missing; "
+                              "host keys are always checked (for the lab: `inv lab.up`)")
+        self.client.get_host_keys().load(str(host.known_hosts))
+
+    def open(self):  # noqa: ANN201 - Fabric's signature
+        try:
+            return super().open()
+        except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the host
+            raise RoadieError(describe_failure(self.inventory_host, exc)) from None
+
+
+def describe_failure(host: Host, exc: BaseException) -> str:
+    """One line saying why a host could not be reached or used."""
+    where = f"{host.name} ({host.address}:{host.port})"
+    if isinstance(exc, RoadieError):
+        return str(exc)
+    if isinstance(exc, paramiko.BadHostKeyException):
+        return (f"{where}: host key changed: the host offers {_fingerprint(exc.key)}, "
+                f"known_hosts has {_fingerprint(exc.expected_key)}; refusing to connect")
+    if isinstance(exc, paramiko.SSHException) and "not found in known_hosts" in str(exc):
+        return f"{where}: host key unknown (not in {host.known_hosts}); refusing to connect"
+    if isinstance(exc, paramiko.AuthenticationException):
+        return f"{where}: authentication failed for user {host.user}"
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError | ConnectionError | socket.timeout
+                  | TimeoutError | socket.gaierror):
+        return f"{where}: unreachable ({' '.join(str(exc).split()) or type(exc).__name__})"
+    if isinstance(exc, UnexpectedExit):
+        result = exc.result
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
+        return f"{host.name}: command exited {result.exited}: {detail[0]}"
+    return f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def connect(host: Host) -> HostConnection:
+    """An opened, verified connection to one host."""
+    conn = HostConnection(host)
+    conn.open()
+    return conn
+
+
+@dataclass
+class HostResult:
+    """Outcome of one command on one host."""
+
+    host: str
+    ok: bool
+    exit_code: int | None
+    stdout: str = ""
+    stderr: str = ""
+    error: str = ""
+
+
+def run_parallel(hosts: Iterable[Host], command: str, *, timeout: int | None = 120) -> dict[str, HostResult]:
+    """Run a command on every host at once (Fabric ThreadingGroup); never raises for a host's failure."""
+    hosts = list(hosts)
+    by_address: dict[tuple[str, int], Host] = {(h.address, h.port): h for h in hosts}
+    results: dict[str, HostResult] = {}
+    connections = []
+    for host in hosts:
+        try:
+            connections.append(HostConnection(host))
+        except RoadieError as exc:
+            results[host.name] = HostResult(host.name, False, None, error=str(exc))
+    if connections:
+        group = ThreadingGroup.from_connections(connections)
+        try:
+            group_result = group.run(command, hide=True, warn=True, timeout=timeout, in_stream=False)
+        except GroupException as exc:
+            group_result = exc.result
+        finally:
+            group.close()
+        for conn, outcome in group_result.items():
+            host = by_address[(conn.host, conn.port)]
+            if isinstance(outcome, BaseException):
+                results[host.name] = HostResult(host.name, False, None, error=describe_failure(host, outcome))
+            else:
+                results[host.name] = HostResult(host.name, outcome.exited == 0, outcome.exited,
+                                                outcome.stdout, outcome.stderr)
+    return {h.name: results[h.name] for h in hosts}

@@ -1,0 +1,139 @@
+"""Local tasks: the lab, tests, lint. `inv --list` shows them; logic lives in roadie/."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from invoke import Collection, Exit, task
+
+from roadie import fleet, inventory, lab
+from roadie.cli import emit_json, friendly, table
+
+VENV_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv", "bin")
+
+
+def _bin(tool: str) -> str:
+    path = os.path.join(VENV_BIN, tool)
+    return path if os.path.exists(path) else tool
+
+
+def _print_status(states: list[lab.HostState]) -> None:
+    rows = [(s.name, s.address, s.state, "up" if s.ssh else "down") for s in states]
+    print(table(["host", "address", "container", "ssh"], rows))
+
+
+def _fleet_check(pattern: str = "all") -> None:
+    rows = fleet.check(inventory.load("lab"), pattern)
+    print(table(["host", "address", "ok", "detail"], [(r.host, r.address, "yes" if r.ok else "NO", r.detail)
+                                                      for r in rows]))
+    failed = [r.host for r in rows if not r.ok]
+    if failed:
+        raise Exit(f"error: fleet check failed on {', '.join(failed)}", code=1)
+
+
+# ------------------------------------------------------------------ lab
+
+@task(help={"stream_hosts": f"Number of stream hosts, {lab.DEFAULT_STREAM_HOSTS}..{lab.MAX_STREAM_HOSTS} "
+                            f"(default {lab.DEFAULT_STREAM_HOSTS})."})
+@friendly
+def lab_up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
+    """Bring up the lab hosts (installs Docker and builds the base image when needed)."""
+    _print_status(lab.up(int(stream_hosts)))
+
+
+@task
+@friendly
+def lab_down(c):
+    """Remove the lab's hosts and network (the image and the lab key stay)."""
+    lab.down()
+
+
+@task(help={"json": "Print JSON instead of a table."})
+@friendly
+def lab_status(c, json=False):
+    """Show every lab host: address, container state, sshd."""
+    states = lab.status()
+    if json:
+        emit_json([s.as_dict() for s in states])
+    else:
+        _print_status(states)
+    if not all(s.ssh for s in states):
+        raise Exit(code=1)
+
+
+@task(help={"host": "Lab host to log in to (e.g. stream1)."})
+@friendly
+def lab_ssh(c, host):
+    """Open an SSH session on a lab host, host key checked."""
+    argv = lab.ssh_argv(host)
+    sys.stdout.flush()
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built by roadie.lab
+
+
+@task(help={"pattern": "Host or group to check (default: all)."})
+@friendly
+def lab_check(c, pattern="all"):
+    """Check every lab host over SSH: reachable, verified key, answers with its own name."""
+    _fleet_check(pattern)
+
+
+# ------------------------------------------------------------------ main job
+
+@task(help={"stream_hosts": "Number of stream hosts (default 3)."})
+@friendly
+def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
+    """Bring up the lab and run the main job against it: a fleet check over SSH."""
+    _print_status(lab.up(int(stream_hosts)))
+    c.run(f"{_bin('ansible')} all -m ansible.builtin.ping", pty=False)
+    _fleet_check()
+
+
+# ------------------------------------------------------------------ quality
+
+@task
+def lint(c):
+    """Run ruff, yamllint and ansible-lint (production profile)."""
+    c.run(f"{_bin('ruff')} check .")
+    c.run(f"{_bin('yamllint')} --strict .")
+    c.run(f"{_bin('ansible-lint')} --profile production")
+
+
+@task(help={"lab": "Also bring up the lab and run the lab tests (default: yes).",
+            "down": "Remove the lab when the tests are done.",
+            "k": "Only tests matching this pytest -k expression."})
+def test(c, lab=True, down=False, k=None):
+    """Run the whole test suite: lint, unit tests, then the lab tests against real hosts."""
+    lint(c)
+    select = f" -k {k!r}" if k else ""
+    c.run(f"{_bin('pytest')} tests/unit -q{select}")
+    if lab:
+        try:
+            lab_up(c)
+            c.run(f"{_bin('pytest')} tests/lab -m lab -q{select}")
+        finally:
+            if down:
+                lab_down(c)
+
+
+@task
+def unit(c):
+    """Run the unit tests only (no hosts)."""
+    c.run(f"{_bin('pytest')} tests/unit -q")
+
+
+@task(help={"which": "Benchmark to run: lab (default)."})
+def bench(c, which="lab"):
+    """Run a benchmark from bench/ and print its figures."""
+    c.run(f"{_bin('python')} bench/{which}.py")
+
+
+lab_ns = Collection("lab")
+lab_ns.add_task(lab_up, "up", default=False)
+lab_ns.add_task(lab_down, "down")
+lab_ns.add_task(lab_status, "status")
+lab_ns.add_task(lab_ssh, "ssh")
+lab_ns.add_task(lab_check, "check")
+
+ns = Collection(up, lint, test, unit, bench)
+ns.add_collection(lab_ns)
