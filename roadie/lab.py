@@ -239,10 +239,14 @@ def image_packages() -> list[str]:
     return [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
+IMAGE_ALIAS = f"{IMAGE_REPO}:base"  # what molecule scenarios use: always the current recipe's image
+
+
 def ensure_image(log: Log = _say, rebuild: bool = False) -> str:
     """Build the base image from debootstrap unless the current recipe's image exists."""
     tag = image_tag()
     if not rebuild and docker("image", "inspect", tag, check=False).returncode == 0:
+        docker("tag", tag, IMAGE_ALIAS)
         return tag
     if os.geteuid() != 0:
         raise RoadieError("building the lab image needs root (debootstrap)")
@@ -271,6 +275,7 @@ def ensure_image(log: Log = _say, rebuild: bool = False) -> str:
               "-f", str(LAB_IMAGE_RECIPE / "Dockerfile"), str(LAB_IMAGE_RECIPE)],
              timeout=300, env={**os.environ, "DOCKER_BUILDKIT": "0"})
         docker("rmi", rootfs_tag, check=False)
+        docker("tag", tag, IMAGE_ALIAS)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     log(f"built {tag} in {time.monotonic() - started:.0f} s")
