@@ -10,7 +10,10 @@ from invoke import Collection, Exit, task
 from roadie import fleet, inventory, lab
 from roadie.cli import emit_json, friendly, table
 
-VENV_BIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), ".venv", "bin")
+ROOT = os.path.dirname(os.path.abspath(__file__))
+VENV_BIN = os.path.join(ROOT, ".venv", "bin")
+# Tools started from tasks (molecule, ansible-lint) find the venv's ansible first.
+os.environ["PATH"] = VENV_BIN + os.pathsep + os.environ.get("PATH", "")
 
 
 def _bin(tool: str) -> str:
@@ -71,6 +74,15 @@ def lab_ssh(c, host):
     os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built by roadie.lab
 
 
+@task(help={"rebuild": "Rebuild even when the current recipe's image exists."})
+@friendly
+def lab_image(c, rebuild=False):
+    """Build the lab base image (debootstrap) unless the current recipe's image exists."""
+    lab.ensure_tools()
+    lab.ensure_docker()
+    print(lab.ensure_image(rebuild=rebuild))
+
+
 @task(help={"pattern": "Host or group to check (default: all)."})
 @friendly
 def lab_check(c, pattern="all"):
@@ -116,6 +128,36 @@ def test(c, lab=True, down=False, k=None):
                 lab_down(c)
 
 
+def _molecule_scenarios(role=None, scenario=None) -> list[tuple[str, str]]:
+    found = []
+    roles_dir = os.path.join(ROOT, "roles")
+    for name in sorted(os.listdir(roles_dir)):
+        mdir = os.path.join(roles_dir, name, "molecule")
+        if (role and name != role) or not os.path.isdir(mdir):
+            continue
+        for scen in sorted(os.listdir(mdir)):
+            if os.path.isfile(os.path.join(mdir, scen, "molecule.yml")) and (not scenario or scen == scenario):
+                found.append((name, scen))
+    return found
+
+
+@task(help={"role": "Only this role (default: every role with a molecule scenario).",
+            "scenario": "Only this scenario (default: all of the role's scenarios)."})
+@friendly
+def molecule(c, role=None, scenario=None):
+    """Run molecule test (create, converge, idempotence, verify, destroy) for the roles."""
+    scenarios = _molecule_scenarios(role, scenario)
+    if not scenarios:
+        raise Exit(f"error: no molecule scenario for role={role!r} scenario={scenario!r}", code=1)
+    lab.ensure_tools()
+    lab.ensure_docker()
+    lab.ensure_image()
+    for name, scen in scenarios:
+        print(f"molecule: {name}/{scen}", flush=True)
+        with c.cd(os.path.join(ROOT, "roles", name)):
+            c.run(f"molecule test -s {scen}")
+
+
 @task
 def unit(c):
     """Run the unit tests only (no hosts)."""
@@ -134,6 +176,7 @@ lab_ns.add_task(lab_down, "down")
 lab_ns.add_task(lab_status, "status")
 lab_ns.add_task(lab_ssh, "ssh")
 lab_ns.add_task(lab_check, "check")
+lab_ns.add_task(lab_image, "image")
 
-ns = Collection(up, lint, test, unit, bench)
+ns = Collection(up, lint, test, unit, molecule, bench)
 ns.add_collection(lab_ns)
