@@ -6,9 +6,12 @@ host_vars, children, patterns and vault behave exactly as they do for `ansible-p
 
 from __future__ import annotations
 
+import contextlib
+import io
 import ipaddress
 import os
 import re
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,9 +132,12 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
     from ansible.vars.manager import VariableManager
 
     loader = DataLoader()
+    warnings = io.StringIO()
     try:
         _vault_secrets(loader)
-        manager = InventoryManager(loader=loader, sources=[str(path)])
+        # Ansible explains a parse failure in many warning lines; keep them for the one-line error.
+        with contextlib.redirect_stderr(warnings):
+            manager = InventoryManager(loader=loader, sources=[str(path)])
         variables = VariableManager(loader=loader, inventory=manager)
         hosts: dict[str, Host] = {}
         for ahost in manager.get_hosts("all"):
@@ -144,11 +150,24 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
         }
     except AnsibleError as exc:
         message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
-        raise RoadieError(f"inventory {path}: {message}") from None
+        cause = _first_cause(warnings.getvalue())
+        raise RoadieError(f"inventory {path}: {message}" + (f" ({cause})" if cause else "")) from None
+    finally:
+        sys.stderr.write("".join(ln for ln in warnings.getvalue().splitlines(True) if "[DEPRECATION" in ln))
     if not hosts:
         raise RoadieError(f"inventory {path} has no hosts")
     _check_unique_addresses(path, hosts.values())
     return Inventory(source=path, hosts=hosts, groups=groups)
+
+
+def _first_cause(text: str) -> str:
+    """The most useful line of Ansible's parse warnings: the YAML error and where it is."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for i, line in enumerate(lines):
+        if line.startswith("YAML parsing failed"):
+            origin = next((ln for ln in lines[i + 1:i + 3] if ln.startswith("Origin: /")), "")
+            return line + (f" at {origin.removeprefix('Origin: ')}" if origin else "")
+    return ""
 
 
 def _host(source: Path, name: str, hvars: dict, templar, groups: tuple[str, ...]) -> Host:  # noqa: ANN001

@@ -26,6 +26,7 @@ from pathlib import Path
 import yaml
 
 from roadie import inventory as inventory_mod
+from roadie import vault
 from roadie.errors import RoadieError
 from roadie.paths import LAB_IMAGE_RECIPE, LAB_INVENTORY, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SSH_DIR, LAB_STATE
 
@@ -401,6 +402,9 @@ def up(stream_hosts: int = DEFAULT_STREAM_HOSTS, log: Log = _say) -> list[HostSt
         ensure_tools(log)
         ensure_docker(log)
         image = ensure_image(log)
+        added = vault.ensure_lab_vault()
+        if added:
+            log(f"generated {len(added)} lab secrets in {vault.LAB_VAULT_FILE.name} (encrypted)")
         write_extra_stream_inventory(stream_hosts)
         inv = inventory_mod.load(LAB_INVENTORY)
         check_lab_inventory(inv)
