@@ -7,7 +7,7 @@ import sys
 
 from invoke import Collection, Exit, task
 
-from roadie import fleet, inventory, lab
+from roadie import fleet, inventory, lab, provision
 from roadie.cli import emit_json, friendly, table
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -90,14 +90,39 @@ def lab_check(c, pattern="all"):
     _fleet_check(pattern)
 
 
+# ------------------------------------------------------------------ provisioning
+
+def _provision(playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None):
+    result = provision.run(playbook, inventory_, check=check, diff=diff, limit=limit, tags=tags)
+    if not result.ok:
+        failed = [h for h, c in result.recap.items() if c.get("failed") or c.get("unreachable")]
+        where = f" on {', '.join(failed)}" if failed else ""
+        raise Exit(f"error: playbook {result.playbook} failed{where} (exit {result.returncode})", code=1)
+    print(f"provision: {result.playbook} done in {result.duration_s:.0f} s; changed: "
+          f"{sum(c.get('changed', 0) for c in result.recap.values())} tasks on {len(result.changed_hosts())} hosts")
+    return result
+
+
+@task(help={"playbook": "Playbook name from playbooks/ (default: site).",
+            "inventory": "Inventory: lab, staging, production or a path (default: $ANSIBLE_INVENTORY, else lab).",
+            "check": "Dry run (ansible-playbook --check); change nothing.",
+            "diff": "Show file differences.",
+            "limit": "Only this host or group.",
+            "tags": "Only these tags (comma-separated)."})
+@friendly
+def provision_(c, playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None):
+    """Provision hosts with a playbook (default site.yml), validated before it starts."""
+    _provision(playbook, inventory_, check, diff, limit, tags)
+
+
 # ------------------------------------------------------------------ main job
 
 @task(help={"stream_hosts": "Number of stream hosts (default 3)."})
 @friendly
 def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
-    """Bring up the lab and run the main job against it: a fleet check over SSH."""
+    """Bring up the lab and run the main job against it: provision every tier, then check the fleet."""
     _print_status(lab.up(int(stream_hosts)))
-    c.run(f"{_bin('ansible')} all -m ansible.builtin.ping", pty=False)
+    _provision("site")
     _fleet_check()
 
 
@@ -112,13 +137,16 @@ def lint(c):
 
 
 @task(help={"lab": "Also bring up the lab and run the lab tests (default: yes).",
+            "molecule": "Also run every role's molecule scenarios (default: yes).",
             "down": "Remove the lab when the tests are done.",
             "k": "Only tests matching this pytest -k expression."})
-def test(c, lab=True, down=False, k=None):
-    """Run the whole test suite: lint, unit tests, then the lab tests against real hosts."""
+def test(c, lab=True, molecule=True, down=False, k=None):
+    """Run the whole test suite: lint, unit tests, molecule, then the lab tests against real hosts."""
     lint(c)
     select = f" -k {k!r}" if k else ""
-    c.run(f"{_bin('pytest')} tests/unit -q{select}")
+    c.run(f"{_bin('pytest')} tests/unit tests/service -q{select}")
+    if molecule:
+        molecule_(c)
     if lab:
         try:
             lab_up(c)
@@ -144,7 +172,7 @@ def _molecule_scenarios(role=None, scenario=None) -> list[tuple[str, str]]:
 @task(help={"role": "Only this role (default: every role with a molecule scenario).",
             "scenario": "Only this scenario (default: all of the role's scenarios)."})
 @friendly
-def molecule(c, role=None, scenario=None):
+def molecule_(c, role=None, scenario=None):
     """Run molecule test (create, converge, idempotence, verify, destroy) for the roles."""
     scenarios = _molecule_scenarios(role, scenario)
     if not scenarios:
@@ -178,5 +206,7 @@ lab_ns.add_task(lab_ssh, "ssh")
 lab_ns.add_task(lab_check, "check")
 lab_ns.add_task(lab_image, "image")
 
-ns = Collection(up, lint, test, unit, molecule, bench)
+ns = Collection(up, lint, test, unit, bench)
+ns.add_task(molecule_, "molecule")
+ns.add_task(provision_, "provision")
 ns.add_collection(lab_ns)

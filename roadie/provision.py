@@ -1,0 +1,132 @@
+"""Provision hosts: run a playbook from playbooks/ against an inventory, checked before it starts.
+
+Bad input (unknown playbook, inventory, limit or tag, missing vault) fails with one line before
+ansible-playbook touches any host.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from roadie import inventory as inventory_mod
+from roadie import vault
+from roadie.errors import RoadieError
+from roadie.paths import LAB_INVENTORY, ROOT
+
+PLAYBOOKS = ROOT / "playbooks"
+_RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
+_TAG = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+@dataclass
+class PlaybookRun:
+    """Outcome of one ansible-playbook run: exit status, per-host recap, duration."""
+
+    playbook: str
+    returncode: int
+    duration_s: float
+    recap: dict[str, dict[str, int]] = field(default_factory=dict)
+    output: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0
+
+    def changed_hosts(self) -> dict[str, int]:
+        return {h: c["changed"] for h, c in self.recap.items() if c.get("changed")}
+
+
+def playbook_path(name: str) -> Path:
+    """playbooks/<name>.yml for a bare name; anything else must be an existing playbook there."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]+(\.ya?ml)?", name):
+        raise RoadieError(f"playbook must be a name from {PLAYBOOKS.name}/, got {name!r}")
+    path = PLAYBOOKS / (name if name.endswith((".yml", ".yaml")) else f"{name}.yml")
+    if not path.is_file():
+        known = ", ".join(sorted(p.stem for p in PLAYBOOKS.glob("*.yml")))
+        raise RoadieError(f"no playbook {name!r} (known: {known})")
+    return path
+
+
+def parse_recap(output: str) -> dict[str, dict[str, int]]:
+    """Per-host counts from the PLAY RECAP block of ansible-playbook's output."""
+    recap: dict[str, dict[str, int]] = {}
+    in_recap = False
+    for line in output.splitlines():
+        if line.startswith("PLAY RECAP"):
+            in_recap = True
+            continue
+        match = _RECAP.match(line.strip()) if in_recap else None
+        if match:
+            counts = dict(pair.split("=") for pair in match["counts"].split())
+            recap[match["host"]] = {k: int(v) for k, v in counts.items()}
+    return recap
+
+
+def command(playbook: Path, inv: inventory_mod.Inventory, *, check: bool = False, diff: bool = False,
+            limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+    """The ansible-playbook command line (validated arguments only)."""
+    argv = [_ansible_playbook(), "-i", str(inv.source), str(playbook)]
+    if check:
+        argv.append("--check")
+    if diff:
+        argv.append("--diff")
+    if limit:
+        inv.select(limit)  # an unknown host or group fails here, before any host is touched
+        argv += ["--limit", limit]
+    if tags:
+        bad = [t for t in tags.split(",") if not _TAG.match(t)]
+        if bad:
+            raise RoadieError(f"bad tag {bad[0]!r}: tags are letters, digits and underscores")
+        argv += ["--tags", tags]
+    return argv + list(extra_args)
+
+
+def _ansible_playbook() -> str:
+    local = ROOT / ".venv" / "bin" / "ansible-playbook"
+    return str(local) if local.exists() else "ansible-playbook"
+
+
+def check_secrets(inv: inventory_mod.Inventory) -> None:
+    """The inventory's vault must exist and open before a run: fail with one line otherwise."""
+    vault_file = inv.source / "group_vars" / "all" / "vault.yml"
+    if inv.source.resolve() == LAB_INVENTORY.resolve():
+        if not vault_file.exists() or not vault.LAB_VAULT_PASSWORD_FILE.exists():
+            raise RoadieError("the lab's secrets are missing; run `inv lab.up` first")
+        vault.read(vault_file, vault.LAB_VAULT_PASSWORD_FILE)
+        return
+    if not vault_file.exists():
+        raise RoadieError(f"{vault_file} is missing: copy vault.yml.example, fill it and encrypt it")
+    password_file = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+    if not password_file:
+        raise RoadieError(f"set ANSIBLE_VAULT_PASSWORD_FILE to the {inv.name} vault password file")
+    vault.read(vault_file, Path(password_file).expanduser())
+
+
+def run(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
+        limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
+        echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
+    """Run a playbook, streaming its output; returns the recap. Validates everything first."""
+    path = playbook_path(name)
+    inv = inventory_mod.load(inventory)
+    check_secrets(inv)
+    argv = command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
+    run_env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_FORCE_COLOR": "0",
+               **(env or {})}
+    started = time.monotonic()
+    lines: list[str] = []
+    with subprocess.Popen(argv, cwd=ROOT, env=run_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, bufsize=1) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.append(line)
+            if echo:
+                sys.stdout.write(line)
+                sys.stdout.flush()
+    output = "".join(lines)
+    return PlaybookRun(path.stem, proc.returncode, time.monotonic() - started, parse_recap(output), output)
