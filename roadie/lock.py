@@ -1,0 +1,171 @@
+"""The deploy lock: one holder at a time across every operator and CI, on a host the inventory names.
+
+The lock is a JSON file on the lock host, read and changed only under flock(2) by a small Python
+script run there, so acquiring, renewing, releasing and breaking are atomic. Each holder gets a
+random token; only that token releases or renews it. A lock past its TTL is expired and the next
+taker records that it took over; `--force` breaks a live one and the audit log says who did.
+"""
+
+from __future__ import annotations
+
+import getpass
+import json
+import os
+import secrets
+import shlex
+import socket
+import time
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+from roadie.errors import RoadieError
+
+DEFAULT_TTL = 30 * 60
+STATE_DIR = "/var/lib/roadie"
+
+# Runs on the lock host with python3 (every managed host has it). argv: op state_dir payload-json.
+_REMOTE = r'''
+import fcntl, json, os, sys, time
+op, state_dir, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+os.makedirs(state_dir, exist_ok=True)
+path = os.path.join(state_dir, "deploy.lock.json")
+with open(os.path.join(state_dir, "deploy.lock.guard"), "a") as guard:
+    fcntl.flock(guard, fcntl.LOCK_EX)
+    try:
+        with open(path) as f:
+            held = json.load(f)
+    except FileNotFoundError:
+        held = None
+    now = time.time()
+    live = held is not None and held.get("expires_at", 0) > now
+    out = {"now": now, "held": held, "done": False}
+    def write(info):
+        tmp = path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    if op == "acquire":
+        if not live or payload.get("force"):
+            info = dict(payload["info"], acquired_at=now, expires_at=now + payload["ttl"])
+            write(info)
+            out.update(done=True, info=info, replaced=held)
+    elif op in ("release", "renew"):
+        if held is not None and (held.get("token") == payload.get("token") or payload.get("force")):
+            if op == "release":
+                os.unlink(path)
+            else:
+                held["expires_at"] = now + payload["ttl"]
+                write(held)
+            out["done"] = True
+    print(json.dumps(out))
+'''
+
+
+class Runner(Protocol):
+    """Anything that runs a command on the lock host (a Fabric connection)."""
+
+    def run(self, command: str, **kwargs): ...  # noqa: ANN201, ANN003
+
+
+@dataclass
+class LockInfo:
+    """Who holds the deploy lock, for what, and until when."""
+
+    owner: str
+    operation: str
+    release: str
+    message: str
+    token: str = ""
+    acquired_at: float = 0.0
+    expires_at: float = 0.0
+
+    def describe(self, now: float | None = None) -> str:
+        now = time.time() if now is None else now
+        age = max(0, int(now - self.acquired_at))
+        left = int(self.expires_at - now)
+        state = f"expires in {left} s" if left > 0 else f"expired {-left} s ago"
+        what = f"{self.operation} {self.release}".strip()
+        return f"held by {self.owner} for {what} since {age} s ago ({state}): {self.message or 'no message'}"
+
+
+def who() -> str:
+    """user@host of the operator or CI job taking the lock."""
+    user = os.environ.get("ROADIE_OPERATOR") or getpass.getuser()
+    return f"{user}@{socket.gethostname()}"
+
+
+def _call(conn: Runner, op: str, state_dir: str, payload: dict) -> dict:
+    command = " ".join(["python3", "-c", shlex.quote(_REMOTE), op, shlex.quote(state_dir),
+                        shlex.quote(json.dumps(payload))])
+    result = conn.run(command, hide=True, warn=True, in_stream=False)
+    if result.exited != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RoadieError(f"deploy lock on {_name(conn)}: {op} failed: {detail}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def _name(conn: Runner) -> str:
+    host = getattr(conn, "inventory_host", None)
+    return host.name if host else getattr(conn, "host", "lock host")
+
+
+def _info(data: dict | None) -> LockInfo | None:
+    if not data:
+        return None
+    fields = LockInfo.__dataclass_fields__
+    return LockInfo(**{k: v for k, v in data.items() if k in fields})
+
+
+@dataclass
+class Lock:
+    """A held deploy lock; release it when done (it is also a context manager)."""
+
+    conn: Runner
+    info: LockInfo
+    state_dir: str = STATE_DIR
+    replaced: LockInfo | None = None   # an expired or forced lock this one took over
+
+    def renew(self, ttl: int = DEFAULT_TTL) -> None:
+        out = _call(self.conn, "renew", self.state_dir, {"token": self.info.token, "ttl": ttl})
+        if not out["done"]:
+            holder = _info(out["held"])
+            raise RoadieError("lost the deploy lock: " + (holder.describe(out["now"]) if holder else "it is gone"))
+
+    def release(self) -> None:
+        _call(self.conn, "release", self.state_dir, {"token": self.info.token})
+
+    def __enter__(self) -> Lock:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def acquire(conn: Runner, operation: str, release: str = "", message: str = "", *, ttl: int = DEFAULT_TTL,
+            force: bool = False, state_dir: str = STATE_DIR, owner: str | None = None) -> Lock:
+    """Take the deploy lock or fail with one line saying who holds it."""
+    if ttl <= 0:
+        raise RoadieError(f"lock TTL must be positive, got {ttl}")
+    info = LockInfo(owner=owner or who(), operation=operation, release=release, message=message,
+                    token=secrets.token_hex(16))
+    out = _call(conn, "acquire", state_dir, {"info": asdict(info), "ttl": ttl, "force": force})
+    if not out["done"]:
+        holder = _info(out["held"])
+        raise RoadieError(f"deploy lock on {_name(conn)} is " + holder.describe(out["now"]))
+    return Lock(conn, _info(out["info"]), state_dir, _info(out.get("replaced")))
+
+
+def status(conn: Runner, state_dir: str = STATE_DIR) -> tuple[LockInfo | None, float]:
+    """The current holder (None when free) and the lock host's clock."""
+    out = _call(conn, "status", state_dir, {})
+    return _info(out["held"]), out["now"]
+
+
+def force_release(conn: Runner, state_dir: str = STATE_DIR) -> LockInfo | None:
+    """Break the lock whoever holds it; returns who held it."""
+    holder, _ = status(conn, state_dir)
+    if holder is not None:
+        _call(conn, "release", state_dir, {"force": True})
+    return holder
