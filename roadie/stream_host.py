@@ -1,0 +1,215 @@
+"""What Roadie does on one stream host over SSH: stage a release, switch `current`, restart, health-check.
+
+Layout (DESIGN.md): /srv/stream/releases/<id>/ (app, venv, manifest.json), /srv/stream/shared/,
+/srv/stream/current -> releases/<id>, switched atomically (a temporary link renamed over it).
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass, field
+from pathlib import PurePosixPath
+
+from roadie.errors import RoadieError
+
+BASE = PurePosixPath("/srv/stream")
+RELEASES = BASE / "releases"
+CURRENT = BASE / "current"
+PREVIOUS = BASE / "previous"
+ENV_FILE = BASE / "shared" / "stream.env"
+SERVICE = "stream.service"
+COMPLETE_MARK = ".roadie-complete"
+HEALTH_URL = "http://127.0.0.1/healthz"   # through nginx, as the balancer sees the host
+
+
+def _q(value: object) -> str:
+    return shlex.quote(str(value))
+
+
+def _run(conn, command: str, *, what: str, timeout: int | None = 300):  # noqa: ANN001, ANN202
+    result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
+    if result.exited != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise RoadieError(f"{host_name(conn)}: {what} failed: {detail[0]}")
+    return result
+
+
+def host_name(conn) -> str:  # noqa: ANN001
+    host = getattr(conn, "inventory_host", None)
+    return host.name if host else str(getattr(conn, "host", "host"))
+
+
+@dataclass
+class Releases:
+    """The releases present on one host."""
+
+    host: str
+    current: str | None
+    previous: str | None
+    kept: list[str] = field(default_factory=list)   # complete releases, oldest first
+
+    def as_dict(self) -> dict:
+        return {"host": self.host, "current": self.current, "previous": self.previous, "kept": self.kept}
+
+
+_LIST = r'''
+import json, os, sys
+base = sys.argv[1]
+rel = os.path.join(base, "releases")
+def target(name):
+    try:
+        return os.path.basename(os.readlink(os.path.join(base, name)))
+    except OSError:
+        return None
+kept = []
+if os.path.isdir(rel):
+    for entry in os.listdir(rel):
+        path = os.path.join(rel, entry)
+        if os.path.isfile(os.path.join(path, ".roadie-complete")):
+            kept.append((os.stat(os.path.join(path, ".roadie-complete")).st_mtime, entry))
+print(json.dumps({"current": target("current"), "previous": target("previous"),
+                  "kept": [e for _, e in sorted(kept)]}))
+'''
+
+
+def releases(conn) -> Releases:  # noqa: ANN001
+    """current, previous and the complete releases kept on the host."""
+    out = _run(conn, f"python3 -c {_q(_LIST)} {_q(BASE)}", what="listing releases", timeout=60)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
+
+
+def stage(conn, artifact_path: str, release_id: str, payload_sha256: str) -> bool:  # noqa: ANN001
+    """Upload-side done: check, unpack and build the release's venv offline. False if already staged."""
+    target = RELEASES / release_id
+    check = conn.run(f"test -f {_q(target / COMPLETE_MARK)}", hide=True, warn=True, in_stream=False)
+    if check.exited == 0:
+        conn.run(f"rm -f {_q(artifact_path)}", hide=True, warn=True, in_stream=False)
+        return False
+    work = RELEASES / f".{release_id}.staging"
+    script = f"""
+set -eu
+art={_q(artifact_path)}; work={_q(work)}; target={_q(target)}
+rm -rf "$work" && mkdir -p "$work"
+tar -xzf "$art" -C "$work" manifest.json payload.tar.gz
+sum=$(sha256sum "$work/payload.tar.gz" | cut -d' ' -f1)
+if [ "$sum" != {_q(payload_sha256)} ]; then
+  echo "payload checksum mismatch: got $sum" >&2; rm -rf "$work" "$art"; exit 3
+fi
+tar -xzf "$work/payload.tar.gz" -C "$work" --no-same-owner
+rm -f "$work/payload.tar.gz" "$art"
+python3 -m venv "$work/venv"
+"$work/venv/bin/pip" install --quiet --no-index --disable-pip-version-check \
+  --find-links "$work/wheels" -r "$work/requirements.txt"
+rm -rf "$target" && mv "$work" "$target"
+touch "$target/{COMPLETE_MARK}"
+"""
+    _run(conn, f"sh -c {_q(script)}", what=f"staging {release_id}", timeout=600)
+    return True
+
+
+def switch(conn, release_id: str) -> str | None:  # noqa: ANN001
+    """Point `current` at a staged release atomically; `previous` keeps the one it replaced."""
+    script = f"""
+set -eu
+cd {_q(BASE)}
+test -f releases/{_q(release_id)}/{COMPLETE_MARK} || {{ echo "release {release_id} is not staged" >&2; exit 3; }}
+old=$(readlink current 2>/dev/null || true)
+ln -sfn releases/{_q(release_id)} .current.tmp && mv -T .current.tmp current
+if [ -n "$old" ] && [ "$old" != releases/{_q(release_id)} ]; then
+  ln -sfn "$old" .previous.tmp && mv -T .previous.tmp previous
+fi
+echo "${{old#releases/}}"
+"""
+    out = _run(conn, f"sh -c {_q(script)}", what=f"switching to {release_id}", timeout=60)
+    old = out.stdout.strip()
+    return old or None
+
+
+def restart(conn) -> None:  # noqa: ANN001
+    """Restart the stream service (graceful stop, then start)."""
+    _run(conn, f"sudo -n systemctl restart {SERVICE}", what="restarting the stream service", timeout=120)
+
+
+_HEALTH = r'''
+import json, sys, urllib.request
+try:
+    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
+        print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"{}")}))
+except urllib.error.HTTPError as e:
+    try:
+        body = json.loads(e.read() or b"{}")
+    except ValueError:
+        body = {}
+    print(json.dumps({"status": e.code, "body": body}))
+except Exception as e:
+    print(json.dumps({"status": 0, "error": type(e).__name__ + ": " + str(e)}))
+'''
+
+
+@dataclass
+class Health:
+    """One /healthz answer."""
+
+    status: int
+    release: str | None
+    database: str | None
+    cache: str | None
+    error: str = ""
+
+    def ok_for(self, release_id: str) -> bool:
+        return (self.status == 200 and self.release == release_id and self.database == "ok"
+                and self.cache == "ok")
+
+    def describe(self) -> str:
+        if self.error:
+            return self.error
+        return f"HTTP {self.status}, release {self.release}, database {self.database}, cache {self.cache}"
+
+
+def health(conn, url: str = HEALTH_URL) -> Health:  # noqa: ANN001
+    out = _run(conn, f"python3 -c {_q(_HEALTH)} {_q(url)}", what="health check", timeout=30)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    body = data.get("body") or {}
+    return Health(data.get("status", 0), body.get("release"), body.get("database"), body.get("cache"),
+                  data.get("error", ""))
+
+
+def health_gate(conn, release_id: str, *, passes: int = 3, interval: float = 0.5,  # noqa: ANN001
+                timeout: float = 60) -> Health:
+    """`passes` healthy answers in a row reporting `release_id`, within `timeout`; else RoadieError."""
+    deadline = time.monotonic() + timeout
+    streak = 0
+    last = None
+    while time.monotonic() < deadline:
+        last = health(conn)
+        streak = streak + 1 if last.ok_for(release_id) else 0
+        if streak >= passes:
+            return last
+        time.sleep(interval)
+    raise RoadieError(f"{host_name(conn)}: health gate failed after {timeout:.0f} s: "
+                      f"{last.describe() if last else 'no answer'} (want release {release_id}, db and cache ok)")
+
+
+def migrate(conn, release_id: str) -> str:  # noqa: ANN001
+    """Run the release's migrations once, as the service user with the service's environment."""
+    python = RELEASES / release_id / "venv" / "bin" / "python"
+    cmd = (f"sudo -n systemd-run --quiet --wait --pipe --collect --unit=stream-migrate-{int(time.time())} "
+           f"-p User=stream -p EnvironmentFile={_q(ENV_FILE)} -p WorkingDirectory={_q(RELEASES / release_id)} "
+           f"{_q(python)} -m streamsvc migrate")
+    return _run(conn, cmd, what=f"migrations of {release_id}", timeout=300).stdout
+
+
+def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
+    """Remove complete releases beyond the newest `keep`, never current or previous."""
+    state = releases(conn)
+    protected = {state.current, state.previous}
+    removable = [r for r in state.kept if r not in protected]
+    surplus = max(0, len(state.kept) - keep)
+    doomed = removable[:surplus]
+    if doomed:
+        paths = " ".join(_q(RELEASES / r) for r in doomed)
+        _run(conn, f"rm -rf {paths}", what="pruning old releases", timeout=120)
+    return doomed
