@@ -293,3 +293,64 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
     report(f"deployed {manifest.release_id} to {len(outcome.done_hosts)} hosts in {outcome.duration_s:.1f} s",
            event="done")
     return outcome
+
+
+def host_releases(fleet: Fleet) -> list[stream_host.Releases]:
+    """current, previous and kept releases on every stream host (unreachable hosts fail the call)."""
+    def one(host: Host) -> stream_host.Releases:
+        conn = ssh.connect(host)
+        try:
+            return stream_host.releases(conn)
+        finally:
+            conn.close()
+
+    return _parallel(one, fleet.stream)
+
+
+def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = None,
+             dry_run: bool = False) -> Outcome:
+    """Roll the fleet back to `to` (default: the previous release), rolling, with the same gates."""
+    work = Rollout(fleet, options, report)
+    work.connect()
+    try:
+        states = {h: stream_host.releases(c) for h, c in work.conns.items()}
+        if to is None:
+            previous = {s.previous for s in states.values()}
+            if len(previous) != 1 or None in previous:
+                raise RoadieError("hosts disagree on or lack a previous release "
+                                  f"({', '.join(f'{h}={s.previous}' for h, s in states.items())}); name one with --to")
+            to = previous.pop()
+        lacking = [h for h, s in states.items() if to not in s.kept]
+        if lacking:
+            raise RoadieError(f"release {to} is not on {', '.join(lacking)}; `fab releases` lists what is kept")
+        todo = [h.name for h in fleet.stream if states[h.name].current != to]
+        if not todo:
+            report(f"every host already runs {to}; nothing to do", event="done")
+            return Outcome(release=to, ok=True)
+        plan = rollout.plan(to, todo, options.batch, canary=False,
+                            min_serving=min(options.min_serving, len(fleet.stream) - 1))
+        for line in plan.describe():
+            report(line.strip(), event="plan")
+        outcome = Outcome(release=to, ok=False)
+        if dry_run:
+            report("dry run: nothing changed", event="dry_run")
+            outcome.ok = True
+            return outcome
+        started = time.monotonic()
+        with lock.acquire(work.lb_conn, "rollback", to, options.message, ttl=options.lock_ttl):
+            try:
+                work.run(plan, outcome)
+                outcome.ok = True
+            except RoadieError as exc:
+                outcome.error = outcome.error or str(exc)
+            finally:
+                outcome.duration_s = time.monotonic() - started
+                audit.record(work.lb_conn, audit.event(
+                    "rollback", result="ok" if outcome.ok else "failed", release=to, hosts=todo,
+                    duration_s=outcome.duration_s, done=outcome.done_hosts, error=outcome.error))
+    finally:
+        work.close()
+    if not outcome.ok:
+        raise RoadieError(f"rollback to {to} failed: {outcome.error}")
+    report(f"rolled back {len(outcome.done_hosts)} hosts to {to} in {outcome.duration_s:.1f} s", event="done")
+    return outcome
