@@ -3,7 +3,8 @@
 Redis is never required to answer a request: every call here returns None / False on a Redis error
 and logs it (at most once every LOG_EVERY seconds, so a dead Redis does not flood the log).
 Keys: `tracks:v1:all`, `tracks:v1:<id>` (JSON, expire after the TTL) and `plays:<track_id>`
-(INCR counters). The Redis user needs: ~tracks:* ~plays:* +ping +get +set +incr.
+(INCR counters). The Redis user needs no more than: ~tracks:* ~plays:* +ping +get +set +incrby
+(redis-py sends INCR as INCRBY).
 """
 
 from __future__ import annotations
@@ -34,8 +35,7 @@ def client(url: str) -> redis.Redis:
         socket_timeout=TIMEOUT,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
-        lib_name=None,
-        lib_version=None,
+        driver_info=None,  # no CLIENT SETINFO on connect: AUTH is the only handshake command
     )
 
 
@@ -55,7 +55,7 @@ class Cache:
             if now - self._last_log < LOG_EVERY:
                 return
             self._last_log = now
-        log.warning("redis %s failed, serving without the cache: %s", action, self._scrub(str(exc)))
+        log.warning("redis %s failed, serving without the cache: %s", action, self._scrub(" ".join(str(exc).split())))
 
     def ping(self) -> None:
         """Raise unless Redis answers PING."""

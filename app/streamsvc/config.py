@@ -4,8 +4,9 @@ STREAM_DATABASE_URL  postgresql://user:password@host:port/db (required)
 STREAM_REDIS_URL     redis://user:password@host:port/0 (required)
 STREAM_MEDIA_DIR     directory holding the audio files (required by the service; default ./media)
 STREAM_RELEASE_ID    release id reported by /healthz; when unset, read from the release's
-                     manifest.json, two levels above this package (releases/<id>/manifest.json
-                     beside releases/<id>/app/streamsvc), else "unknown"
+                     manifest.json: two levels above this package (releases/<id>/manifest.json
+                     beside releases/<id>/app/streamsvc), or beside the venv running it
+                     (releases/<id>/venv), else "unknown"
 STREAM_CACHE_TTL     seconds a catalogue entry stays in Redis (default 60; 0 disables the cache)
 
 Passwords never leave this module in clear: `redact()` hides them in URLs, `Config.scrub()` in
@@ -18,6 +19,7 @@ import json
 import logging
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,7 +72,10 @@ class Config:
                 f"media_dir={str(self.media_dir)!r}, release={self.release!r}, cache_ttl={self.cache_ttl})")
 
     def secrets(self) -> list[str]:
-        """The passwords in the URLs (raw and percent-decoded), longest first."""
+        """The passwords in the URLs (raw and percent-decoded), longest first.
+
+        Passwords shorter than 4 characters are left out: scrubbing them would garble every message
+        (and they protect nothing)."""
         found: set[str] = set()
         for url in (self.database_url, self.redis_url):
             password = _password(url)
@@ -79,7 +84,7 @@ class Config:
                 raw = urlsplit(url).netloc.rpartition("@")[0].partition(":")[2]
                 if raw:
                     found.add(raw)
-        return sorted(found, key=len, reverse=True)
+        return sorted((f for f in found if len(f) >= 4), key=len, reverse=True)
 
     def scrub(self, text: str) -> str:
         """`text` with every configured password replaced by ***."""
@@ -88,8 +93,20 @@ class Config:
         return text
 
 
-def read_release(manifest: Path = MANIFEST) -> str:
-    """The release id in `manifest` (the release's manifest.json), or "unknown"."""
+def _manifests() -> list[Path]:
+    found = [MANIFEST]
+    if sys.prefix != sys.base_prefix:  # in a venv: releases/<id>/venv -> releases/<id>/manifest.json
+        found.append(Path(sys.prefix).resolve().parent / "manifest.json")
+    return found
+
+
+def read_release(manifest: Path | None = None) -> str:
+    """The release id in the release's manifest.json (see the module doc), or "unknown"."""
+    if manifest is None:
+        existing = [path for path in _manifests() if path.is_file()]
+        if not existing:
+            return UNKNOWN_RELEASE
+        manifest = existing[0]
     try:
         data = json.loads(manifest.read_text(encoding="utf-8"))
     except FileNotFoundError:
@@ -118,10 +135,15 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
     return url
 
 
-def from_env(env: Mapping[str, str] | None = None, manifest: Path = MANIFEST) -> Config:
+def database_url(env: Mapping[str, str]) -> str:
+    """STREAM_DATABASE_URL alone (what migrate and seed need); ConfigError when missing or wrong."""
+    return _url(env, "STREAM_DATABASE_URL", ("postgresql", "postgres"))
+
+
+def from_env(env: Mapping[str, str] | None = None, manifest: Path | None = None) -> Config:
     """Read the configuration; ConfigError (one line, no secret) when something is missing or wrong."""
     env = os.environ if env is None else env
-    database_url = _url(env, "STREAM_DATABASE_URL", ("postgresql", "postgres"))
+    db_url = database_url(env)
     redis_url = _url(env, "STREAM_REDIS_URL", ("redis", "rediss", "unix"))
     ttl_text = env.get("STREAM_CACHE_TTL", "60").strip() or "60"
     if not ttl_text.isascii() or not ttl_text.isdigit() or int(ttl_text) > 86400:
@@ -130,7 +152,7 @@ def from_env(env: Mapping[str, str] | None = None, manifest: Path = MANIFEST) ->
     if release and not _RELEASE_ID.fullmatch(release):
         raise ConfigError("STREAM_RELEASE_ID must be 1-64 characters of [A-Za-z0-9._-], not starting with . or -")
     return Config(
-        database_url=database_url,
+        database_url=db_url,
         redis_url=redis_url,
         media_dir=Path(env.get("STREAM_MEDIA_DIR", "").strip() or "media"),
         release=release or read_release(manifest),

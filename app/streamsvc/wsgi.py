@@ -119,7 +119,7 @@ class StreamApp:
             self._warn("database", f"database unavailable: {exc}")
             response = error(503, "database unavailable")
         except Exception:
-            log.error("unhandled error on %s %s\n%s", method, environ.get("PATH_INFO"),
+            log.error("unhandled error on %s %r\n%s", method, environ.get("PATH_INFO"),
                       self.config.scrub(traceback.format_exc()).rstrip())
             response = error(500, "internal error")
         body = response.body
@@ -139,7 +139,7 @@ class StreamApp:
             if now - self._warned.get(key, float("-inf")) < LOG_EVERY:
                 return
             self._warned[key] = now
-        log.warning("%s", self.config.scrub(message))
+        log.warning("%s", self.config.scrub(" ".join(message.split())))
 
     def close(self) -> None:
         self.db.close()
@@ -199,12 +199,14 @@ class StreamApp:
             self._warn(f"audio-path-{track['id']}", f"track {track['id']}: audio_file leaves the media directory")
             raise HTTPError(404, "no audio for this track")
         try:
-            file = open(path, "rb")  # noqa: SIM115 - handed to the server, closed by it
+            # O_NONBLOCK: a FIFO where a file should be must not hang the thread in open().
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError as exc:
             self._warn(f"audio-open-{track['id']}", f"track {track['id']}: cannot open audio file: {exc.strerror}")
             raise HTTPError(404, "no audio for this track") from None
+        file = os.fdopen(fd, "rb")
         try:
-            info = os.fstat(file.fileno())
+            info = os.fstat(fd)
             if not stat.S_ISREG(info.st_mode):
                 raise HTTPError(404, "no audio for this track")
             size = info.st_size
