@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import fleet, inventory, lab, provision
+from roadie import fleet, inventory, lab, provision, release
 from roadie.cli import emit_json, friendly, table
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -115,6 +116,27 @@ def provision_(c, playbook="site", inventory_=None, check=False, diff=False, lim
     _provision(playbook, inventory_, check, diff, limit, tags)
 
 
+# ------------------------------------------------------------------ releases
+
+@task(help={"release_id": "Release id (default: <UTC timestamp>-<git sha>[-dirty]).",
+            "out": "Directory for the artifact (default: build/releases)."})
+@friendly
+def release_build(c, release_id=None, out="build/releases"):
+    """Build a release artifact: the service, its wheels and a manifest with the payload checksum."""
+    built = release.build(Path(ROOT) / out, release_id)
+    m = built.manifest
+    print(f"release {m.release_id}: {built.path} ({built.size / 1e6:.1f} MB, "
+          f"payload sha256 {m.payload_sha256[:16]}...)")
+
+
+@task(help={"artifact": "Path of the artifact to check."})
+@friendly
+def release_verify(c, artifact):
+    """Check a release artifact's manifest and payload checksum."""
+    m = release.verify(Path(artifact))
+    print(f"release {m.release_id}: ok (git {m.git_sha[:12]}, built {m.built_at})")
+
+
 # ------------------------------------------------------------------ main job
 
 @task(help={"stream_hosts": "Number of stream hosts (default 3)."})
@@ -206,7 +228,12 @@ lab_ns.add_task(lab_ssh, "ssh")
 lab_ns.add_task(lab_check, "check")
 lab_ns.add_task(lab_image, "image")
 
+release_ns = Collection("release")
+release_ns.add_task(release_build, "build")
+release_ns.add_task(release_verify, "verify")
+
 ns = Collection(up, lint, test, unit, bench)
+ns.add_collection(release_ns)
 ns.add_task(molecule_, "molecule")
 ns.add_task(provision_, "provision")
 ns.add_collection(lab_ns)
