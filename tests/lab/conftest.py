@@ -1,13 +1,18 @@
 """Lab tests run against the real lab over SSH; the session brings it up if it is not (idempotent)."""
 
+import io
+import shlex
+
 import pytest
 
-from roadie import inventory, lab
+from roadie import inventory, lab, provision, ssh, vault
+from roadie.paths import ROOT
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
-        item.add_marker(pytest.mark.lab)
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
 
 
 @pytest.fixture(scope="session")
@@ -16,3 +21,43 @@ def lab_inventory() -> inventory.Inventory:
     if not states or not all(s.ssh for s in states):
         lab.up()
     return inventory.load("lab")
+
+
+@pytest.fixture(scope="session")
+def provisioned(lab_inventory) -> provision.PlaybookRun:
+    """site.yml applied to the lab (the first run in a fresh lab is the cold provision)."""
+    run = provision.run("site", "lab", echo=False)
+    log = ROOT / "logs" / "lab-site.log"
+    log.parent.mkdir(exist_ok=True)
+    log.write_text(run.output)
+    failed = {h: c for h, c in run.recap.items() if c.get("failed") or c.get("unreachable")}
+    assert run.ok, f"site.yml failed on {failed} (see {log})"
+    print(f"\nsite.yml: {run.duration_s:.0f} s, changed {sum(c['changed'] for c in run.recap.values())} tasks")
+    return run
+
+
+@pytest.fixture(scope="session")
+def secrets() -> dict[str, str]:
+    """The lab's vault values, for logging in as the services' users (never printed)."""
+    return vault.read(vault.LAB_VAULT_FILE, vault.LAB_VAULT_PASSWORD_FILE)
+
+
+@pytest.fixture(scope="session")
+def conns(lab_inventory):
+    """One verified connection per lab host, opened on first use."""
+    opened: dict[str, ssh.HostConnection] = {}
+
+    def get(name: str) -> ssh.HostConnection:
+        if name not in opened:
+            opened[name] = ssh.connect(lab_inventory.hosts[name])
+        return opened[name]
+
+    yield get
+    for conn in opened.values():
+        conn.close()
+
+
+def run_with_secret(conn, command: str, env_name: str, secret: str):
+    """Run `command` with a secret in an environment variable read from stdin: never on a command line."""
+    script = f'IFS= read -r {env_name}; export {env_name}; {command}'
+    return conn.run(f"sh -c {shlex.quote(script)}", in_stream=io.StringIO(secret + "\n"), hide=True, warn=True)

@@ -1,0 +1,128 @@
+"""The data tier after site.yml on the lab: replication, logins, firewall, Redis ACLs, SSH, backups."""
+
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from roadie import provision
+from roadie.paths import ROOT
+from tests.lab.conftest import run_with_secret
+
+DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"
+PSQL_APP = f"psql -X -At -h {DB1} -U stream -d stream"
+
+
+def psql_postgres(conn, sql: str, db: str = "stream"):
+    result = conn.run(f"runuser -u postgres -- psql -X -At -d {db} -c \"{sql}\"", hide=True, warn=True,
+                      in_stream=False)
+    assert result.exited == 0, result.stderr
+    return result.stdout.strip()
+
+
+@pytest.fixture(scope="module")
+def probe_table(provisioned, conns):
+    psql_postgres(conns("db1"), "CREATE TABLE IF NOT EXISTS roadie_lab_probe (id serial PRIMARY KEY, token text)")
+    return "roadie_lab_probe"
+
+
+def test_row_written_on_db1_is_readable_on_db2_within_1_s(conns, probe_table):
+    token = uuid.uuid4().hex
+    psql_postgres(conns("db1"), f"INSERT INTO {probe_table} (token) VALUES ('{token}')")
+    written = time.monotonic()
+    seen = None
+    while time.monotonic() - written < 1.0:
+        if psql_postgres(conns("db2"), f"SELECT count(*) FROM {probe_table} WHERE token = '{token}'") == "1":
+            seen = time.monotonic() - written
+            break
+    assert seen is not None, "row not visible on db2 within 1 s"
+    assert psql_postgres(conns("db2"), "SELECT pg_is_in_recovery()") == "t"
+    assert psql_postgres(conns("db1"), "SELECT state FROM pg_stat_replication", db="postgres") == "streaming"
+
+
+def test_stream_host_logs_in_to_postgresql_with_the_app_password(conns, secrets, provisioned):
+    result = run_with_secret(conns("stream1"), f"{PSQL_APP} -c 'SELECT current_user'", "PGPASSWORD",
+                             secrets["vault_postgresql_app_password"])
+    assert result.exited == 0, result.stderr
+    assert result.stdout.strip() == "stream"
+
+
+def test_wrong_postgresql_password_is_refused(conns, provisioned):
+    result = run_with_secret(conns("stream1"), f"{PSQL_APP} -c 'SELECT 1'", "PGPASSWORD", "not-the-password")
+    assert result.exited != 0
+    assert "password authentication failed" in result.stderr
+
+
+@pytest.mark.parametrize("source", ["lb1", "cache1"])
+def test_only_stream_hosts_and_the_replica_reach_postgresql(conns, provisioned, source):
+    probe = f"timeout 3 bash -c '</dev/tcp/{DB1}/5432'"
+    assert conns(source).run(probe, hide=True, warn=True, in_stream=False).exited != 0
+    assert conns("stream1").run(probe, hide=True, warn=True, in_stream=False).exited == 0
+
+
+def _redis(conns, user: str | None, password: str | None, command: str):
+    conn = conns("stream1")
+    if user is None:
+        return conn.run(f"redis-cli --no-auth-warning -h {CACHE1} {command}", hide=True, warn=True, in_stream=False)
+    return run_with_secret(conn, f"redis-cli --no-auth-warning -h {CACHE1} --user {user} {command}",
+                           "REDISCLI_AUTH", password)
+
+
+def test_redis_refuses_unauthenticated_commands(conns, provisioned):
+    out = _redis(conns, None, None, "GET anykey")
+    assert "NOAUTH" in out.stdout + out.stderr
+
+
+def test_redis_app_user_works_but_cannot_flush_or_configure(conns, secrets, provisioned):
+    app = secrets["vault_redis_app_password"]
+    assert _redis(conns, "app", app, "PING").stdout.strip() == "PONG"
+    assert _redis(conns, "app", app, "SET plays:lab-probe 1").stdout.strip() == "OK"
+    for command in ("FLUSHALL", "CONFIG GET maxmemory", "DEBUG SLEEP 0"):
+        out = _redis(conns, "app", app, command)
+        assert "NOPERM" in out.stdout + out.stderr, command
+    admin = _redis(conns, "admin", secrets["vault_redis_admin_password"], "CONFIG GET appendonly")
+    assert admin.stdout.split() == ["appendonly", "yes"]
+
+
+def test_redis_wrong_password_is_refused(conns, provisioned):
+    out = _redis(conns, "app", "not-the-password", "PING")
+    assert "WRONGPASS" in out.stdout + out.stderr
+
+
+@pytest.mark.parametrize("host", ["lb1", "stream1", "db1", "cache1"])
+def test_password_ssh_login_is_refused(lab_inventory, provisioned, host):
+    h = lab_inventory.hosts[host]
+    result = subprocess.run(
+        ["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={h.known_hosts}",
+         "-o", "PubkeyAuthentication=no", "-o", "PreferredAuthentications=password,keyboard-interactive",
+         "-o", "ControlMaster=no", "-o", "ControlPath=none", f"deploy@{h.address}", "true"],
+        capture_output=True, text=True, timeout=30)
+    assert result.returncode == 255
+    assert "Permission denied (publickey)" in result.stderr
+
+
+def test_base_backup_restores_into_a_scratch_cluster_with_the_same_rows(conns, probe_table):
+    db1 = conns("db1")
+    psql_postgres(db1, f"INSERT INTO {probe_table} (token) SELECT md5(g::text) FROM generate_series(1, 500) g")
+    expected = psql_postgres(db1, f"SELECT count(*) FROM {probe_table}")
+    backup = db1.run("systemctl start --wait pg-base-backup.service", hide=True, warn=True, in_stream=False)
+    assert backup.exited == 0, backup.stderr
+    restored = db1.run(f"pg-restore-check -i -d stream 'SELECT count(*) FROM {probe_table}'", hide=True, warn=True,
+                       in_stream=False)
+    assert restored.exited == 0, restored.stderr
+    assert restored.stdout.strip() == expected
+
+
+def test_check_mode_on_the_provisioned_lab_passes_and_changes_nothing(provisioned):
+    run = provision.run("site", "lab", check=True, echo=False)
+    assert run.ok, run.output[-3000:]
+    assert run.changed_hosts() == {}
+
+
+def test_second_site_run_changes_nothing(provisioned):
+    run = provision.run("site", "lab", echo=False)
+    (ROOT / "logs" / "lab-site-rerun.log").write_text(run.output)
+    assert run.ok, run.output[-3000:]
+    assert run.changed_hosts() == {}, f"changed on rerun: {run.changed_hosts()} (see logs/lab-site-rerun.log)"
+    assert set(run.recap) == set(provisioned.recap)
