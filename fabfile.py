@@ -9,7 +9,7 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
-from roadie import audit, deploy, fleet, inventory, lock, release, ssh
+from roadie import audit, deploy, fleet, inventory, lock, release, ssh, stream_host
 from roadie.cli import emit_json, friendly, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
@@ -200,11 +200,31 @@ def audit_(c, inventory_=None, last=20, json=False):
                   e.get("duration_s", ""), e.get("error") or e.get("message") or "") for e in entries]))
 
 
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
+@friendly
+def seed(c, inventory_=None):
+    """Load the demo catalogue and audio files (lab and staging only; needs a deployed release)."""
+    inv = inventory.load(inventory_)
+    if inv.name == "production":
+        raise RoadieError("seed writes demo data; it never runs against production")
+    group = deploy.Fleet.from_inventory(inv)
+    for i, host in enumerate(group.stream):
+        conn = ssh.connect(host)
+        try:
+            current = stream_host.releases(conn).current
+            if not current:
+                raise RoadieError(f"{host.name}: no release deployed yet; run `fab deploy` first")
+            stream_host.seed(conn, current, with_db=i == 0)
+            print(prefixed(host.name, "seeded" + (" catalogue and media" if i == 0 else " media")))
+        finally:
+            conn.close()
+
+
 lock_ns = Collection("lock")
 lock_ns.add_task(lock_status, "status")
 lock_ns.add_task(lock_release, "release")
 
-ns = Collection(hosts, check, rollback, releases)
+ns = Collection(hosts, check, rollback, releases, seed)
 ns.add_task(deploy_, "deploy")
 ns.add_task(audit_, "audit")
 ns.add_collection(lock_ns)

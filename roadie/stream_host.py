@@ -213,3 +213,13 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
         paths = " ".join(_q(RELEASES / r) for r in doomed)
         _run(conn, f"rm -rf {paths}", what="pruning old releases", timeout=120)
     return doomed
+
+
+def seed(conn, release_id: str, with_db: bool) -> str:  # noqa: ANN001
+    """Load the reference catalogue (once, `with_db`) and write its audio files into shared/media."""
+    python = RELEASES / release_id / "venv" / "bin" / "python"
+    media = BASE / "shared" / "media"
+    cmd = (f"sudo -n systemd-run --quiet --wait --pipe --collect --unit=stream-seed-{int(time.time() * 1000)} "
+           f"-p EnvironmentFile={_q(ENV_FILE)} -p UMask=0022 {_q(python)} -m streamsvc seed --media-dir {_q(media)}"
+           + ("" if with_db else " --no-db"))
+    return _run(conn, cmd, what="seeding the catalogue", timeout=300).stdout
