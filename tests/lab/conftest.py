@@ -61,3 +61,21 @@ def run_with_secret(conn, command: str, env_name: str, secret: str):
     """Run `command` with a secret in an environment variable read from stdin: never on a command line."""
     script = f'IFS= read -r {env_name}; export {env_name}; {command}'
     return conn.run(f"sh -c {shlex.quote(script)}", in_stream=io.StringIO(secret + "\n"), hide=True, warn=True)
+
+
+@pytest.fixture(scope="session")
+def stack(provisioned, lab_inventory):
+    """A first release deployed with `fab deploy`'s code and seeded: the stack serves through lb1."""
+    from roadie import deploy, release, stream_host
+
+    built = release.build(ROOT / "build" / "releases")
+    manifest = release.verify(built.path)
+    fleet = deploy.Fleet.from_inventory(lab_inventory)
+    deploy.deploy(fleet, built.path, manifest, deploy.Options(message="lab tests"), deploy.Reporter())
+    for i, host in enumerate(fleet.stream):
+        conn = ssh.connect(host)
+        try:
+            stream_host.seed(conn, manifest.release_id, with_db=i == 0)
+        finally:
+            conn.close()
+    return {"manifest": manifest, "artifact": built.path, "fleet": fleet, "lb": fleet.balancer.address}

@@ -1,0 +1,178 @@
+"""`fab deploy` against the lab under client traffic: success, broken release, lost host, lock, bad input."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from roadie import deploy, lab, lock, release, ssh, stream_host
+from roadie.paths import ROOT
+from tests.lab.traffic import Traffic
+
+FAB = str(ROOT / ".venv" / "bin" / "fab")
+
+
+def fab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, "ROADIE_OPERATOR": "lab-tests"})
+
+
+def currents(fleet) -> dict[str, str | None]:
+    return {s.host: s.current for s in deploy.host_releases(fleet)}
+
+
+def build_variant(tmp_path: Path, release_id: str, patch=None) -> Path:
+    """A release built from a copy of app/, optionally patched (e.g. broken on purpose)."""
+    app = tmp_path / "app"
+    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    if patch:
+        patch(app)
+    return release.build(tmp_path / "out", release_id, app_dir=app).path
+
+
+def one_line_error(result) -> str:
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    return lines[0]
+
+
+@pytest.fixture
+def fleet(stack):
+    return stack["fleet"]
+
+
+def test_deploy_under_traffic_switches_every_host_with_no_failed_request(stack, fleet, tmp_path):
+    artifact = build_variant(tmp_path, f"lab-next-{int(time.time())}")
+    new_id = release.verify(artifact).release_id
+    with Traffic(stack["lb"]) as traffic:
+        result = fab("deploy", "--artifact", str(artifact), "--yes", "--drain-timeout", "10")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert set(currents(fleet).values()) == {new_id}
+    assert traffic.report.failed == 0, traffic.report.failures
+    assert "stream1: healthy on" in result.stdout and "batch 1/3 (canary)" in result.stdout
+    entries = [json.loads(x) for x in (ROOT / "logs" / "audit.log").read_text().splitlines()]
+    assert entries[-1]["action"] == "deploy" and entries[-1]["result"] == "ok"
+    assert entries[-1]["release"] == new_id
+
+
+def _break_health(app: Path) -> None:
+    # The release reports a release id that is not its own: its health gate can never pass.
+    init = app / "streamsvc" / "__init__.py"
+    init.write_text(init.read_text() + "\nimport os as _os\n\n_os.environ['STREAM_RELEASE_ID'] = 'broken'\n")
+
+
+def test_broken_release_is_rolled_back_on_the_canary_with_no_failed_request(stack, fleet, tmp_path):
+    before = currents(fleet)
+    artifact = build_variant(tmp_path, f"lab-broken-{int(time.time())}", _break_health)
+    with Traffic(stack["lb"]) as traffic:
+        result = fab("deploy", "--artifact", str(artifact), "--yes", "--health-timeout", "15")
+    line = one_line_error(result)
+    assert "stream1" in line and "health gate failed" in line
+    assert currents(fleet) == before
+    assert traffic.report.failed == 0, traffic.report.failures
+    assert "rolled back to" in result.stdout
+    with ssh.connect(fleet.balancer) as conn:
+        assert lock.status(conn)[0] is None
+
+
+def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack, fleet, tmp_path):
+    artifact = build_variant(tmp_path, f"lab-lost-{int(time.time())}")
+    proc = subprocess.Popen([FAB, "deploy", "--artifact", str(artifact), "--yes", "--json",
+                             "--health-timeout", "20", "--drain-timeout", "5"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stopped = False
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        event = json.loads(line)
+        if not stopped and event.get("event") == "batch" and "stream2" in event.get("message", ""):
+            lab.docker("stop", "-t", "1", lab.container_name("stream2"))
+            stopped = True
+    proc.wait(timeout=600)
+    stderr = proc.stderr.read()
+    try:
+        assert stopped, "".join(lines)[-2000:]
+        assert proc.returncode == 1
+        assert "stream2" in stderr and "deploy of" in stderr
+        with ssh.connect(fleet.balancer) as conn:
+            assert lock.status(conn)[0] is None, "the lock must be released when a deploy fails"
+        with Traffic(stack["lb"], max_seconds=5) as traffic:
+            time.sleep(3)
+        assert traffic.report.failed == 0, traffic.report.failures
+    finally:
+        lab.docker("start", lab.container_name("stream2"))
+        lab.up(log=lambda _m: None)
+    again = fab("deploy", "--artifact", str(artifact), "--yes")
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert set(currents(fleet).values()) == {release.verify(artifact).release_id}
+
+
+def test_concurrent_deploy_is_refused_and_a_forced_unlock_is_audited(stack, fleet):
+    with ssh.connect(fleet.balancer) as conn:
+        lock.acquire(conn, "deploy", "other-release", "someone else's deploy", owner="alice@laptop")
+    result = fab("deploy", "--artifact", str(stack["artifact"]), "--yes")
+    line = one_line_error(result)
+    assert "held by alice@laptop for deploy other-release" in line
+    status = fab("lock.status")
+    assert "held by alice@laptop" in status.stdout
+    broken = fab("lock.release", "--force", "--message", "alice's laptop died")
+    assert broken.returncode == 0 and "broken" in broken.stdout
+    audit = fab("audit", "--json", "--last", "1")
+    entry = json.loads(audit.stdout)[0]
+    assert entry["action"] == "unlock" and entry["result"] == "forced" and entry["previous_owner"] == "alice@laptop"
+
+
+def test_corrupt_artifact_is_refused_before_any_host_changes(stack, fleet, tmp_path):
+    before = currents(fleet)
+    corrupt = tmp_path / "corrupt.tar.gz"
+    data = bytearray(Path(stack["artifact"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    corrupt.write_bytes(bytes(data))
+    one_line_error(fab("deploy", "--artifact", str(corrupt), "--yes"))
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(bytes(data[: len(data) // 3]))
+    one_line_error(fab("deploy", "--artifact", str(truncated), "--yes"))
+    assert currents(fleet) == before
+
+
+def test_bad_deploy_input_is_one_line_and_changes_nothing(stack, fleet, tmp_path):
+    before = currents(fleet)
+    assert "unknown release 'no-such-release'" in one_line_error(fab("deploy", "--release", "no-such-release",
+                                                                     "--yes"))
+    assert "impossible with 3 hosts" in one_line_error(fab("deploy", "--artifact", str(stack["artifact"]),
+                                                           "--min-serving", "3", "--yes"))
+    no_stream = tmp_path / "inv"
+    no_stream.mkdir()
+    (no_stream / "hosts.yml").write_text("all:\n  children:\n    balancer:\n      hosts:\n        lb1:\n"
+                                         "          ansible_host: 10.87.0.10\n")
+    shutil.copytree(ROOT / "inventories" / "lab" / "group_vars", no_stream / "group_vars",
+                    ignore=shutil.ignore_patterns("vault.yml"))
+    assert "has no group 'stream'" in one_line_error(fab("deploy", "--inventory", str(no_stream),
+                                                         "--artifact", str(stack["artifact"]), "--yes"))
+    assert "--batch" in one_line_error(fab("deploy", "--artifact", str(stack["artifact"]), "--batch", "0", "--yes"))
+    assert currents(fleet) == before
+
+
+def test_rollback_returns_to_the_previous_release(stack, fleet):
+    states = deploy.host_releases(fleet)
+    previous = {s.previous for s in states}
+    assert len(previous) == 1 and None not in previous
+    target = previous.pop()
+    result = fab("rollback", "--yes")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert set(currents(fleet).values()) == {target}
+    listing = fab("releases", "--json")
+    assert {r["current"] for r in json.loads(listing.stdout)} == {target}
+
+
+def test_releases_keep_at_most_the_retention_count(stack, fleet):
+    for state in deploy.host_releases(fleet):
+        assert len(state.kept) <= deploy.DEFAULT_KEEP
+        assert state.current in state.kept
+    assert stream_host.RELEASES.as_posix() == "/srv/stream/releases"

@@ -1,0 +1,121 @@
+"""The whole stack through the balancer: catalogue, audio ranges, plays, failover of a stream host,
+and a hitless HAProxy reload under an in-flight audio download."""
+
+import http.client
+import json
+import threading
+import time
+import uuid
+
+import pytest
+
+from roadie import provision
+from roadie.balancer import Balancer
+from tests.lab.test_data_tier import psql_postgres
+from tests.lab.traffic import Traffic, slow_download
+
+
+def get(host: str, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
+    conn = http.client.HTTPConnection(host, 80, timeout=15)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, dict(response.getheaders()), response.read()
+    finally:
+        conn.close()
+
+
+def test_catalogue_is_served_through_the_balancer(stack):
+    status, _, body = get(stack["lb"], "/tracks")
+    assert status == 200
+    tracks = json.loads(body)
+    tracks = tracks.get("tracks", tracks) if isinstance(tracks, dict) else tracks
+    assert len(tracks) >= 10
+    status, _, body = get(stack["lb"], "/healthz")
+    health = json.loads(body)
+    assert status == 200 and health["release"] == stack["manifest"].release_id
+    assert health["database"] == health["cache"] == "ok"
+
+
+def test_audio_range_request_returns_exactly_the_requested_bytes(stack):
+    status, headers, full = get(stack["lb"], "/tracks/1/audio")
+    assert status == 200 and len(full) > 10_000
+    status, headers, part = get(stack["lb"], "/tracks/1/audio", {"Range": "bytes=1000-1999"})
+    assert status == 206
+    assert headers["Content-Range"] == f"bytes 1000-1999/{len(full)}"
+    assert part == full[1000:2000]
+    status, headers, _ = get(stack["lb"], "/tracks/1/audio", {"Range": f"bytes={len(full) + 10}-"})
+    assert status == 416
+
+
+def test_a_play_is_stored_on_the_primary_and_replicated(stack, conns):
+    listener = f"lab-{uuid.uuid4().hex[:12]}"
+    status, _, body = get(stack["lb"], "/plays", {"Content-Type": "application/json"}, "POST",
+                          json.dumps({"track_id": 1, "listener_id": listener}).encode())
+    assert status == 201, body
+    sql = f"SELECT count(*) FROM plays WHERE listener_id = '{listener}'"
+    assert psql_postgres(conns("db1"), sql) == "1"
+    deadline = time.monotonic() + 5
+    while psql_postgres(conns("db2"), sql) != "1":
+        assert time.monotonic() < deadline, "play not replicated to db2"
+        time.sleep(0.1)
+
+
+def test_a_stopped_stream_host_leaves_rotation_and_no_request_fails(stack, conns):
+    lb = Balancer(conns("lb1"), "stream")
+    with Traffic(stack["lb"]) as traffic:
+        conns("stream2").run("systemctl stop stream.service", hide=True, in_stream=False)
+        deadline = time.monotonic() + 10
+        while lb.server("stream2").status.startswith("UP"):
+            assert time.monotonic() < deadline, "stream2 still in rotation 10 s after its service stopped"
+            time.sleep(0.2)
+        time.sleep(2)
+        conns("stream2").run("systemctl start stream.service", hide=True, in_stream=False)
+        lb.wait_up("stream2", timeout=30)
+    assert traffic.report.sent > 50
+    assert traffic.report.failed == 0, traffic.report.failures
+
+
+def test_role_config_change_reloads_haproxy_without_dropping_an_audio_download(stack, conns):
+    lb1 = conns("lb1")
+    size = len(get(stack["lb"], "/tracks/2/audio")[2])
+    master_pid = lb1.run("systemctl show -p MainPID --value haproxy", hide=True, in_stream=False).stdout.strip()
+    workers_before = lb1.run(f"pgrep -P {master_pid}", hide=True, in_stream=False).stdout.split()
+    release_reader = threading.Event()
+    result: dict = {}
+
+    def download():
+        result["answer"] = slow_download(stack["lb"], "/tracks/2/audio", until=release_reader)
+
+    reader = threading.Thread(target=download)
+    reader.start()
+    try:
+        time.sleep(1)
+        run = provision.run("balancer", "lab", echo=False,
+                            extra_args=("-e", "haproxy_timeout_http_keep_alive=11s"))
+        assert run.ok, run.output[-2000:]
+        assert run.recap["lb1"]["changed"] >= 1
+        assert reader.is_alive(), "the download finished before the reload: it proves nothing"
+    finally:
+        release_reader.set()
+        reader.join(timeout=60)
+        restore = provision.run("balancer", "lab", echo=False)
+        assert restore.ok
+    status, body, _ = result["answer"]
+    assert status == 200 and len(body) == size
+    workers_after = lb1.run(f"pgrep -P {master_pid}", hide=True, in_stream=False).stdout.split()
+    assert set(workers_after) != set(workers_before), "HAProxy was not reloaded"
+    assert lb1.run("systemctl show -p MainPID --value haproxy", hide=True,
+                   in_stream=False).stdout.strip() == master_pid, "HAProxy was restarted, not reloaded"
+
+
+@pytest.fixture(autouse=True)
+def _all_stream_hosts_back(stack, conns):
+    yield
+    lb = Balancer(conns("lb1"), "stream")
+    for host in stack["fleet"].stream:
+        conns(host.name).run("systemctl start stream.service", hide=True, warn=True, in_stream=False)
+        lb.enable(host.name)
+        lb.wait_up(host.name, timeout=30)
+
+
