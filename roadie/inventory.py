@@ -194,7 +194,8 @@ def _host(source: Path, name: str, hvars: dict, templar, groups: tuple[str, ...]
         name=name,
         address=address,
         port=port,
-        user=str(value("ansible_user", "root")),
+        # Fabric's operations may use a less privileged account than provisioning does.
+        user=str(value("roadie_ssh_user") or value("ansible_user", "root")),
         known_hosts=Path(os.path.normpath(known_hosts)),
         key_file=Path(os.path.normpath(key)) if key else None,
         groups=groups,
