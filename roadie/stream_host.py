@@ -88,23 +88,26 @@ def stage(conn, artifact_path: str, release_id: str, payload_sha256: str) -> boo
     if check.exited == 0:
         conn.run(f"rm -f {_q(artifact_path)}", hide=True, warn=True, in_stream=False)
         return False
-    work = RELEASES / f".{release_id}.staging"
+    # Unpacked and built in place: a venv's scripts name their interpreter by absolute path, so it is
+    # never moved. The completion mark comes last; a release without it is rebuilt from scratch.
     script = f"""
 set -eu
-art={_q(artifact_path)}; work={_q(work)}; target={_q(target)}
-rm -rf "$work" && mkdir -p "$work"
-tar -xzf "$art" -C "$work" manifest.json payload.tar.gz
-sum=$(sha256sum "$work/payload.tar.gz" | cut -d' ' -f1)
+art={_q(artifact_path)}; target={_q(target)}
+rm -rf "$target" && mkdir -p "$target"
+trap 'rm -rf "$target" "$art"' EXIT
+tar -xzf "$art" -C "$target" manifest.json payload.tar.gz
+sum=$(sha256sum "$target/payload.tar.gz" | cut -d' ' -f1)
 if [ "$sum" != {_q(payload_sha256)} ]; then
-  echo "payload checksum mismatch: got $sum" >&2; rm -rf "$work" "$art"; exit 3
+  echo "payload checksum mismatch: got $sum" >&2; exit 3
 fi
-tar -xzf "$work/payload.tar.gz" -C "$work" --no-same-owner
-rm -f "$work/payload.tar.gz" "$art"
-python3 -m venv "$work/venv"
-"$work/venv/bin/pip" install --quiet --no-index --disable-pip-version-check \
-  --find-links "$work/wheels" -r "$work/requirements.txt"
-rm -rf "$target" && mv "$work" "$target"
+tar -xzf "$target/payload.tar.gz" -C "$target" --no-same-owner
+rm -f "$target/payload.tar.gz"
+python3 -m venv "$target/venv"
+"$target/venv/bin/pip" install --quiet --no-index --disable-pip-version-check \
+  --find-links "$target/wheels" -r "$target/requirements.txt"
 touch "$target/{COMPLETE_MARK}"
+trap - EXIT
+rm -f "$art"
 """
     _run(conn, f"sh -c {_q(script)}", what=f"staging {release_id}", timeout=600)
     return True
