@@ -1,0 +1,84 @@
+"""Rolling deploy time on 3 and 12 stream hosts under client traffic, against its floor.
+
+    .venv/bin/python bench/deploy.py [--hosts 3,12] [--batch 1]
+
+The floor is what the batches cannot avoid, measured in the same run: per batch, the drain (wait
+for sessions) plus switch + restart + health gate, summed. Everything else (connect, lock, parallel
+staging, migrations, enabling, audit) is Roadie's overhead. Failed requests are counted by clients
+hitting the balancer throughout. Leaves the lab at 3 stream hosts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import report  # noqa: E402
+from roadie import deploy, inventory, lab, provision, release, ssh, stream_host  # noqa: E402
+from roadie.paths import ROOT  # noqa: E402
+from tests.lab.traffic import Traffic  # noqa: E402
+
+
+def quiet(*_args, **_kwargs) -> None:
+    pass
+
+
+def variant(tag: str, workdir: Path) -> release.Release:
+    app = workdir / f"app-{tag}"
+    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app)
+
+
+def prepare(count: int) -> deploy.Fleet:
+    lab.up(count, log=quiet)
+    run = provision.run("site", "lab", echo=False)
+    if not run.ok:
+        raise SystemExit("bench: site.yml failed:\n" + "\n".join(run.output.splitlines()[-30:]))
+    return deploy.Fleet.from_inventory(inventory.load("lab"))
+
+
+def roll(fleet: deploy.Fleet, built: release.Release, batch: str) -> tuple[deploy.Outcome, int, int]:
+    manifest = release.verify(built.path)
+    with Traffic(fleet.balancer.address, threads=2) as traffic:
+        outcome = deploy.deploy(fleet, built.path, manifest, deploy.Options(batch=batch, message="bench"),
+                                deploy.Reporter(stream=open("/dev/null", "w")))  # noqa: SIM115
+    return outcome, traffic.report.sent, traffic.report.failed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hosts", default="3,12", help="stream host counts to measure")
+    parser.add_argument("--batch", default="1", help="batch size (as fab deploy --batch)")
+    args = parser.parse_args()
+    rows, data = [], {}
+    workdir = Path(tempfile.mkdtemp(prefix="roadie-bench-"))
+    try:
+        for count in [int(x) for x in args.hosts.split(",")]:
+            fleet = prepare(count)
+            first = variant("a", workdir)
+            roll(fleet, first, args.batch)  # every host has a release and a previous one to drain from
+            for i, host in enumerate(fleet.stream):
+                with ssh.connect(host) as conn:
+                    stream_host.seed(conn, first.id, with_db=i == 0)
+            outcome, sent, failed = roll(fleet, variant("b", workdir), args.batch)
+            floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)
+            data[count] = {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
+                           "batches": len(outcome.timings), "requests": sent, "failed_requests": failed}
+            rows.append((f"{count} stream hosts, batch {args.batch}: deploy / floor",
+                         f"{outcome.duration_s:.1f} s / {floor:.1f} s = {outcome.duration_s / floor:.2f}x, "
+                         f"{failed} failed of {sent} requests"))
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        lab.up(log=quiet)
+        provision.run("site", "lab", limit="balancer", echo=False)  # drop the removed hosts from HAProxy
+    report("deploy", rows, data)
+
+
+if __name__ == "__main__":
+    main()
