@@ -227,10 +227,17 @@ def unit(c):
     c.run(f"{_bin('pytest')} tests/unit -q")
 
 
-@task(help={"which": "Benchmark to run: lab (default)."})
-def bench(c, which="lab"):
-    """Run a benchmark from bench/ and print its figures."""
-    c.run(f"{_bin('python')} bench/{which}.py")
+BENCHMARKS = ("lab", "provision", "deploy")
+
+
+@task(help={"which": f"Benchmark to run: {', '.join(BENCHMARKS)} or all (default: all)."})
+def bench(c, which="all"):
+    """Run benchmarks from bench/ and print their figures (they use the lab; minutes each)."""
+    chosen = BENCHMARKS if which == "all" else (which,)
+    if not set(chosen) <= set(BENCHMARKS):
+        raise Exit(f"error: unknown benchmark {which!r} (known: {', '.join(BENCHMARKS)}, all)", code=1)
+    for name in chosen:
+        c.run(f"{_bin('python')} bench/{name}.py")
 
 
 lab_ns = Collection("lab")
