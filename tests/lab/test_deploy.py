@@ -26,8 +26,9 @@ def currents(fleet) -> dict[str, str | None]:
 
 
 def build_variant(tmp_path: Path, release_id: str, patch=None) -> Path:
-    """A release built from a copy of app/, optionally patched (e.g. broken on purpose)."""
-    app = tmp_path / "app"
+    """A release built from a copy of app/ (inside the checkout, for the git sha), optionally patched."""
+    app = ROOT / "build" / "variants" / release_id / "app"
+    shutil.rmtree(app.parent, ignore_errors=True)
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if patch:
         patch(app)

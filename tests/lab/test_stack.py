@@ -20,7 +20,7 @@ def get(host: str, path: str, headers: dict | None = None, method: str = "GET", 
     try:
         conn.request(method, path, body=body, headers=headers or {})
         response = conn.getresponse()
-        return response.status, dict(response.getheaders()), response.read()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
     finally:
         conn.close()
 
@@ -42,7 +42,7 @@ def test_audio_range_request_returns_exactly_the_requested_bytes(stack):
     assert status == 200 and len(full) > 10_000
     status, headers, part = get(stack["lb"], "/tracks/1/audio", {"Range": "bytes=1000-1999"})
     assert status == 206
-    assert headers["Content-Range"] == f"bytes 1000-1999/{len(full)}"
+    assert headers["content-range"] == f"bytes 1000-1999/{len(full)}"
     assert part == full[1000:2000]
     status, headers, _ = get(stack["lb"], "/tracks/1/audio", {"Range": f"bytes={len(full) + 10}-"})
     assert status == 416
@@ -85,7 +85,9 @@ def test_role_config_change_reloads_haproxy_without_dropping_an_audio_download(s
     result: dict = {}
 
     def download():
-        result["answer"] = slow_download(stack["lb"], "/tracks/2/audio", until=release_reader)
+        # About 45 s of reading for the whole file: far longer than the playbook takes to reload HAProxy.
+        result["answer"] = slow_download(stack["lb"], "/tracks/2/audio", bytes_per_tick=max(256, size // 450),
+                                         tick=0.1, until=release_reader)
 
     reader = threading.Thread(target=download)
     reader.start()
