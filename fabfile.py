@@ -9,7 +9,7 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
-from roadie import audit, deploy, fleet, inventory, lock, release, ssh, stream_host
+from roadie import audit, deploy, fleet, inventory, lock, release, ssh
 from roadie.cli import emit_json, friendly, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
@@ -207,17 +207,7 @@ def seed(c, inventory_=None):
     inv = inventory.load(inventory_)
     if inv.name == "production":
         raise RoadieError("seed writes demo data; it never runs against production")
-    group = deploy.Fleet.from_inventory(inv)
-    for i, host in enumerate(group.stream):
-        conn = ssh.connect(host)
-        try:
-            current = stream_host.releases(conn).current
-            if not current:
-                raise RoadieError(f"{host.name}: no release deployed yet; run `fab deploy` first")
-            stream_host.seed(conn, current, with_db=i == 0)
-            print(prefixed(host.name, "seeded" + (" catalogue and media" if i == 0 else " media")))
-        finally:
-            conn.close()
+    deploy.seed_fleet(deploy.Fleet.from_inventory(inv), deploy.Reporter())
 
 
 lock_ns = Collection("lock")

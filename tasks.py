@@ -8,7 +8,7 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import deploy, fleet, inventory, lab, provision, release, ssh, stream_host
+from roadie import deploy, fleet, inventory, lab, provision, release
 from roadie.cli import emit_json, friendly, table
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -145,16 +145,9 @@ def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
     """Bring up the lab and run the main job: provision every tier, deploy the stream service, serve it."""
     _print_status(lab.up(int(stream_hosts)))
     _provision("site")
-    built = release.build(Path(ROOT) / "build" / "releases")
-    manifest = release.verify(built.path)
-    fleet_ = deploy.Fleet.from_inventory(inventory.load("lab"))
-    deploy.deploy(fleet_, built.path, manifest, deploy.Options(message="inv up"), deploy.Reporter())
-    for i, host in enumerate(fleet_.stream):
-        conn = ssh.connect(host)
-        try:
-            stream_host.seed(conn, manifest.release_id, with_db=i == 0)
-        finally:
-            conn.close()
+    inv = inventory.load("lab")
+    deploy.build_and_deploy(inv, Path(ROOT) / "build" / "releases", "inv up", deploy.Reporter(), seed=True)
+    fleet_ = deploy.Fleet.from_inventory(inv)
     _fleet_check()
     url = f"http://{fleet_.balancer.address}"
     print(f"\nThe stack is up. Try:\n  curl {url}/tracks\n  curl -r 0-99 -o /dev/null -w '%{{http_code}}\\n' "

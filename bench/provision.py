@@ -47,23 +47,17 @@ def main() -> None:
     args = parser.parse_args()
     rows, data = [], {}
 
-    fresh_lab()
-    cold = timed_run(DATA_TIER)
-    rerun = timed_run(DATA_TIER)
-    data["data_tier"] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s,
-                         "rerun_changed": sum(c["changed"] for c in rerun.recap.values())}
-    rows += [("data tier (common+postgresql+redis on db1, db2, cache1), cold", f"{cold.duration_s:.0f} s"),
-             ("data tier, no-change rerun", f"{rerun.duration_s:.0f} s "
-                                            f"(changed={data['data_tier']['rerun_changed']})")]
+    stages = [("data_tier", DATA_TIER, "data tier (common+postgresql+redis on db1, db2, cache1)")]
     if not args.skip_full:
+        stages.append(("site", None, "whole site.yml on 7 hosts"))
+    for key, limit, label in stages:
         fresh_lab()
-        cold = timed_run(None)
-        rerun = timed_run(None)
-        data["site"] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s,
-                        "rerun_changed": sum(c["changed"] for c in rerun.recap.values())}
-        rows += [("whole site.yml on 7 hosts, cold", f"{cold.duration_s:.0f} s"),
-                 ("whole site.yml, no-change rerun", f"{rerun.duration_s:.0f} s "
-                                                     f"(changed={data['site']['rerun_changed']})")]
+        cold = timed_run(limit)
+        rerun = timed_run(limit)
+        changed = sum(c["changed"] for c in rerun.recap.values())
+        data[key] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s, "rerun_changed": changed}
+        rows += [(f"{label}, cold", f"{cold.duration_s:.0f} s"),
+                 (f"{label}, no-change rerun", f"{rerun.duration_s:.0f} s (changed={changed})")]
     report("provision", rows, data)
 
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import audit, lock, rollout, ssh, stream_host
+from roadie import audit, lock, release, rollout, ssh, stream_host
 from roadie.balancer import Balancer
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
@@ -354,3 +354,26 @@ def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = 
         raise RoadieError(f"rollback to {to} failed: {outcome.error}")
     report(f"rolled back {len(outcome.done_hosts)} hosts to {to} in {outcome.duration_s:.1f} s", event="done")
     return outcome
+
+
+def seed_fleet(fleet: Fleet, report: Reporter) -> None:
+    """Demo catalogue (once) and audio files (every stream host) for the release each host runs."""
+    for i, host in enumerate(fleet.stream):
+        with ssh.connect(host) as conn:
+            current = stream_host.releases(conn).current
+            if not current:
+                raise RoadieError(f"{host.name}: no release deployed yet; run `fab deploy` first")
+            stream_host.seed(conn, current, with_db=i == 0)
+        report("seeded " + ("catalogue and media" if i == 0 else "media"), host.name, event="seeded")
+
+
+def build_and_deploy(inv: Inventory, out_dir: Path, message: str, report: Reporter,
+                     seed: bool = False) -> tuple[Path, release.Manifest]:
+    """Build a release from the working tree, deploy it with the default options, optionally seed."""
+    built = release.build(out_dir)
+    manifest = release.verify(built.path)
+    fleet = Fleet.from_inventory(inv)
+    deploy(fleet, built.path, manifest, Options(message=message), report)
+    if seed:
+        seed_fleet(fleet, report)
+    return built.path, manifest

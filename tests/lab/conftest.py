@@ -66,16 +66,9 @@ def run_with_secret(conn, command: str, env_name: str, secret: str):
 @pytest.fixture(scope="session")
 def stack(provisioned, lab_inventory):
     """A first release deployed with `fab deploy`'s code and seeded: the stack serves through lb1."""
-    from roadie import deploy, release, stream_host
+    from roadie import deploy
 
-    built = release.build(ROOT / "build" / "releases")
-    manifest = release.verify(built.path)
+    artifact, manifest = deploy.build_and_deploy(lab_inventory, ROOT / "build" / "releases", "lab tests",
+                                                 deploy.Reporter(), seed=True)
     fleet = deploy.Fleet.from_inventory(lab_inventory)
-    deploy.deploy(fleet, built.path, manifest, deploy.Options(message="lab tests"), deploy.Reporter())
-    for i, host in enumerate(fleet.stream):
-        conn = ssh.connect(host)
-        try:
-            stream_host.seed(conn, manifest.release_id, with_db=i == 0)
-        finally:
-            conn.close()
-    return {"manifest": manifest, "artifact": built.path, "fleet": fleet, "lb": fleet.balancer.address}
+    return {"manifest": manifest, "artifact": artifact, "fleet": fleet, "lb": fleet.balancer.address}
