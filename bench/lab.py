@@ -22,13 +22,21 @@ def quiet(_message: str) -> None:
     pass
 
 
+class Rows(list):
+    """Result rows, also printed as they come so a failure later keeps the figures already taken."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        print(f"  {row[0]}: {row[1]}", flush=True)
+        super().append(row)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-cold", action="store_true", help="do not remove and rebuild the base image")
     parser.add_argument("--runs", type=int, default=5, help="runs per fan-out figure (median reported)")
     args = parser.parse_args()
     data: dict = {}
-    rows: list[tuple[str, str]] = []
+    rows = Rows()
 
     lab.ensure_tools(quiet)
     lab.ensure_docker(quiet)

@@ -195,6 +195,26 @@ def docker_running() -> bool:
         return False
 
 
+INOTIFY_INSTANCES = Path("/proc/sys/fs/inotify/max_user_instances")
+MIN_INOTIFY_INSTANCES = 1024
+
+
+def ensure_inotify(log: Log = _say, path: Path = INOTIFY_INSTANCES) -> None:
+    """Raise the controller's inotify instance limit: each host's systemd needs several, and the
+    kernel's default (128) runs out near 20 hosts, leaving a host whose sshd never starts."""
+    try:
+        current = int(path.read_text())
+    except (OSError, ValueError):
+        return
+    if current >= MIN_INOTIFY_INSTANCES:
+        return
+    if os.geteuid() != 0:
+        raise RoadieError(f"fs.inotify.max_user_instances is {current}; as root: "
+                          f"sysctl fs.inotify.max_user_instances={MIN_INOTIFY_INSTANCES}")
+    path.write_text(f"{MIN_INOTIFY_INSTANCES}\n")
+    log(f"raised fs.inotify.max_user_instances from {current} to {MIN_INOTIFY_INSTANCES} (systemd per host)")
+
+
 def ensure_docker(log: Log = _say, timeout: float = DOCKER_START_TIMEOUT) -> None:
     """Start dockerd in the background when it is not running (PID 1 is not systemd here) and wait."""
     if docker_running():
@@ -401,6 +421,7 @@ def up(stream_hosts: int = DEFAULT_STREAM_HOSTS, log: Log = _say) -> list[HostSt
     with _lab_lock():
         ensure_tools(log)
         ensure_docker(log)
+        ensure_inotify(log)
         image = ensure_image(log)
         added = vault.ensure_lab_vault()
         if added:

@@ -64,3 +64,14 @@ def test_docker_that_cannot_start_is_one_line(monkeypatch, tmp_path):
     message = str(err.value)
     assert message.startswith("the Docker engine did not start within 1 s: failed to start daemon: no space left")
     assert "\n" not in message
+
+
+def test_inotify_limit_is_raised_for_many_systemd_hosts(monkeypatch, tmp_path):
+    limit = tmp_path / "max_user_instances"
+    limit.write_text("128\n")
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    lab.ensure_inotify(log=lambda _m: None, path=limit)
+    assert int(limit.read_text()) == lab.MIN_INOTIFY_INSTANCES
+    limit.write_text("4096\n")
+    lab.ensure_inotify(log=lambda _m: None, path=limit)
+    assert limit.read_text() == "4096\n"
