@@ -30,7 +30,9 @@ def quiet(*_args, **_kwargs) -> None:
 
 
 def variant(tag: str, workdir: Path) -> release.Release:
-    app = workdir / f"app-{tag}"
+    # Inside the checkout (git-ignored build/): the manifest records the git sha.
+    app = ROOT / "build" / "variants" / f"bench-{tag}" / "app"
+    shutil.rmtree(app.parent, ignore_errors=True)
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app)
 
