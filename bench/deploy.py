@@ -70,7 +70,7 @@ def main() -> None:
                     stream_host.seed(conn, first.id, with_db=i == 0)
             outcome, sent, failed = roll(fleet, variant("b", workdir), args.batch)
             floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)
-            data[count] = {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
+            data[str(count)] = {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
                            "batches": len(outcome.timings), "requests": sent, "failed_requests": failed}
             rows.append((f"{count} stream hosts, batch {args.batch}: deploy / floor",
                          f"{outcome.duration_s:.1f} s / {floor:.1f} s = {outcome.duration_s / floor:.2f}x, "
