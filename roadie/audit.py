@@ -10,7 +10,7 @@ import shlex
 import time
 from pathlib import Path
 
-from roadie import lock
+from roadie import lock, ssh
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
 
@@ -45,8 +45,7 @@ def record(conn, entry: dict, state_dir: str = lock.STATE_DIR, local: Path = LOC
     with open(local, "a") as handle:
         handle.write(line + "\n")
     if conn is not None:
-        cmd = " ".join(["python3", "-c", shlex.quote(_APPEND), shlex.quote(state_dir), shlex.quote(line)])
-        result = conn.run(cmd, hide=True, warn=True, in_stream=False)
+        result = conn.run(ssh.python_command(_APPEND, state_dir, line), hide=True, warn=True, in_stream=False)
         if result.exited != 0:
             raise RoadieError(f"could not write the audit log on the lock host: {result.stderr.strip()[-200:]}")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 import csv
 import io
 import re
-import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from roadie.errors import RoadieError
+from roadie.ssh import python_command
 
 ADMIN_SOCKET = "/run/haproxy/admin.sock"
 _NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
@@ -90,8 +90,7 @@ class Balancer:
 
     def command(self, line: str) -> str:
         """Send one runtime API command; an error answer becomes a RoadieError."""
-        cmd = " ".join(["python3", "-c", shlex.quote(_REMOTE), shlex.quote(self.socket_path), shlex.quote(line)])
-        result = self.conn.run(cmd, hide=True, warn=True, in_stream=False)
+        result = self.conn.run(python_command(_REMOTE, self.socket_path, line), hide=True, warn=True, in_stream=False)
         if result.exited != 0:
             detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise RoadieError(f"HAProxy runtime API on {self._host()}: {detail}")

@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -87,11 +85,6 @@ class Fleet:
         return cls(stream=stream, balancer=balancers[0])
 
 
-def _parallel(func: Callable, items: list) -> list:
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
-        return list(pool.map(func, items))
-
-
 class Rollout:
     """Runs a plan against real hosts. Construct, then call `run()` inside the deploy lock."""
 
@@ -116,7 +109,7 @@ class Rollout:
                 errors.append(str(exc))
                 return host, None
 
-        for host, conn in _parallel(open_one, hosts):
+        for host, conn in ssh.parallel(open_one, hosts):
             if conn is None:
                 continue
             if host.name == self.fleet.balancer.name:
@@ -161,7 +154,7 @@ class Rollout:
             except Exception as exc:  # noqa: BLE001 - every host's failure is reported, then we stop
                 errors.append(ssh.describe_failure(host, exc))
 
-        _parallel(guarded, self.fleet.stream)
+        ssh.parallel(guarded, self.fleet.stream)
         if errors:
             raise RoadieError(f"staging failed, nothing switched: {'; '.join(errors)}")
 
@@ -217,19 +210,19 @@ class Rollout:
             timing: dict = {"batch": batch.number, "hosts": list(batch.hosts)}
             try:
                 t = time.monotonic()
-                _parallel(self._take_out, list(batch.hosts))
+                ssh.parallel(self._take_out, list(batch.hosts))
                 timing["drain_s"] = time.monotonic() - t
                 t = time.monotonic()
-                _parallel(lambda h: self._switch_and_gate(h, plan.release), list(batch.hosts))
+                ssh.parallel(lambda h: self._switch_and_gate(h, plan.release), list(batch.hosts))
                 timing["switch_restart_health_s"] = time.monotonic() - t
                 t = time.monotonic()
-                _parallel(self._put_back, list(batch.hosts))
+                ssh.parallel(self._put_back, list(batch.hosts))
                 timing["enable_s"] = time.monotonic() - t
             except Exception as exc:  # noqa: BLE001 - roll this batch back whatever went wrong
                 outcome.error = str(exc) if isinstance(exc, RoadieError) else f"{type(exc).__name__}: {exc}"
                 self.report(f"{label} failed: {outcome.error}; rolling this batch back", event="batch_failed")
                 back = [(h, previous[h]) for h in batch.hosts]
-                problems = [p for p in _parallel(lambda item: self._rollback_host(*item), back) if p]
+                problems = [p for p in ssh.parallel(lambda item: self._rollback_host(*item), back) if p]
                 outcome.rolled_back.extend(batch.hosts)
                 if problems:
                     outcome.error += f"; rollback incomplete: {'; '.join(problems)}"
@@ -304,7 +297,7 @@ def host_releases(fleet: Fleet) -> list[stream_host.Releases]:
         finally:
             conn.close()
 
-    return _parallel(one, fleet.stream)
+    return ssh.parallel(one, fleet.stream)
 
 
 def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = None,

@@ -18,7 +18,6 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,7 +25,7 @@ from pathlib import Path
 import yaml
 
 from roadie import inventory as inventory_mod
-from roadie import vault
+from roadie import ssh, vault
 from roadie.errors import RoadieError
 from roadie.paths import LAB_IMAGE_RECIPE, LAB_INVENTORY, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SSH_DIR, LAB_STATE
 
@@ -409,12 +408,6 @@ def _lab_lock() -> Iterator[None]:
         yield
 
 
-def _parallel(func: Callable, items: Iterable) -> list:
-    items = list(items)
-    with ThreadPoolExecutor(max_workers=min(16, max(1, len(items)))) as pool:
-        return list(pool.map(func, items))
-
-
 def up(stream_hosts: int = DEFAULT_STREAM_HOSTS, log: Log = _say) -> list[HostState]:
     """Bring the lab to match its inventory: tools, engine, image, network, hosts, keys. Idempotent."""
     check_stream_count(stream_hosts)
@@ -450,7 +443,7 @@ def up(stream_hosts: int = DEFAULT_STREAM_HOSTS, log: Log = _say) -> list[HostSt
                 docker("start", container_name(host.name))
                 log(f"{host.name}: restarted")
 
-        _parallel(reconcile, inv.hosts.values())
+        ssh.parallel(reconcile, inv.hosts.values())
         public_key = key.with_suffix(".pub").read_text()
 
         def prepare(host: inventory_mod.Host) -> tuple[str, tuple[str, int, list[str]]]:
@@ -459,7 +452,7 @@ def up(stream_hosts: int = DEFAULT_STREAM_HOSTS, log: Log = _say) -> list[HostSt
                   input=public_key)
             return host.name, (host.address, host.port, _host_keys(host.name))
 
-        host_keys = dict(_parallel(prepare, inv.hosts.values()))
+        host_keys = dict(ssh.parallel(prepare, inv.hosts.values()))
         _write_known_hosts(known_hosts_lines(host_keys))
         log(f"{len(inv.hosts)} hosts up; known_hosts at {LAB_KNOWN_HOSTS}")
         return status()
@@ -496,7 +489,7 @@ def status() -> list[HostState]:
         return HostState(host.name, host.address, container_name(host.name), state,
                          state == "running" and _port_open(host.address, host.port))
 
-    return _parallel(probe, inv.hosts.values())
+    return ssh.parallel(probe, inv.hosts.values())
 
 
 def _port_open(address: str, port: int, timeout: float = 1.0) -> bool:

@@ -12,12 +12,12 @@ import getpass
 import json
 import os
 import secrets
-import shlex
 import socket
 import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
+from roadie import ssh
 from roadie.errors import RoadieError
 
 DEFAULT_TTL = 30 * 60
@@ -97,9 +97,8 @@ def who() -> str:
 
 
 def _call(conn: Runner, op: str, state_dir: str, payload: dict) -> dict:
-    command = " ".join(["python3", "-c", shlex.quote(_REMOTE), op, shlex.quote(state_dir),
-                        shlex.quote(json.dumps(payload))])
-    result = conn.run(command, hide=True, warn=True, in_stream=False)
+    result = conn.run(ssh.python_command(_REMOTE, op, state_dir, json.dumps(payload)), hide=True, warn=True,
+                      in_stream=False)
     if result.exited != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         raise RoadieError(f"deploy lock on {_name(conn)}: {op} failed: {detail}")

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import shlex
 import socket
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import paramiko
@@ -74,6 +76,18 @@ def describe_failure(host: Host, exc: BaseException) -> str:
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
         return f"{host.name}: command exited {result.exited}: {detail[0]}"
     return f"{where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+
+
+def parallel(func: Callable, items: Iterable, max_workers: int = 16) -> list:
+    """func over items in threads, results in order; the first exception is raised after all finish."""
+    items = list(items)
+    with ThreadPoolExecutor(max_workers=min(max_workers, max(1, len(items)))) as pool:
+        return list(pool.map(func, items))
+
+
+def python_command(script: str, *args: object) -> str:
+    """A shell command running `script` with python3 on a host (every managed host has it), args quoted."""
+    return " ".join(["python3", "-c", shlex.quote(script), *(shlex.quote(str(a)) for a in args)])
 
 
 def connect(host: Host) -> HostConnection:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from roadie.errors import RoadieError
+from roadie.ssh import python_command
 
 BASE = PurePosixPath("/srv/stream")
 RELEASES = BASE / "releases"
@@ -76,7 +77,7 @@ print(json.dumps({"current": target("current"), "previous": target("previous"),
 
 def releases(conn) -> Releases:  # noqa: ANN001
     """current, previous and the complete releases kept on the host."""
-    out = _run(conn, f"python3 -c {_q(_LIST)} {_q(BASE)}", what="listing releases", timeout=60)
+    out = _run(conn, python_command(_LIST, BASE), what="listing releases", timeout=60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
 
@@ -173,7 +174,7 @@ class Health:
 
 
 def health(conn, url: str = HEALTH_URL) -> Health:  # noqa: ANN001
-    out = _run(conn, f"python3 -c {_q(_HEALTH)} {_q(url)}", what="health check", timeout=30)
+    out = _run(conn, python_command(_HEALTH, url), what="health check", timeout=30)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     body = data.get("body") or {}
     return Health(data.get("status", 0), body.get("release"), body.get("database"), body.get("cache"),
