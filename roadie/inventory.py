@@ -12,9 +12,10 @@ import ipaddress
 import os
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from roadie.errors import RoadieError
 from roadie.paths import INVENTORIES, ROOT
@@ -47,6 +48,8 @@ class Inventory:
     source: Path
     hosts: dict[str, Host]
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Looks up one templated host variable on demand (vault values are decrypted only when asked for).
+    resolver: Callable[[str, str], Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def name(self) -> str:
@@ -70,6 +73,14 @@ class Inventory:
                 raise RoadieError(f"unknown host or group {name!r} in inventory {self.name} (groups: {groups})")
             chosen.extend(m for m in members if m not in chosen)
         return [self.hosts[n] for n in chosen]
+
+    def host_var(self, host: str, name: str) -> Any:
+        """One of a host's variables, templated as Ansible would; undefined or unresolvable fails in one line."""
+        if host not in self.hosts:
+            raise RoadieError(f"inventory {self.name} has no host {host!r}")
+        if self.resolver is None:
+            raise RoadieError(f"inventory {self.name} was loaded without its variables")
+        return self.resolver(host, name)
 
     def group(self, name: str) -> list[Host]:
         """Hosts of one group; an unknown or empty group fails."""
@@ -148,6 +159,17 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
         groups = {
             name: tuple(h.name for h in manager.get_hosts(name)) for name in manager.groups
         }
+
+        def resolver(host: str, name: str) -> Any:
+            hvars = variables.get_vars(host=manager.get_host(host))
+            if name not in hvars:
+                raise RoadieError(f"inventory {path.name}: {host} has no variable {name}")
+            try:
+                value = Templar(loader=loader, variables=hvars).template(hvars[name])
+            except AnsibleError as exc:
+                raise RoadieError(f"inventory {path.name}: {host}: cannot resolve {name}: "
+                                  f"{' '.join(str(exc).split())[:200]}") from None
+            return str(value) if isinstance(value, str) else value  # plain str, not Ansible's tagged one
     except AnsibleError as exc:
         message = " ".join(str(exc.message if hasattr(exc, "message") else exc).split())
         cause = _first_cause(warnings.getvalue())
@@ -157,7 +179,7 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
     if not hosts:
         raise RoadieError(f"inventory {path} has no hosts")
     _check_unique_addresses(path, hosts.values())
-    return Inventory(source=path, hosts=hosts, groups=groups)
+    return Inventory(source=path, hosts=hosts, groups=groups, resolver=resolver)
 
 
 def _first_cause(text: str) -> str:
