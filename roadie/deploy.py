@@ -174,9 +174,15 @@ class Rollout:
         state = self.balancer.wait_up(host, timeout=self.options.health_timeout)
         self.report(f"back in rotation ({state.status})", host, event="enabled")
 
-    def _switch_and_gate(self, host: str, release_id: str) -> None:
+    def _switch_and_gate(self, host: str, release_id: str | None) -> None:
+        """Switch to `release_id` and restart; None restarts the host on the release it runs."""
         conn = self.conns[host]
-        stream_host.switch(conn, release_id)
+        if release_id is None:
+            release_id = stream_host.releases(conn).current
+            if not release_id:
+                raise RoadieError(f"{host}: no release deployed; nothing to restart")
+        else:
+            stream_host.switch(conn, release_id)
         stream_host.restart(conn)
         gate = stream_host.health_gate(conn, release_id, passes=self.options.health_passes,
                                        interval=self.options.health_interval, timeout=self.options.health_timeout)
@@ -200,8 +206,8 @@ class Rollout:
             return message
 
     # -------------------------------------------------------------- the rollout
-    def run(self, plan: rollout.Plan, outcome: Outcome) -> None:
-        """Run every batch; on failure roll the batch back and raise."""
+    def run(self, plan: rollout.Plan, outcome: Outcome, restart_only: bool = False) -> None:
+        """Run every batch; on failure roll the batch back and raise. `restart_only` switches nothing."""
         for batch in plan.batches:
             started = time.monotonic()
             label = f"batch {batch.number}/{len(plan.batches)}" + (" (canary)" if batch.canary else "")
@@ -213,7 +219,8 @@ class Rollout:
                 ssh.parallel(self._take_out, list(batch.hosts))
                 timing["drain_s"] = time.monotonic() - t
                 t = time.monotonic()
-                ssh.parallel(lambda h: self._switch_and_gate(h, plan.release), list(batch.hosts))
+                target = None if restart_only else plan.release
+                ssh.parallel(lambda h, target=target: self._switch_and_gate(h, target), list(batch.hosts))
                 timing["switch_restart_health_s"] = time.monotonic() - t
                 t = time.monotonic()
                 ssh.parallel(self._put_back, list(batch.hosts))

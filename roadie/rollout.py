@@ -33,10 +33,12 @@ class Plan:
     hosts: tuple[str, ...]
     batches: tuple[Batch, ...] = field(default_factory=tuple)
     min_serving: int = 1
+    action: str = ""   # what each batch gets, when it is not a release (e.g. "restart")
 
     def describe(self) -> list[str]:
         """The plan as the lines an operator reads before saying yes."""
-        lines = [f"release {self.release} to {len(self.hosts)} hosts in {len(self.batches)} batches "
+        what = f"{self.action} of" if self.action else f"release {self.release} to"
+        lines = [f"{what} {len(self.hosts)} hosts in {len(self.batches)} batches "
                  f"(at least {self.min_serving} serving at every step)"]
         for batch in self.batches:
             tag = " (canary)" if batch.canary else ""
@@ -60,7 +62,7 @@ def batch_size(spec: str | int, total: int) -> int:
 
 
 def plan(release: str, hosts: list[str] | tuple[str, ...], batch: str | int = 1, canary: bool = True,
-         min_serving: int = 1) -> Plan:
+         min_serving: int = 1, action: str = "") -> Plan:
     """Split hosts into batches, canary alone first; refuse a plan below `min_serving`."""
     hosts = tuple(hosts)
     if not hosts:
@@ -89,4 +91,4 @@ def plan(release: str, hosts: list[str] | tuple[str, ...], batch: str | int = 1,
         Batch(number=i + 1, hosts=g, serving=len(hosts) - len(g), canary=canary and i == 0 and len(hosts) > 1)
         for i, g in enumerate(groups)
     )
-    return Plan(release=release, hosts=hosts, batches=batches, min_serving=min_serving)
+    return Plan(release=release, hosts=hosts, batches=batches, min_serving=min_serving, action=action)

@@ -1,0 +1,271 @@
+"""On-call changes to the running fleet: drain and undrain, rolling restarts, maintenance mode.
+
+Everything here goes through the same pieces as `fab deploy`: the HAProxy runtime API (balancer.py),
+the rollout planner and its capacity guard (rollout.py), the batch runner with its health gate and
+rollback (deploy.Rollout), the deploy lock and the audit log. Callers take the lock; these functions
+assume it is held.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+
+from roadie import deploy, rollout, ssh
+from roadie.balancer import Balancer
+from roadie.errors import RoadieError
+from roadie.inventory import Host, Inventory
+from roadie.paths import ROOT
+
+TEMPLATES = ROOT / "templates"
+MAINTENANCE_MAP = "/etc/haproxy/maintenance.map"
+MAINTENANCE_PAGE = "/etc/haproxy/maintenance.html"
+
+
+# ------------------------------------------------------------------ drain / undrain
+def serving_without(balancer: Balancer, hosts: list[str]) -> int:
+    """How many servers of the backend would still take traffic with `hosts` out."""
+    return sum(1 for name, s in balancer.servers().items() if s.in_rotation and name not in hosts)
+
+
+def drain(balancer: Balancer, host: str, *, min_serving: int, force: bool, timeout: float,
+          report: deploy.Reporter) -> bool:
+    """Take a stream host out of rotation and wait for its sessions; False if sessions outlived `timeout`."""
+    state = balancer.server(host)
+    left = serving_without(balancer, [host])
+    if left < min_serving and not force:
+        raise RoadieError(f"draining {host} would leave {left} stream hosts in rotation, below --min-serving "
+                          f"{min_serving}; nothing changed (--force to drain anyway)")
+    if state.status.startswith(("DRAIN", "MAINT")):
+        report(f"already out of rotation ({state.status})", host, event="drain")
+    balancer.drain(host)
+    report(f"draining; {left} hosts keep serving", host, event="drain")
+    drained, state = balancer.wait_drained(host, timeout)
+    if drained:
+        report("drained: no sessions left", host, event="drained")
+    else:
+        report(f"still {state.sessions} sessions after {timeout:.0f} s", host, event="drain_timeout")
+    return drained
+
+
+def undrain(balancer: Balancer, host: str, *, timeout: float, report: deploy.Reporter) -> None:
+    """Put a host back in rotation and wait until health checks report it UP."""
+    balancer.enable(host)
+    state = balancer.wait_up(host, timeout)
+    report(f"back in rotation ({state.status})", host, event="enabled")
+
+
+# ------------------------------------------------------------------ restarts
+def rolling_restart(fleet: deploy.Fleet, options: deploy.Options, report: deploy.Reporter,
+                    hosts: list[str] | None = None) -> deploy.Outcome:
+    """Restart stream hosts batch by batch: drain, restart, health gate on their release, enable, UP.
+
+    The caller holds the deploy lock. A host that fails its gate is restarted once more and put back if
+    it recovers; the restart stops there with one line naming the host.
+    """
+    names = hosts or [h.name for h in fleet.stream]
+    plan = rollout.plan("restart", names, options.batch, canary=False, min_serving=options.min_serving,
+                        action="restart")
+    for line in plan.describe():
+        report(line.strip(), event="plan")
+    work = deploy.Rollout(fleet, options, report)
+    work.connect()
+    outcome = deploy.Outcome(release="", ok=False)
+    started = time.monotonic()
+    try:
+        work.run(plan, outcome, restart_only=True)
+        outcome.ok = True
+    finally:
+        outcome.duration_s = time.monotonic() - started
+        work.close()
+    return outcome
+
+
+@dataclass(frozen=True)
+class Service:
+    """The unit a group runs and how to tell it is healthy again after a restart."""
+
+    unit: str
+    check: Callable[[ssh.HostConnection, Inventory], tuple[bool, str]]
+
+
+def _check_haproxy(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
+    try:
+        servers = Balancer(conn).servers()
+    except RoadieError as exc:
+        return False, str(exc)
+    up = sum(1 for s in servers.values() if s.in_rotation)
+    return up > 0, f"runtime API answers; {up} of {len(servers)} stream servers UP"
+
+
+def _check_postgres(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
+    sql = ("SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'primary' "
+           "WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 'replica streaming' "
+           "ELSE 'replica not streaming' END")
+    result = conn.run(f"runuser -u postgres -- psql -XAtq -d postgres -c {shlex.quote(sql)}", hide=True, warn=True,
+                      in_stream=False, timeout=30)
+    answer = result.stdout.strip()
+    return result.exited == 0 and answer in ("primary", "replica streaming"), answer or result.stderr.strip()[-160:]
+
+
+def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
+    host = conn.inventory_host.name
+    secret = inv.host_var(host, "vault_redis_admin_password")
+    script = ('IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; '
+              'redis-cli --no-auth-warning --user admin -h 127.0.0.1 PING')
+    result = conn.run(f"sh -c {shlex.quote(script)}", hide=True, warn=True, in_stream=io.StringIO(secret + "\n"),
+                      timeout=30)
+    answer = result.stdout.strip()
+    return answer == "PONG", answer or result.stderr.strip()[-160:]
+
+
+GROUP_SERVICES = {
+    "balancer": Service("haproxy.service", _check_haproxy),
+    "database": Service("postgresql@15-main.service", _check_postgres),
+    "cache": Service("redis-server.service", _check_redis),
+}
+
+
+def restart_order(inv: Inventory, hosts: list[Host]) -> list[Host]:
+    """Replicas before the primary, so the primary's restart comes last and is the only write pause."""
+    primaries = set(inv.groups.get("database_primary", ()))
+    return sorted(hosts, key=lambda h: h.name in primaries)
+
+
+def service_for(host: Host) -> Service:
+    for group in host.groups:
+        if group in GROUP_SERVICES:
+            return GROUP_SERVICES[group]
+    raise RoadieError(f"{host.name} is in no group with a known service "
+                      f"({', '.join(sorted(GROUP_SERVICES))} or stream)")
+
+
+def restart_one_by_one(inv: Inventory, hosts: list[Host], report: deploy.Reporter, timeout: float = 60,
+                       poll: float = 1.0) -> None:
+    """Restart each host's service in turn; the next waits until the last one's health check passes."""
+    for host in restart_order(inv, hosts):
+        service = service_for(host)
+        with ssh.connect(host) as conn:
+            started = time.monotonic()
+            report(f"restarting {service.unit}", host.name, event="restart")
+            result = conn.run(f"systemctl restart {shlex.quote(service.unit)}", hide=True, warn=True,
+                              in_stream=False, timeout=180)
+            if result.exited != 0:
+                raise RoadieError(f"{host.name}: restarting {service.unit} failed: "
+                                  f"{(result.stderr.strip().splitlines() or ['no output'])[-1]}; stopped here")
+            deadline = time.monotonic() + timeout
+            while True:
+                ok, detail = service.check(conn, inv)
+                if ok:
+                    break
+                if time.monotonic() >= deadline:
+                    raise RoadieError(f"{host.name}: {service.unit} not healthy {timeout:.0f} s after its restart "
+                                      f"({detail}); stopped here, later hosts untouched")
+                time.sleep(poll)
+            report(f"healthy again in {time.monotonic() - started:.1f} s ({detail})", host.name, event="healthy")
+
+
+# ------------------------------------------------------------------ maintenance mode
+def render_page(message: str, retry_after: int, template: str = "maintenance.html.j2") -> str:
+    """The maintenance page from templates/, autoescaped (the message is the operator's text)."""
+    env = Environment(loader=FileSystemLoader(str(TEMPLATES)), autoescape=True, undefined=StrictUndefined,
+                      keep_trailing_newline=True)
+    return env.get_template(template).render(message=message, retry_after=retry_after,
+                                             minutes=max(1, round(retry_after / 60)))
+
+
+_SET_MODE = r'''
+import hashlib, os, socket, subprocess, sys
+map_path, page_path, state, retry_after, page = sys.argv[1:5] + [sys.stdin.read()]
+def write(path, data):
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(data)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+reload_needed = False
+if page:
+    old = open(page_path).read() if os.path.exists(page_path) else ""
+    if old != page:
+        write(page_path, page)
+        reload_needed = True
+# The file keeps the mode across reloads and restarts; the runtime API applies it at once.
+write(map_path, "mode %s\nretry_after %s\n" % (state, retry_after))
+if reload_needed:
+    subprocess.run(["systemctl", "reload", "haproxy.service"], check=True, timeout=60)
+print("reloaded" if reload_needed else "unchanged")
+'''
+
+
+def set_mode(conn: ssh.HostConnection, on: bool, page: str = "", retry_after: int = 120) -> str:
+    """Write the maintenance map (and page, reloading HAProxy when it changed), then flip it at runtime."""
+    state = "on" if on else "off"
+    result = conn.run(ssh.python_command(_SET_MODE, MAINTENANCE_MAP, MAINTENANCE_PAGE, state, int(retry_after)),
+                      hide=True, warn=True, in_stream=io.StringIO(page), timeout=120)
+    if result.exited != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RoadieError(f"{conn.inventory_host.name}: setting maintenance {state} failed: {detail}")
+    balancer = Balancer(conn)
+    balancer.command(f"set map {MAINTENANCE_MAP} retry_after {int(retry_after)}")
+    balancer.command(f"set map {MAINTENANCE_MAP} mode {state}")
+    return result.stdout.strip()
+
+
+def mode(conn: ssh.HostConnection) -> str:
+    """'on' or 'off' as HAProxy has it now (the runtime map, not the file)."""
+    answer = Balancer(conn).command(f"show map {MAINTENANCE_MAP}")
+    for line in answer.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "mode":
+            return parts[2]
+    raise RoadieError(f"{conn.inventory_host.name}: maintenance map has no mode entry; run the balancer playbook")
+
+
+
+# ------------------------------------------------------------------ lock + audit around a change
+class Guarded:
+    """Holds the deploy lock for one on-call change and writes its audit line, ok or failed.
+
+        with Guarded(inv, "drain", hosts=["stream2"], message=...) as change:
+            ...           # change.conn is the lock host's connection; change.detail goes into the audit line
+    """
+
+    def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "") -> None:
+        self.inv, self.action, self.hosts, self.message, self.release = inv, action, hosts, message, release
+        self.detail: dict = {}
+        self.conn: ssh.HostConnection | None = None
+        self._lock = None
+        self._started = 0.0
+
+    def __enter__(self) -> Guarded:
+        from roadie import lock
+
+        balancers = self.inv.groups.get("balancer") or ()
+        if not balancers:
+            raise RoadieError(f"inventory {self.inv.name} has no balancer host to hold the deploy lock")
+        self.conn = ssh.connect(self.inv.hosts[balancers[0]])
+        try:
+            self._lock = lock.acquire(self.conn, self.action, self.release, self.message)
+        except BaseException:
+            self.conn.close()
+            raise
+        self._started = time.monotonic()
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
+        from roadie import audit
+
+        try:
+            error = "" if exc is None else (str(exc) if isinstance(exc, RoadieError) else f"{exc_type.__name__}: {exc}")
+            audit.record(self.conn, audit.event(self.action, result="ok" if exc is None else "failed",
+                                                release=self.release, hosts=self.hosts,
+                                                duration_s=time.monotonic() - self._started, message=self.message,
+                                                error=error, **self.detail))
+        finally:
+            self._lock.release()
+            self.conn.close()

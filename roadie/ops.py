@@ -1,0 +1,193 @@
+"""Everyday on-call commands over SSH: the cache, logs, disks and an ad-hoc command on a group."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import sys
+from dataclasses import dataclass
+
+from roadie import ssh, status
+from roadie.errors import RoadieError
+from roadie.inventory import Host, Inventory
+
+_UNIT = re.compile(r"^[A-Za-z0-9@_.:-]+$")
+_SINCE = re.compile(r"^[A-Za-z0-9 :+_.-]{1,40}$")
+
+
+# ------------------------------------------------------------------ cache (Redis)
+_REDIS = r'''
+import json, os, subprocess, sys
+args = json.loads(sys.argv[1])
+env = dict(os.environ, REDISCLI_AUTH=sys.stdin.readline().rstrip("\n"))
+base = ["redis-cli", "--no-auth-warning", "--user", args["user"], "-h", "127.0.0.1", "-p", str(args["port"])]
+def cli(*words, check=True):
+    p = subprocess.run(base + list(words), capture_output=True, text=True, env=env, timeout=120)
+    if check and (p.returncode != 0 or p.stdout.startswith(("ERR", "NOAUTH", "NOPERM", "WRONGPASS"))):
+        sys.exit("redis-cli %s: %s" % (words[0], (p.stderr or p.stdout).strip()[:200]))
+    return p.stdout
+info = dict(l.split(":", 1) for l in cli("INFO").splitlines() if ":" in l and not l.startswith("#"))
+out = {"role": info.get("role"), "used_memory": int(info.get("used_memory", 0)),
+       "maxmemory": int(info.get("maxmemory", 0)), "clients": int(info.get("connected_clients", 0)),
+       "hits": int(info.get("keyspace_hits", 0)), "misses": int(info.get("keyspace_misses", 0)),
+       "evicted": int(info.get("evicted_keys", 0)), "keys": int(cli("DBSIZE").strip() or 0)}
+pattern = args.get("pattern")
+if pattern is not None:
+    keys = [k for k in cli("--scan", "--pattern", pattern, "--count", "1000").splitlines() if k]
+    out["matching"] = len(keys)
+    if args.get("flush"):
+        if out["role"] != "master":
+            sys.exit("this Redis is a replica; flush its master")
+        if pattern == "*":
+            cli("FLUSHDB")
+        else:
+            for i in range(0, len(keys), 500):
+                cli("UNLINK", *keys[i:i + 500])
+        out["flushed"] = len(keys)
+        out["keys_after"] = int(cli("DBSIZE").strip() or 0)
+print(json.dumps(out))
+'''
+
+
+@dataclass
+class CacheState:
+    host: str
+    role: str
+    used_memory: int
+    maxmemory: int
+    clients: int
+    hits: int
+    misses: int
+    evicted: int
+    keys: int
+    matching: int | None = None
+    flushed: int | None = None
+    keys_after: int | None = None
+
+    @property
+    def hit_ratio(self) -> str:
+        total = self.hits + self.misses
+        return f"{100 * self.hits / total:.1f}%" if total else "-"
+
+
+def check_pattern(pattern: str) -> str:
+    if not pattern or len(pattern) > 200 or any(c.isspace() for c in pattern):
+        raise RoadieError(f"bad --pattern {pattern!r}: a Redis glob without spaces, at most 200 characters")
+    return pattern
+
+
+def cache(inv: Inventory, host: Host, pattern: str | None = None, flush: bool = False) -> CacheState:
+    """INFO, key counts and (with flush) the flush itself on one cache host."""
+    secret = inv.host_var(host.name, status.REDIS_PASSWORD_VAR)
+    args = {"user": status.REDIS_ADMIN_USER, "port": int(status.var_or(inv, host.name, "redis_port", 6379)),
+            "pattern": pattern, "flush": flush}
+    with ssh.connect(host) as conn:
+        result = conn.run(ssh.python_command(_REDIS, json.dumps(args)), hide=True, warn=True,
+                          in_stream=io.StringIO(secret + "\n"), timeout=300)
+    if result.exited != 0:
+        raise RoadieError(f"{host.name}: {(result.stderr.strip().splitlines() or ['redis probe failed'])[-1]}")
+    return CacheState(host=host.name, **json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+# ------------------------------------------------------------------ logs
+def default_unit(host: Host) -> str:
+    for group in ("stream", "database", "cache", "balancer"):
+        if group in host.groups:
+            return status.UNITS[group][0]
+    raise RoadieError(f"{host.name}: no default unit for groups {', '.join(host.groups) or 'none'}; name one")
+
+
+def journal_command(unit: str, *, lines: int, since: str | None, grep: str | None, follow: bool) -> str:
+    """journalctl for one unit; every value checked here so the host never sees a malformed one."""
+    if not _UNIT.match(unit):
+        raise RoadieError(f"bad unit name {unit!r}")
+    if not 0 < lines <= 100_000:
+        raise RoadieError(f"--lines must be 1..100000, got {lines}")
+    argv = ["journalctl", "--no-pager", "--output=short-iso", "-u", unit, "-n", str(lines)]
+    if since:
+        if not _SINCE.match(since):
+            raise RoadieError(f"bad --since {since!r}: use e.g. '1 hour ago', '2026-11-26 03:00' or 'today'")
+        argv += ["--since", since]
+    if grep:
+        try:
+            re.compile(grep)
+        except re.error as exc:
+            raise RoadieError(f"bad --grep regular expression {grep!r}: {exc}") from None
+        argv += ["--grep", grep]
+    if follow:
+        argv.append("--follow")
+    return " ".join(shlex.quote(a) for a in argv)
+
+
+def logs(host: Host, command: str, follow: bool) -> int:
+    """Stream a host's journal to stdout, each line prefixed with the host; returns journalctl's status."""
+    class Prefixer(io.TextIOBase):
+        def __init__(self) -> None:
+            self.partial = ""
+
+        def write(self, text: str) -> int:
+            self.partial += text
+            *done, self.partial = self.partial.split("\n")
+            for line in done:
+                sys.stdout.write(f"{host.name}: {line}\n")
+            sys.stdout.flush()
+            return len(text)
+
+    out = Prefixer()
+    with ssh.connect(host) as conn:
+        result = conn.run(command, warn=True, in_stream=False, out_stream=out, err_stream=sys.stderr,
+                          timeout=None if follow else 120)
+    if out.partial:
+        sys.stdout.write(f"{host.name}: {out.partial}\n")
+    # journalctl --grep exits 1 when nothing matched: that is an answer, not a failure.
+    return 0 if result.exited in (0, 1) else result.exited
+
+
+# ------------------------------------------------------------------ disk
+_DF = r'''
+import json, os
+seen, out = set(), []
+for line in open("/proc/self/mounts"):
+    device, mount, fstype = line.split()[:3]
+    if fstype in ("proc", "sysfs", "devpts", "tmpfs", "devtmpfs", "cgroup", "cgroup2", "mqueue", "securityfs",
+                  "debugfs", "tracefs", "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "autofs", "binfmt_misc",
+                  "nsfs", "ramfs", "rpc_pipefs", "efivarfs", "fuse.lxcfs", "squashfs"):
+        continue
+    try:
+        st = os.statvfs(mount)
+    except OSError:
+        continue
+    if st.f_blocks == 0 or (st.f_fsid, st.f_blocks) in seen:
+        continue
+    seen.add((st.f_fsid, st.f_blocks))
+    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
+    used = total - st.f_bfree * st.f_frsize
+    out.append({"mount": mount, "total": total, "used": used, "avail": free,
+                "pct": round(100.0 * used / (used + free), 1) if used + free else 0.0})
+print(json.dumps(out))
+'''
+
+
+@dataclass
+class DiskRow:
+    host: str
+    mount: str
+    total: int
+    used: int
+    avail: int
+    pct: float
+
+
+def disks(hosts: list[Host]) -> tuple[list[DiskRow], dict[str, str]]:
+    """Every host's real filesystems, in parallel; failures by host."""
+    results = ssh.run_parallel(hosts, ssh.python_command(_DF), timeout=60)
+    rows: list[DiskRow] = []
+    errors: dict[str, str] = {}
+    for name, r in results.items():
+        if not r.ok:
+            errors[name] = r.error or (r.stderr.strip().splitlines() or [f"exit {r.exit_code}"])[-1]
+            continue
+        rows += [DiskRow(host=name, **entry) for entry in json.loads(r.stdout.strip().splitlines()[-1])]
+    return rows, errors
