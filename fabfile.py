@@ -9,7 +9,7 @@ from pathlib import Path
 from fabric import task
 from invoke import Collection, Exit
 
-from roadie import audit, deploy, fleet, inventory, lock, release, ssh
+from roadie import audit, deploy, fleet, inventory, lock, maintenance, ops, release, ssh, status
 from roadie.cli import emit_json, friendly, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
@@ -210,11 +210,294 @@ def seed(c, inventory_=None):
     deploy.seed_fleet(deploy.Fleet.from_inventory(inv), deploy.Reporter())
 
 
+# ---- on-call: status, drain, restart, maintenance, cache, logs, disk, run
+
+def _reporter(json_: bool = False) -> deploy.Reporter:
+    return deploy.Reporter(as_json=json_)
+
+
+@task(auto_shortflags=False, help={**COMMON_HELP, "group": "Only this host or group (default all)."})
+@friendly
+def status_(c, inventory_=None, group="all", json=False):
+    """The whole fleet at a glance: services, release, HAProxy state, load, memory, disk, PostgreSQL, Redis."""
+    inv = inventory.load(inventory_)
+    rows = status.fleet(inv, group)
+    if json:
+        emit_json([r.as_dict() for r in rows])
+    else:
+        print(table(status.HEADERS, status.table_rows(rows)))
+    bad = [r.host for r in rows if not r.healthy]
+    if bad:
+        raise Exit(f"error: {len(bad)} of {len(rows)} hosts need attention: {', '.join(bad)}", code=1)
+
+
+def _stream_balancer(inv, host_name: str):  # noqa: ANN001, ANN202
+    if host_name not in inv.hosts:
+        raise RoadieError(f"unknown host {host_name!r} in inventory {inv.name}")
+    if host_name not in inv.groups.get("stream", ()):
+        raise RoadieError(f"{host_name} is not a stream host; only stream hosts sit behind the balancer")
+    return deploy.Fleet.from_inventory(inv).balancer
+
+
+DRAIN_HELP = {"inventory": INVENTORY_HELP, "host": "The stream host.",
+              "min_serving": "Refuse to leave fewer hosts than this in rotation (default 1).",
+              "force": "Drain even below --min-serving.",
+              "drain_timeout": "Seconds to wait for the host's sessions to end (default 60).",
+              "message": "Why: recorded in the audit log."}
+
+
+@task(auto_shortflags=False, help=DRAIN_HELP)
+@friendly
+def drain(c, host, inventory_=None, min_serving=1, force=False, drain_timeout=60, message=None):
+    """Take a stream host out of rotation in HAProxy and wait for its sessions to end."""
+    inv = inventory.load(inventory_)
+    _stream_balancer(inv, host)
+    with maintenance.Guarded(inv, "drain", hosts=[host], message=message or "") as change:
+        from roadie.balancer import Balancer
+        drained = maintenance.drain(Balancer(change.conn), host, min_serving=int(min_serving), force=force,
+                                    timeout=float(drain_timeout), report=_reporter())
+        change.detail["sessions_left"] = 0 if drained else "some"
+    if not drained:
+        raise Exit(f"error: {host} is out of rotation but still has sessions after {drain_timeout} s", code=1)
+
+
+@task(auto_shortflags=False, help={k: DRAIN_HELP[k] for k in ("inventory", "host", "message")})
+@friendly
+def undrain(c, host, inventory_=None, message=None):
+    """Put a drained stream host back in rotation and wait until HAProxy reports it UP."""
+    inv = inventory.load(inventory_)
+    _stream_balancer(inv, host)
+    with maintenance.Guarded(inv, "undrain", hosts=[host], message=message or "") as change:
+        from roadie.balancer import Balancer
+        maintenance.undrain(Balancer(change.conn), host, timeout=60, report=_reporter())
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "group": "Host or group to restart (required).",
+                                   "rolling": "Always on: hosts go one batch at a time (--no-rolling is refused).",
+                                   "batch": DEPLOY_HELP["batch"], "min_serving": DEPLOY_HELP["min_serving"],
+                                   "message": DEPLOY_HELP["message"], "yes": DEPLOY_HELP["yes"]})
+@friendly
+def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving=1, message=None, yes=False):
+    """Restart a group's service: stream hosts drain-aware in batches, others one at a time, health-checked."""
+    if not group:
+        raise RoadieError("name the hosts to restart with --group (a host or group)")
+    if not rolling:
+        raise RoadieError("restarting every host at once drops traffic; restarts are always rolling")
+    inv = inventory.load(inventory_)
+    hosts = inv.select(group)
+    stream = set(inv.groups.get("stream", ()))
+    stream_hosts = [h for h in hosts if h.name in stream]
+    others = [h for h in hosts if h.name not in stream]
+    for h in others:
+        maintenance.service_for(h)   # an unknown service fails before the question
+    options = _options(batch, False, min_serving, 60, 60, message)
+    fleet_ = deploy.Fleet.from_inventory(inv) if stream_hosts else None
+    if stream_hosts:
+        deploy.rollout.plan("restart", [h.name for h in stream_hosts], options.batch, False, options.min_serving)
+    order = [h.name for h in maintenance.restart_order(inv, others)]
+    plan = ([f"stream hosts, drain-aware, {options.batch} at a time: {', '.join(h.name for h in stream_hosts)}"]
+            if stream_hosts else []) + ([f"one at a time, health-checked: {', '.join(order)}"] if order else [])
+    for line in plan:
+        print(f"restart: {line}")
+    _confirm(f"restart {len(hosts)} hosts", yes)
+    report = _reporter()
+    with maintenance.Guarded(inv, "restart", hosts=[h.name for h in hosts], message=message or ""):
+        if stream_hosts:
+            maintenance.rolling_restart(fleet_, options, report, hosts=[h.name for h in stream_hosts])
+        if others:
+            maintenance.restart_one_by_one(inv, others, report)
+    print(f"restart: {len(hosts)} hosts restarted and healthy")
+
+
+MAINT_HELP = {"inventory": INVENTORY_HELP, "message": "Text of the page (and the audit line).",
+              "retry_after": "Seconds clients are told to wait (Retry-After, default 600).",
+              "yes": "Do not ask for confirmation."}
+
+
+@task(auto_shortflags=False, help=MAINT_HELP)
+@friendly
+def maintenance_on(c, inventory_=None, message="We are upgrading the service.", retry_after=600, yes=False):
+    """Serve the maintenance page (503 + Retry-After) from every balancer; stream hosts keep running."""
+    try:
+        retry_after = int(retry_after)
+    except ValueError:
+        raise RoadieError(f"--retry-after must be whole seconds, got {retry_after!r}") from None
+    if not 1 <= retry_after <= 86400:
+        raise RoadieError(f"--retry-after must be 1..86400 seconds, got {retry_after}")
+    inv = inventory.load(inventory_)
+    balancers = inv.group("balancer")
+    page = maintenance.render_page(message, retry_after)
+    print(f"maintenance: every request to {', '.join(h.name for h in balancers)} will get 503 "
+          f"(Retry-After {retry_after}) with the page from templates/maintenance.html.j2")
+    _confirm("turn maintenance mode on", yes)
+    with maintenance.Guarded(inv, "maintenance-on", hosts=[h.name for h in balancers], message=message):
+        for host in balancers:
+            with ssh.connect(host) as conn:
+                how = maintenance.set_mode(conn, True, page, retry_after)
+                print(prefixed(host.name, f"maintenance on (page {how})"))
+
+
+@task(auto_shortflags=False, help={k: MAINT_HELP[k] for k in ("inventory", "yes")})
+@friendly
+def maintenance_off(c, inventory_=None, yes=False):
+    """Stop serving the maintenance page: traffic goes to the stream hosts again."""
+    inv = inventory.load(inventory_)
+    balancers = inv.group("balancer")
+    _confirm("turn maintenance mode off", yes)
+    with maintenance.Guarded(inv, "maintenance-off", hosts=[h.name for h in balancers]):
+        for host in balancers:
+            with ssh.connect(host) as conn:
+                maintenance.set_mode(conn, False)
+                print(prefixed(host.name, "maintenance off"))
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
+@friendly
+def maintenance_status(c, inventory_=None):
+    """Say whether each balancer serves the maintenance page now."""
+    for host in inventory.load(inventory_).group("balancer"):
+        with ssh.connect(host) as conn:
+            print(prefixed(host.name, f"maintenance {maintenance.mode(conn)}"))
+
+
+CACHE_HELP = {"inventory": INVENTORY_HELP, "group": "Cache host or group (default cache).",
+              "pattern": "Only keys matching this Redis glob (default: every key).", "json": "Print JSON.",
+              "yes": "Do not ask for confirmation.", "message": "Why: recorded in the audit log."}
+
+
+@task(auto_shortflags=False, help={k: CACHE_HELP[k] for k in ("inventory", "group", "json")})
+@friendly
+def cache_info(c, inventory_=None, group="cache", json=False):
+    """Redis on each cache host: role, memory, clients, keys, hit ratio, evictions."""
+    inv = inventory.load(inventory_)
+    states = ssh.parallel(lambda h: ops.cache(inv, h), inv.select(group))
+    if json:
+        emit_json([vars(s) for s in states])
+        return
+    print(table(["host", "role", "keys", "memory", "max", "clients", "hit ratio", "evicted"],
+                [(s.host, s.role, s.keys, status._human_bytes(s.used_memory),
+                  status._human_bytes(s.maxmemory) if s.maxmemory else "none", s.clients, s.hit_ratio, s.evicted)
+                 for s in states]))
+
+
+@task(auto_shortflags=False, help={k: CACHE_HELP[k] for k in ("inventory", "group", "pattern", "yes", "message")})
+@friendly
+def cache_flush(c, inventory_=None, group="cache", pattern="*", yes=False, message=None):
+    """Delete cached keys on the cache masters (says how many first); the service refills them on demand."""
+    pattern = ops.check_pattern(pattern)
+    inv = inventory.load(inventory_)
+    hosts = inv.select(group)
+    counted = ssh.parallel(lambda h: ops.cache(inv, h, pattern), hosts)
+    masters = [(h, s) for h, s in zip(hosts, counted, strict=True) if s.role == "master"]
+    if not masters:
+        raise RoadieError(f"no Redis master among {', '.join(h.name for h in hosts)}; nothing to flush")
+    for h, s in masters:
+        print(prefixed(h.name, f"will delete {s.matching} of {s.keys} keys matching {pattern!r}"))
+    _confirm(f"flush {sum(s.matching or 0 for _, s in masters)} keys", yes)
+    with maintenance.Guarded(inv, "cache-flush", hosts=[h.name for h, _ in masters], message=message or "") as change:
+        for h, _ in masters:
+            done = ops.cache(inv, h, pattern, flush=True)
+            change.detail[f"flushed_{h.name}"] = done.flushed
+            print(prefixed(h.name, f"deleted {done.flushed} keys; {done.keys_after} left"))
+
+
+@task(auto_shortflags=False, positional=["host", "unit"],
+      help={"inventory": INVENTORY_HELP, "host": "The host.", "unit": "systemd unit (default: the host's service).",
+            "follow": "Keep printing new lines (Ctrl-C to stop).", "grep": "Only lines matching this regex.",
+            "since": "Start here: '1 hour ago', 'today', '2026-11-26 03:00'.", "lines": "Last N lines (default 100)."})
+@friendly
+def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=None, lines=100):
+    """A host's journal for one unit, host-prefixed; --follow streams it."""
+    inv = inventory.load(inventory_)
+    if host not in inv.hosts:
+        raise RoadieError(f"unknown host {host!r} in inventory {inv.name}")
+    target = inv.hosts[host]
+    try:
+        lines = int(lines)
+    except ValueError:
+        raise RoadieError(f"--lines must be a whole number, got {lines!r}") from None
+    command = ops.journal_command(unit or ops.default_unit(target), lines=lines, since=since, grep=grep,
+                                  follow=follow)
+    code = ops.logs(target, command, follow)
+    if code:
+        raise Exit(f"error: {host}: journalctl exited {code}", code=1)
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "group": "Host or group (default all).",
+                                   "threshold": "Fail when a filesystem is fuller than this percentage (default 85).",
+                                   "json": "Print JSON."})
+@friendly
+def disk(c, inventory_=None, group="all", threshold=85, json=False):
+    """Filesystem use on every host, in parallel; exits non-zero above --threshold or for unreachable hosts."""
+    try:
+        threshold = float(threshold)
+    except ValueError:
+        raise RoadieError(f"--threshold must be a percentage, got {threshold!r}") from None
+    if not 0 < threshold <= 100:
+        raise RoadieError(f"--threshold must be 1..100, got {threshold}")
+    rows, errors = ops.disks(inventory.load(inventory_).select(group))
+    full = [r for r in rows if r.pct > threshold]
+    if json:
+        emit_json({"filesystems": [vars(r) for r in rows], "errors": errors, "threshold": threshold})
+    else:
+        print(table(["host", "mount", "size", "used", "avail", "use%", ""],
+                    [(r.host, r.mount, status._human_bytes(r.total), status._human_bytes(r.used),
+                      status._human_bytes(r.avail), r.pct, "OVER" if r in full else "") for r in rows]))
+        for host, error in errors.items():
+            print(prefixed(host, f"FAILED {error}"))
+    problems = [f"{r.host}:{r.mount} {r.pct}%" for r in full] + [f"{h} unreachable" for h in errors]
+    if problems:
+        raise Exit(f"error: over {threshold:g}% or unreachable: {', '.join(problems)}", code=1)
+
+
+@task(auto_shortflags=False, positional=["command"],
+      help={"inventory": INVENTORY_HELP, "command": "The shell command, quoted.",
+            "group": "Host or group to run it on (required).", "yes": "Do not ask for confirmation.",
+            "timeout": "Seconds each host may take (default 120)."})
+@friendly
+def run(c, command, group=None, inventory_=None, yes=False, timeout=120):
+    """Run one shell command on a group in parallel; host-prefixed output; non-zero if any host failed."""
+    if not command.strip():
+        raise RoadieError("the command is empty")
+    if not group:
+        raise RoadieError("name the hosts with --group (a host, a group, or a comma-separated list)")
+    inv = inventory.load(inventory_)
+    hosts = inv.select(group)
+    print(f"run: {command!r} on {len(hosts)} hosts: {', '.join(h.name for h in hosts)}")
+    _confirm(f"run it on {len(hosts)} hosts", yes)
+    started = time.monotonic()
+    results = ssh.run_parallel(hosts, command, timeout=int(timeout))
+    for name, r in results.items():
+        out = (r.stdout + r.stderr).rstrip("\n")
+        if out:
+            print(prefixed(name, out))
+        if not r.ok:
+            print(prefixed(name, f"FAILED {r.error or f'exit {r.exit_code}'}"))
+    failed = [n for n, r in results.items() if not r.ok]
+    audit.record(None, audit.event("run", result="failed" if failed else "ok", hosts=list(results),
+                                   duration_s=time.monotonic() - started, command=command, failed=failed))
+    if failed:
+        raise Exit(f"error: {len(failed)} of {len(results)} hosts failed: {', '.join(failed)}", code=1)
+
+
+
 lock_ns = Collection("lock")
 lock_ns.add_task(lock_status, "status")
 lock_ns.add_task(lock_release, "release")
 
-ns = Collection(hosts, check, rollback, releases, seed)
+maintenance_ns = Collection("maintenance")
+maintenance_ns.add_task(maintenance_on, "on")
+maintenance_ns.add_task(maintenance_off, "off")
+maintenance_ns.add_task(maintenance_status, "status")
+
+cache_ns = Collection("cache")
+cache_ns.add_task(cache_info, "info")
+cache_ns.add_task(cache_flush, "flush")
+
+ns = Collection(hosts, check, rollback, releases, seed, drain, undrain, restart, logs, disk, run)
 ns.add_task(deploy_, "deploy")
 ns.add_task(audit_, "audit")
+ns.add_task(status_, "status")
 ns.add_collection(lock_ns)
+ns.add_collection(maintenance_ns)
+ns.add_collection(cache_ns)
