@@ -1,6 +1,8 @@
 """Configuration from environment variables only (the env file is rendered by Ansible).
 
-STREAM_DATABASE_URL  postgresql://user:password@host:port/db (required)
+STREAM_DATABASE_URL  postgresql://user:password@host:port/db (required); with replicas
+                     postgresql://user:password@primary:port,replica:port/db?target_session_attrs=read-write
+                     (libpq connects to whichever host accepts writes: a promoted replica after a failover)
 STREAM_REDIS_URL     redis://user:password@host:port/0 (required)
 STREAM_MEDIA_DIR     directory holding the audio files (required by the service; default ./media)
 STREAM_RELEASE_ID    release id reported by /healthz; when unset, read from the release's
@@ -8,6 +10,9 @@ STREAM_RELEASE_ID    release id reported by /healthz; when unset, read from the 
                      beside releases/<id>/app/streamsvc), or beside the venv running it
                      (releases/<id>/venv), else "unknown"
 STREAM_CACHE_TTL     seconds a catalogue entry stays in Redis (default 60; 0 disables the cache)
+STREAM_WRITE_RETRY_SECONDS  how long POST /plays retries a write after a lost database connection before
+                     answering 503 (default 15: a failover's window; 0 disables; at most 25, below
+                     gunicorn's 30 s worker timeout)
 
 Passwords never leave this module in clear: `redact()` hides them in URLs, `Config.scrub()` in
 any text about to be logged or printed.
@@ -66,10 +71,12 @@ class Config:
     media_dir: Path
     release: str
     cache_ttl: int = 60
+    write_retry_seconds: float = 15.0
 
     def __repr__(self) -> str:
         return (f"Config(database_url={redact(self.database_url)!r}, redis_url={redact(self.redis_url)!r}, "
-                f"media_dir={str(self.media_dir)!r}, release={self.release!r}, cache_ttl={self.cache_ttl})")
+                f"media_dir={str(self.media_dir)!r}, release={self.release!r}, cache_ttl={self.cache_ttl}, "
+                f"write_retry_seconds={self.write_retry_seconds})")
 
     def secrets(self) -> list[str]:
         """The passwords in the URLs (raw and percent-decoded), longest first.
@@ -127,7 +134,10 @@ def _url(env: Mapping[str, str], name: str, schemes: tuple[str, ...]) -> str:
         raise ConfigError(f"{name} is not set")
     try:
         parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises ValueError for a bad port
+        # libpq takes several hosts (host1:port1,host2:port2: the primary and its replicas); check each port.
+        hostinfo = parts.netloc.rpartition("@")[2]
+        for one in hostinfo.split(",") if parts.scheme.startswith("postgres") else [hostinfo]:
+            urlsplit(f"//{one}").port  # noqa: B018 - raises ValueError for a bad port
     except ValueError:
         raise ConfigError(f"{name} is not a valid URL") from None
     if parts.scheme not in schemes:
@@ -148,6 +158,13 @@ def from_env(env: Mapping[str, str] | None = None, manifest: Path | None = None)
     ttl_text = env.get("STREAM_CACHE_TTL", "60").strip() or "60"
     if not ttl_text.isascii() or not ttl_text.isdigit() or int(ttl_text) > 86400:
         raise ConfigError("STREAM_CACHE_TTL must be a whole number of seconds, 0..86400")
+    retry_text = env.get("STREAM_WRITE_RETRY_SECONDS", "15").strip() or "15"
+    try:
+        retry = float(retry_text)
+    except ValueError:
+        retry = -1.0
+    if not 0 <= retry <= 25:
+        raise ConfigError("STREAM_WRITE_RETRY_SECONDS must be a number of seconds, 0..25")
     release = env.get("STREAM_RELEASE_ID", "").strip()
     if release and not _RELEASE_ID.fullmatch(release):
         raise ConfigError("STREAM_RELEASE_ID must be 1-64 characters of [A-Za-z0-9._-], not starting with . or -")
@@ -157,6 +174,7 @@ def from_env(env: Mapping[str, str] | None = None, manifest: Path | None = None)
         media_dir=Path(env.get("STREAM_MEDIA_DIR", "").strip() or "media"),
         release=release or read_release(manifest),
         cache_ttl=int(ttl_text),
+        write_retry_seconds=retry,
     )
 
 

@@ -10,7 +10,8 @@ Connections never outnumber the requests in flight; at most `max_idle` are kept 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -22,6 +23,18 @@ STATEMENT_TIMEOUT_MS = 5000
 
 Unavailable = psycopg.OperationalError
 """Raised when the database cannot be reached or the connection broke: answer 503."""
+
+
+class KeyReused(Exception):
+    """An idempotency key already stored for a different play: answer 409."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """A failure a write may be retried after: no connection, a broken one, or a server going away or
+    read-only (a failover). A statement timeout is not: the statement ran and may run again as long."""
+    if isinstance(exc, psycopg.errors.QueryCanceled):
+        return False
+    return isinstance(exc, psycopg.OperationalError | psycopg.errors.ReadOnlySqlTransaction)
 
 
 class Database:
@@ -102,16 +115,52 @@ class Database:
                 "SELECT id, title, artist, duration_ms, audio_file FROM tracks WHERE id = %s", (track_id,)
             ).fetchone()
 
-    def record_play(self, track_id: int, listener_id: str) -> dict[str, Any] | None:
-        """Insert a play; None when the track does not exist."""
-        with self.connection() as conn:
+    def record_play(self, track_id: int, listener_id: str, request_key: str, *, retry_for: float = 0.0,
+                    on_retry: Callable[[int, BaseException], None] | None = None) -> dict[str, Any] | None:
+        """Insert a play once per `request_key`; None when the track does not exist.
+
+        A connection failure is retried for up to `retry_for` seconds (a failover: the old primary is
+        gone, the new one not promoted yet; the DSN's host list and target_session_attrs find it).
+        The key makes the retry safe: when a commit was sent but its answer lost, the retry finds the
+        stored row instead of inserting a second one. The row carries `replayed` (True when it was
+        stored before this call) and `attempts`. KeyReused when the key belongs to another play.
+        """
+        deadline = time.monotonic() + retry_for
+        attempt = 0
+        while True:
+            attempt += 1
             try:
-                return conn.execute(
-                    "INSERT INTO plays (track_id, listener_id) VALUES (%s, %s) RETURNING id, played_at",
-                    (track_id, listener_id),
-                ).fetchone()
+                row = self._insert_play(track_id, listener_id, request_key)
             except psycopg.errors.ForeignKeyViolation:
                 return None
+            except psycopg.Error as exc:
+                if not retryable(exc) or time.monotonic() >= deadline:
+                    raise
+                if on_retry is not None:
+                    on_retry(attempt, exc)
+                time.sleep(min(0.1 * 2 ** (attempt - 1), 1.0, max(0.0, deadline - time.monotonic())))
+                continue
+            if (row["track_id"], row["listener_id"]) != (track_id, listener_id):
+                raise KeyReused(request_key)
+            return {**row, "attempts": attempt}
+
+    def _insert_play(self, track_id: int, listener_id: str, request_key: str) -> dict[str, Any]:
+        with self.connection() as conn:
+            try:
+                row = conn.execute(
+                    "INSERT INTO plays (track_id, listener_id, request_key) VALUES (%s, %s, %s) "
+                    "ON CONFLICT (request_key) DO NOTHING "
+                    "RETURNING id, track_id, listener_id, played_at, false AS replayed",
+                    (track_id, listener_id, request_key),
+                ).fetchone()
+            except psycopg.errors.ReadOnlySqlTransaction:
+                conn.close()  # a server that is (now) a standby: never pool this connection again
+                raise
+            if row is None:
+                row = conn.execute(
+                    "SELECT id, track_id, listener_id, played_at, true AS replayed FROM plays "
+                    "WHERE request_key = %s", (request_key,)).fetchone()
+            return row
 
     def close(self) -> None:
         with self._lock:

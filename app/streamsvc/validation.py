@@ -31,6 +31,15 @@ def parse_id(text: str) -> int:
     return int(text)
 
 
+def parse_idempotency_key(value: str | None) -> str | None:
+    """The Idempotency-Key header of POST /plays: None when absent, BadRequest when malformed."""
+    if value is None or value == "":
+        return None
+    if not _LISTENER.fullmatch(value):
+        raise BadRequest("Idempotency-Key must be 1-64 characters of A-Z a-z 0-9 _ -")
+    return value
+
+
 def _reject_constant(name: str) -> None:
     raise BadRequest(f"{name} is not valid JSON")
 

@@ -1,12 +1,21 @@
 """The WSGI application. gunicorn builds one per worker with `streamsvc.wsgi:create_app()`.
 
 Routes (JSON unless noted; errors are {"error": "..."}):
-  GET  /healthz              {release, database, cache}: 200 when both are "ok", else 503
+  GET  /livez                {release, status}: 200 once the process runs with its release loaded; asks no
+                             database or cache (the balancer's check: a shared dependency's outage must not
+                             take every host out of rotation at once)
+  GET  /healthz              {release, database, cache}: 200 when both are "ok", else 503 (the deploy gate)
   GET  /tracks               the catalogue, ordered by id (cached in Redis)
   GET  /tracks/<id>          one track; 400 for an id that is not a positive integer, 404 unknown
   GET  /tracks/<id>/audio    the audio file, with single-range HTTP Range support (see ranges.py)
   POST /plays                {"track_id": int, "listener_id": str} -> 201 {id, track_id, listener_id,
-                             played_at}; 400 malformed, 404 unknown track, 411/413/415 for the body
+                             played_at}; 400 malformed, 404 unknown track, 411/413/415 for the body.
+                             Optional header Idempotency-Key ([A-Za-z0-9_-]{1,64}): the same key stores
+                             one play (a repeat answers 201 with the stored play and Idempotent-Replayed:
+                             true; 409 if the key belongs to another play). Without it the service makes
+                             a key per request. A lost database connection (a failover) is retried for
+                             STREAM_WRITE_RETRY_SECONDS before 503; the key keeps the retry from storing
+                             the play twice.
 HEAD is answered wherever GET is. A database that cannot be reached answers 503, never a hang.
 """
 
@@ -19,15 +28,16 @@ import sys
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Mapping
 from typing import IO, Any
 
 from streamsvc import config as config_mod
 from streamsvc.cache import Cache, client
-from streamsvc.db import Database, Unavailable
+from streamsvc.db import Database, KeyReused, Unavailable
 from streamsvc.http import Environ, HTTPError, Response, Router, StartResponse, error, json_response, read_body
 from streamsvc.ranges import RangeNotSatisfiable, parse_range
-from streamsvc.validation import MAX_PLAY_BODY, BadRequest, parse_id, parse_play
+from streamsvc.validation import MAX_PLAY_BODY, BadRequest, parse_id, parse_idempotency_key, parse_play
 
 log = logging.getLogger("streamsvc")
 
@@ -98,6 +108,7 @@ class StreamApp:
         self._warned: dict[str, float] = {}
         self._warn_lock = threading.Lock()
         self.router = Router()
+        self.router.add("/livez", get=self.livez)
         self.router.add("/healthz", get=self.healthz)
         self.router.add("/tracks", get=self.tracks)
         self.router.add("/tracks/<track_id>", get=self.track)
@@ -161,6 +172,13 @@ class StreamApp:
         return row
 
     # ------------------------------------------------------------------ handlers
+
+    def livez(self, environ: Environ) -> Response:
+        """Liveness only: no database or cache call, so a database failover keeps every host in rotation."""
+        loaded = self.config.release != config_mod.UNKNOWN_RELEASE
+        return json_response(200 if loaded else 503, {"release": self.config.release,
+                                                      "status": "ok" if loaded else "no release"},
+                             [("Cache-Control", "no-store")])
 
     def healthz(self, environ: Environ) -> Response:
         state = {"release": self.config.release}
@@ -236,13 +254,27 @@ class StreamApp:
         if media_type and media_type != "application/json":
             raise HTTPError(415, "body must be application/json")
         play = parse_play(read_body(environ, MAX_PLAY_BODY))
-        row = self.db.record_play(play.track_id, play.listener_id)
+        key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY")) or uuid.uuid4().hex
+
+        def retrying(attempt: int, exc: BaseException) -> None:
+            self._warn("plays-retry", f"POST /plays: database write failed (attempt {attempt}), retrying for up to "
+                                      f"{self.config.write_retry_seconds} s: {type(exc).__name__}: {exc}")
+
+        try:
+            row = self.db.record_play(play.track_id, play.listener_id, key,
+                                      retry_for=self.config.write_retry_seconds, on_retry=retrying)
+        except KeyReused:
+            raise HTTPError(409, "Idempotency-Key already used for another play") from None
         if row is None:
             raise HTTPError(404, "no such track")
-        # The play is committed; a Redis failure only loses the counter increment (logged).
-        self.cache.count_play(play.track_id)
+        headers = [("Idempotent-Replayed", "true")] if row["replayed"] else []
+        if row["attempts"] > 1:
+            headers.append(("X-Write-Attempts", str(row["attempts"])))
+        if not row["replayed"]:
+            # The play is committed; a Redis failure only loses the counter increment (logged).
+            self.cache.count_play(play.track_id)
         return json_response(201, {"id": row["id"], "track_id": play.track_id, "listener_id": play.listener_id,
-                                   "played_at": row["played_at"].isoformat()})
+                                   "played_at": row["played_at"].isoformat()}, headers)
 
 
 def configure_logging() -> None:

@@ -198,4 +198,6 @@ def service_env(postgres, redis_server, media_dir) -> dict[str, str]:
         "STREAM_MEDIA_DIR": str(media_dir),
         "STREAM_RELEASE_ID": "20250101000000-abcdef1",
         "STREAM_CACHE_TTL": "300",
+        # Tests that stop the database expect a quick 503; the retry has its own tests.
+        "STREAM_WRITE_RETRY_SECONDS": "1",
     }

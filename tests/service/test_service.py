@@ -304,7 +304,8 @@ def test_concurrent_migrate_runs_do_not_race(postgres):
     assert errors == []
     assert sorted(len(r) for r in results) == [0, 0, 0, len(migrate.discover())]
     with psycopg.connect(url) as conn:
-        assert conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall() == [(1,), (2,)]
+        applied = conn.execute("SELECT version FROM schema_migrations ORDER BY 1").fetchall()
+        assert applied == [(m.version,) for m in migrate.discover()]
 
 
 def test_a_failing_migration_leaves_nothing_and_a_changed_one_is_refused(postgres, tmp_path):

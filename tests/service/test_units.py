@@ -246,6 +246,14 @@ def test_config_reads_the_environment_and_never_shows_a_password(tmp_path):
     assert cfg.scrub("auth failed for s3cr@t and s3cr%40t and r3dis") == "auth failed for *** and *** and ***"
 
 
+def test_a_primary_and_replicas_url_is_accepted_and_redacted(tmp_path):
+    url = "postgresql://stream:s3cret@10.0.0.20:5432,10.0.0.21:5432/stream?target_session_attrs=read-write"
+    cfg = config.from_env({"STREAM_DATABASE_URL": url, "STREAM_REDIS_URL": "redis://c/0",
+                           "STREAM_WRITE_RETRY_SECONDS": "7.5"}, manifest=tmp_path / "absent.json")
+    assert cfg.database_url == url and cfg.write_retry_seconds == 7.5
+    assert config.redact(url) == url.replace("s3cret", "***")
+
+
 def test_release_id_comes_from_the_environment_then_the_manifest(tmp_path):
     env = {"STREAM_DATABASE_URL": "postgresql://db/x", "STREAM_REDIS_URL": "redis://cache/0"}
     manifest = tmp_path / "manifest.json"
@@ -262,6 +270,9 @@ def test_release_id_comes_from_the_environment_then_the_manifest(tmp_path):
     ({"STREAM_REDIS_URL": "redis://cache:port/0"}, "STREAM_REDIS_URL is not a valid URL"),
     ({"STREAM_CACHE_TTL": "-1"}, "STREAM_CACHE_TTL"),
     ({"STREAM_RELEASE_ID": ".hidden"}, "STREAM_RELEASE_ID"),
+    ({"STREAM_DATABASE_URL": "postgresql://u:topsecret@db1:5432,db2:x/x"}, "STREAM_DATABASE_URL is not a valid URL"),
+    ({"STREAM_WRITE_RETRY_SECONDS": "30"}, "STREAM_WRITE_RETRY_SECONDS"),
+    ({"STREAM_WRITE_RETRY_SECONDS": "nan"}, "STREAM_WRITE_RETRY_SECONDS"),
 ])
 def test_bad_config_is_one_line_without_secrets(change, message):
     env = {"STREAM_DATABASE_URL": "postgresql://u:topsecret@db/x", "STREAM_REDIS_URL": "redis://u:topsecret@c/0",
