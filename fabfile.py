@@ -10,6 +10,7 @@ from fabric import task
 from invoke import Collection, Exit
 
 from roadie import audit, deploy, fleet, inventory, lock, maintenance, ops, release, ssh, status
+from roadie.balancer import Balancer
 from roadie.cli import emit_json, friendly, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
@@ -108,8 +109,8 @@ def _options(batch, canary, min_serving, drain_timeout, health_timeout, message)
 
 @task(auto_shortflags=False, help=DEPLOY_HELP)
 @friendly
-def deploy_(c, inventory_=None, release_=None, artifact=None, build=False, batch="1", canary=True, min_serving=1,
-            drain_timeout=60, health_timeout=60, message=None, dry_run=False, yes=False, json=False):
+def deploy_(c, inventory_=None, release_=None, artifact=None, build=False, batch="1", canary=True, min_serving="1",
+            drain_timeout="60", health_timeout="60", message=None, dry_run=False, yes=False, json=False):
     """Roll a release out to the stream hosts, batch by batch, behind HAProxy, with automatic rollback."""
     options = _options(batch, canary, min_serving, drain_timeout, health_timeout, message)
     group = deploy.Fleet.from_inventory(inventory.load(inventory_))
@@ -127,7 +128,7 @@ def deploy_(c, inventory_=None, release_=None, artifact=None, build=False, batch
                                                                     "dry_run", "yes", "json")},
                                    "to": "Release id to go back to (default: each host's previous release)."})
 @friendly
-def rollback(c, inventory_=None, to=None, batch="1", min_serving=1, drain_timeout=60, health_timeout=60,
+def rollback(c, inventory_=None, to=None, batch="1", min_serving="1", drain_timeout="60", health_timeout="60",
              message=None, dry_run=False, yes=False, json=False):
     """Roll the stream hosts back to the previous (or a named) release, with the same gates."""
     options = _options(batch, False, min_serving, drain_timeout, health_timeout, message)
@@ -189,8 +190,10 @@ def lock_release(c, inventory_=None, force=False, message=None):
 @task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "last": "How many entries (default 20).",
                                    "json": "Print JSON."})
 @friendly
-def audit_(c, inventory_=None, last=20, json=False):
+def audit_(c, inventory_=None, last="20", json=False):
     """Show the shared audit log: deploys, rollbacks, failovers, forced unlocks."""
+    if not str(last).isdigit() or int(last) < 1:
+        raise RoadieError(f"--last must be a whole number >= 1, got {last!r}")
     entries = audit.read(_lock_conn(inventory_), int(last))
     if json:
         emit_json(entries)
@@ -248,14 +251,14 @@ DRAIN_HELP = {"inventory": INVENTORY_HELP, "host": "The stream host.",
 
 @task(auto_shortflags=False, help=DRAIN_HELP)
 @friendly
-def drain(c, host, inventory_=None, min_serving=1, force=False, drain_timeout=60, message=None):
+def drain(c, host, inventory_=None, min_serving="1", force=False, drain_timeout="60", message=None):
     """Take a stream host out of rotation in HAProxy and wait for its sessions to end."""
+    options = _options("1", False, min_serving, drain_timeout, 60, message)
     inv = inventory.load(inventory_)
     _stream_balancer(inv, host)
     with maintenance.Guarded(inv, "drain", hosts=[host], message=message or "") as change:
-        from roadie.balancer import Balancer
-        drained = maintenance.drain(Balancer(change.conn), host, min_serving=int(min_serving), force=force,
-                                    timeout=float(drain_timeout), report=_reporter())
+        drained = maintenance.drain(Balancer(change.conn), host, min_serving=options.min_serving, force=force,
+                                    timeout=options.drain_timeout, report=_reporter())
         change.detail["sessions_left"] = 0 if drained else "some"
     if not drained:
         raise Exit(f"error: {host} is out of rotation but still has sessions after {drain_timeout} s", code=1)
@@ -268,7 +271,6 @@ def undrain(c, host, inventory_=None, message=None):
     inv = inventory.load(inventory_)
     _stream_balancer(inv, host)
     with maintenance.Guarded(inv, "undrain", hosts=[host], message=message or "") as change:
-        from roadie.balancer import Balancer
         maintenance.undrain(Balancer(change.conn), host, timeout=60, report=_reporter())
 
 
@@ -277,7 +279,7 @@ def undrain(c, host, inventory_=None, message=None):
                                    "batch": DEPLOY_HELP["batch"], "min_serving": DEPLOY_HELP["min_serving"],
                                    "message": DEPLOY_HELP["message"], "yes": DEPLOY_HELP["yes"]})
 @friendly
-def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving=1, message=None, yes=False):
+def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving="1", message=None, yes=False):
     """Restart a group's service: stream hosts drain-aware in batches, others one at a time, health-checked."""
     if not group:
         raise RoadieError("name the hosts to restart with --group (a host or group)")
@@ -316,7 +318,7 @@ MAINT_HELP = {"inventory": INVENTORY_HELP, "message": "Text of the page (and the
 
 @task(auto_shortflags=False, help=MAINT_HELP)
 @friendly
-def maintenance_on(c, inventory_=None, message="We are upgrading the service.", retry_after=600, yes=False):
+def maintenance_on(c, inventory_=None, message="We are upgrading the service.", retry_after="600", yes=False):
     """Serve the maintenance page (503 + Retry-After) from every balancer; stream hosts keep running."""
     try:
         retry_after = int(retry_after)
@@ -401,12 +403,12 @@ def cache_flush(c, inventory_=None, group="cache", pattern="*", yes=False, messa
             print(prefixed(h.name, f"deleted {done.flushed} keys; {done.keys_after} left"))
 
 
-@task(auto_shortflags=False, positional=["host", "unit"],
+@task(auto_shortflags=False, positional=["host"],
       help={"inventory": INVENTORY_HELP, "host": "The host.", "unit": "systemd unit (default: the host's service).",
             "follow": "Keep printing new lines (Ctrl-C to stop).", "grep": "Only lines matching this regex.",
             "since": "Start here: '1 hour ago', 'today', '2026-11-26 03:00'.", "lines": "Last N lines (default 100)."})
 @friendly
-def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=None, lines=100):
+def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=None, lines="100"):
     """A host's journal for one unit, host-prefixed; --follow streams it."""
     inv = inventory.load(inventory_)
     if host not in inv.hosts:
@@ -427,7 +429,7 @@ def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=Non
                                    "threshold": "Fail when a filesystem is fuller than this percentage (default 85).",
                                    "json": "Print JSON."})
 @friendly
-def disk(c, inventory_=None, group="all", threshold=85, json=False):
+def disk(c, inventory_=None, group="all", threshold="85", json=False):
     """Filesystem use on every host, in parallel; exits non-zero above --threshold or for unreachable hosts."""
     try:
         threshold = float(threshold)
@@ -455,7 +457,7 @@ def disk(c, inventory_=None, group="all", threshold=85, json=False):
             "group": "Host or group to run it on (required).", "yes": "Do not ask for confirmation.",
             "timeout": "Seconds each host may take (default 120)."})
 @friendly
-def run(c, command, group=None, inventory_=None, yes=False, timeout=120):
+def run(c, command, group=None, inventory_=None, yes=False, timeout="120"):
     """Run one shell command on a group in parallel; host-prefixed output; non-zero if any host failed."""
     if not command.strip():
         raise RoadieError("the command is empty")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import shlex
 import socket
 from collections.abc import Callable, Iterable
@@ -24,6 +25,10 @@ from roadie.errors import RoadieError
 from roadie.inventory import Host
 
 CONNECT_TIMEOUT = 10
+
+# paramiko logs a failed handshake with a traceback from its transport thread; describe_failure already
+# turns that failure into one line, so its log records must not reach Python's last-resort stderr handler.
+logging.getLogger("paramiko").addHandler(logging.NullHandler())
 
 
 def _fingerprint(key: paramiko.PKey) -> str:
