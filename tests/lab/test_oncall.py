@@ -1,0 +1,183 @@
+"""On-call commands against the real lab: status, drain, rolling restart, maintenance, cache, logs, disk, run.
+
+The commands run as an operator runs them (`fab ...` in a subprocess, no terminal), so argument
+parsing, confirmation, exit codes and output are what is tested, not only the library calls.
+"""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from roadie import lab, status
+from roadie.balancer import Balancer
+from roadie.paths import ROOT
+from tests.lab.test_stack import get
+from tests.lab.traffic import Traffic
+
+FAB = str(ROOT / ".venv" / "bin" / "fab")
+
+
+def fab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": "lab"})
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def test_status_is_right_for_every_column(stack, lab_inventory):
+    rows = {r["host"]: r for r in json.loads(_ok(fab("status", "--json")))}
+    assert set(rows) == set(lab_inventory.hosts)
+    release = stack["manifest"].release_id
+    for name, row in rows.items():
+        assert row["reachable"] and row["healthy"] and not row["error"], row
+        assert 0 <= row["load1"] < 100 and 0 < row["mem_used_pct"] < 100 and 0 < row["disk_used_pct"] <= 100
+        assert row["services"] and set(row["services"].values()) == {"active"}, row
+        if name.startswith("stream"):
+            assert row["release"] == release and row["haproxy"] == "UP" and row["sessions"] >= 0
+            assert set(row["services"]) == {"stream.service", "nginx.service"}
+        else:
+            assert row["release"] is None and row["haproxy"] is None
+    assert rows["db1"]["pg_role"] == "primary" and rows["db2"]["pg_role"] == "replica"
+    assert rows["db1"]["pg_lag_bytes"] < 16 * 1024 * 1024 and rows["db2"]["pg_lag_bytes"] < 16 * 1024 * 1024
+    assert rows["cache1"]["redis_role"] == "master" and rows["cache1"]["redis_memory"] > 0
+    assert rows["cache1"]["redis_clients"] >= 1          # this probe's own connection at least
+    assert rows["lb1"]["services"] == {"haproxy.service": "active"}
+    text = _ok(fab("status"))
+    assert text.splitlines()[0].split()[:4] == ["host", "groups", "reach", "release"]
+    assert all(any(line.startswith(h + " ") for line in text.splitlines()) for h in lab_inventory.hosts)
+
+
+def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
+    lab.docker("stop", "--time", "5", lab.container_name("cache1"))
+    try:
+        result = fab("status", "--json")
+        assert result.returncode == 1
+        assert "cache1" in result.stderr.strip().splitlines()[-1]
+        rows = {r["host"]: r for r in json.loads(result.stdout)}
+        assert not rows["cache1"]["reachable"] and "unreachable" in rows["cache1"]["error"]
+        assert all(r["reachable"] for n, r in rows.items() if n != "cache1")
+        assert rows["db1"]["pg_role"] == "primary"
+    finally:
+        lab.docker("start", lab.container_name("cache1"))
+        lab._wait_ssh_ready("cache1")
+    deadline = time.monotonic() + 60
+    while not status.probe(lab_inventory.hosts["cache1"], lab_inventory).healthy:
+        assert time.monotonic() < deadline, "cache1 did not come back"
+        time.sleep(1)
+
+
+def test_drain_and_undrain(stack, conns):
+    lb = Balancer(conns("lb1"))
+    refused = fab("drain", "stream2", "--min-serving", "3")
+    assert refused.returncode == 1 and "below --min-serving 3" in refused.stderr
+    assert lb.server("stream2").status == "UP"
+    out = _ok(fab("drain", "stream2", "--message", "lab test"))
+    assert "drained: no sessions left" in out
+    try:
+        assert lb.server("stream2").status == "DRAIN"
+        rows = {r["host"]: r for r in json.loads(fab("status", "--json", "--group", "stream").stdout)}
+        assert rows["stream2"]["haproxy"] == "DRAIN"
+    finally:
+        _ok(fab("undrain", "stream2"))
+    assert lb.server("stream2").in_rotation
+    actions = [e["action"] for e in json.loads(_ok(fab("audit", "--last", "2", "--json")))]
+    assert actions == ["drain", "undrain"]
+
+
+def test_rolling_restart_under_load_drops_nothing(stack, conns):
+    before = {h: conns(h).run("systemctl show -p MainPID --value stream.service", hide=True).stdout.strip()
+              for h in ("stream1", "stream2", "stream3")}
+    with Traffic(stack["lb"], paths=("/tracks", "/tracks/1", "/livez" if _has_livez(stack) else "/tracks")) as t:
+        out = _ok(fab("restart", "--group", "stream", "--rolling", "--yes"))
+    after = {h: conns(h).run("systemctl show -p MainPID --value stream.service", hide=True).stdout.strip()
+             for h in before}
+    assert all(before[h] != after[h] for h in before), (before, after)     # every host really restarted
+    assert t.report.sent > 50 and t.report.failed == 0, t.report.failures
+    assert "3 hosts restarted and healthy" in out
+    print(f"\nrolling restart of 3 stream hosts: {t.report.sent} requests, {t.report.failed} failed")
+
+
+def _has_livez(stack) -> bool:
+    status_code, _, _ = get(stack["lb"], "/livez")
+    return status_code == 200
+
+
+def test_restart_of_the_data_tier_is_one_by_one_and_health_checked(stack):
+    out = _ok(fab("restart", "--group", "cache,database", "--yes"))
+    lines = [ln for ln in out.splitlines() if "restarting" in ln]
+    assert [ln.split(":")[0] for ln in lines] == ["cache1", "db2", "db1"]    # the primary last
+    assert out.count("healthy again") == 3
+
+
+def test_maintenance_mode(stack, conns):
+    _ok(fab("maintenance.on", "--message", "Upgrading <the> database", "--retry-after", "90", "--yes"))
+    try:
+        code, headers, body = get(stack["lb"], "/tracks")
+        assert code == 503 and headers["retry-after"] == "90" and headers["cache-control"] == "no-store"
+        assert b"Upgrading &lt;the&gt; database" in body
+        assert "maintenance on" in _ok(fab("maintenance.status"))
+        for host in ("stream1", "stream2", "stream3"):     # the stream hosts keep running behind it
+            state = conns(host).run("systemctl is-active stream.service", hide=True, warn=True).stdout.strip()
+            assert state == "active"
+        assert Balancer(conns("lb1")).server("stream1").in_rotation
+    finally:
+        _ok(fab("maintenance.off", "--yes"))
+    code, _, _ = get(stack["lb"], "/tracks")
+    assert code == 200
+    assert "maintenance off" in _ok(fab("maintenance.status"))
+
+
+def test_cache_flush_needs_yes_and_says_what_it_flushes(stack):
+    get(stack["lb"], "/tracks")      # something cached
+    info = json.loads(_ok(fab("cache.info", "--json")))[0]
+    assert info["role"] == "master" and info["keys"] >= 1
+    refused = fab("cache.flush")
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    assert f"will delete {info['keys']} of {info['keys']} keys" in refused.stdout
+    assert json.loads(_ok(fab("cache.info", "--json")))[0]["keys"] == info["keys"]    # nothing changed
+    out = _ok(fab("cache.flush", "--pattern", "tracks:*", "--yes"))
+    assert "deleted" in out
+    code, _, _ = get(stack["lb"], "/tracks")     # refilled on demand
+    assert code == 200
+
+
+def test_logs_are_host_prefixed(stack):
+    out = _ok(fab("logs", "stream1", "--lines", "5"))
+    lines = out.splitlines()
+    assert lines and all(ln.startswith("stream1: ") for ln in lines)
+    none = fab("logs", "db1", "--grep", "no-such-line-anywhere-3f9a")
+    assert none.returncode == 0
+    assert _ok(fab("logs", "lb1", "--unit", "haproxy.service", "--since", "1 hour ago", "--lines", "3"))
+
+
+def test_disk_threshold(stack, lab_inventory):
+    out = _ok(fab("disk", "--json"))
+    data = json.loads(out)
+    assert {f["host"] for f in data["filesystems"]} == set(lab_inventory.hosts)
+    over = fab("disk", "--threshold", "0.5")
+    assert over.returncode == 1 and "over 0.5%" in over.stderr
+
+
+def test_run_reports_the_failing_host(stack):
+    result = fab("run", 'test "$(hostname)" != stream2 && echo fine', "--group", "stream", "--yes")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: 1 of 3 hosts failed: stream2"
+    assert "stream1: fine" in result.stdout and "stream3: fine" in result.stdout
+    assert "stream2: FAILED exit 1" in result.stdout
+    refused = fab("run", "uptime", "--group", "stream")
+    assert refused.returncode == 1 and "pass --yes" in refused.stderr
+    assert _ok(fab("run", "uptime", "--group", "all", "--yes")).count("load average") == 7
+
+
+@pytest.fixture(autouse=True)
+def _lock_free_after(stack, conns):
+    yield
+    from roadie import lock
+    holder, _ = lock.status(conns("lb1"))
+    assert holder is None, f"a test left the deploy lock held: {holder}"
