@@ -483,6 +483,164 @@ def run(c, command, group=None, inventory_=None, yes=False, timeout="120"):
 
 
 
+# ---- database: db.*
+from roadie import database as db_ops  # noqa: E402 - this section's own import (fabfile sections are edited apart)
+
+DB_HELP = {"inventory": INVENTORY_HELP, "json": "Print JSON."}
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def _age(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "message": DEPLOY_HELP["message"],
+                                   "yes": DEPLOY_HELP["yes"]})
+@friendly
+def db_backup(c, inventory_=None, message=None, yes=False):
+    """Take a base backup on the primary now (the scheduled one's script), with its size and duration."""
+    inv = inventory.load(inventory_)
+    primary = db_ops.topology(inv).primary
+    print(f"db.backup: base backup on {primary.name} with {db_ops.BACKUP_SERVICE} (records the key tables' "
+          "reference; retention may remove the oldest backup)")
+    _confirm(f"take a base backup on {primary.name}", yes)
+    with maintenance.Guarded(inv, "db.backup", hosts=[primary.name], message=message or "") as change:
+        result = db_ops.backup(inv, deploy.Reporter())
+        change.detail = {"backup": result.backup.name, "size_bytes": result.backup.size_bytes}
+    print(prefixed(primary.name, f"backup {result.backup.name}: {_size(result.backup.size_bytes)} "
+                                 f"({result.backup.size_bytes} bytes) in {result.duration_s:.1f} s"))
+
+
+@task(auto_shortflags=False, help=DB_HELP)
+@friendly
+def db_backups(c, inventory_=None, json=False):
+    """List the primary's base backups with their ages and sizes."""
+    inv = inventory.load(inventory_)
+    primary = db_ops.topology(inv).primary
+    conn = ssh.connect(primary)
+    try:
+        backups = db_ops.list_backups(conn)
+    finally:
+        conn.close()
+    if json:
+        emit_json([b.as_dict() for b in backups])
+        return
+    print(table(["backup", "age", "size", "finished", "first WAL", "reference"],
+                [(b.name, _age(b.age_s), _size(b.size_bytes), b.finished_at, b.start_wal,
+                  "yes" if b.has_reference else "no") for b in reversed(backups)]))
+    if not backups:
+        print(f"{primary.name}: no base backups")
+
+
+@task(auto_shortflags=False, help={**DB_HELP, "backup": "Backup name (default: the newest).",
+                                   "on": "Host to restore on (default: the first replica)."})
+@friendly
+def db_restore_check(c, inventory_=None, backup=None, on=None, json=False):
+    """Restore a backup on a replica (or --on HOST) and compare key tables with the primary at backup time."""
+    inv = inventory.load(inventory_)
+    report = deploy.Reporter(stream=sys.stderr if json else None)
+    started = time.monotonic()
+    try:
+        check = db_ops.restore_check(inv, report, backup, on)
+    except RoadieError as exc:
+        _db_audit(inv, "db.restore-check", "failed", error=str(exc), duration_s=time.monotonic() - started)
+        raise RoadieError(f"RESTORE CHECK FAILED: {exc}") from None
+    _db_audit(inv, "db.restore-check", "ok" if check.ok else "failed", backup=check.backup, host=check.host,
+              restore_s=check.restore_s, problems=check.problems, duration_s=check.duration_s)
+    if json:
+        emit_json(check.as_dict())
+    else:
+        for name, got in sorted(check.tables.items()):
+            want = check.reference.get(name, {})
+            same = "ok" if got == want else "MISMATCH"
+            print(prefixed(check.host, f"{name}: {got['rows']} rows, checksum {got['checksum']} "
+                                       f"(recorded {want.get('rows')}, {want.get('checksum')}) {same}"))
+        print(prefixed(check.host, f"backup {check.backup}: restored in {check.restore_s:.0f} s "
+                                   f"(copy {_size(check.copy_bytes)} in {check.copy_s:.1f} s, "
+                                   f"total {check.duration_s:.1f} s)"))
+    if not check.ok:
+        raise RoadieError(f"RESTORE CHECK FAILED: backup {check.backup} on {check.host}: {check.problems[0]}")
+
+
+def _db_audit(inv, action: str, result: str, duration_s: float, **detail) -> None:  # noqa: ANN001, ANN003
+    conn = ssh.connect(deploy.Fleet.from_inventory(inv).balancer)
+    try:
+        audit.record(conn, audit.event(action, result=result, duration_s=duration_s, **detail))
+    finally:
+        conn.close()
+
+
+@task(auto_shortflags=False, help=DB_HELP)
+@friendly
+def db_replication(c, inventory_=None, json=False):
+    """Show each database host's role, WAL positions, lag and replication slots."""
+    states = db_ops.replication(inventory.load(inventory_))
+    if json:
+        emit_json([s.as_dict() for s in states])
+    else:
+        print(table(["host", "role", "current/received", "sent", "replay", "lag bytes", "lag s", "state"],
+                    [(s.host, s.role, s.current_lsn or "-", s.sent_lsn or "-", s.replay_lsn or "-",
+                      "-" if s.lag_bytes is None else s.lag_bytes, "-" if s.lag_s is None else s.lag_s,
+                      s.state or s.error or "-") for s in states]))
+        slots = [(s.host, sl["slot"], "active" if sl["active"] else "INACTIVE", sl["restart_lsn"] or "-",
+                  "-" if sl["retained_bytes"] is None else _size(sl["retained_bytes"]), sl["wal_status"] or "-")
+                 for s in states for sl in s.slots]
+        if slots:
+            print()
+            print(table(["host", "slot", "state", "restart_lsn", "retained WAL", "wal_status"], slots))
+    down = [s.host for s in states if not s.reachable]
+    if down:
+        raise RoadieError(f"{len(down)} database host(s) unreachable: {', '.join(down)}")
+
+
+@task(auto_shortflags=False, help={
+    "inventory": INVENTORY_HELP, "yes": "Required: promote without asking (there is no dry run of a failover).",
+    "force": "Go on when the lag is above --max-lag or unreadable, or the old primary is unreachable.",
+    "max_lag": f"Refuse above this replication lag in bytes (default {db_ops.DEFAULT_MAX_LAG}).",
+    "to": "Replica to promote (default: the first of database_replica).",
+    "batch": DEPLOY_HELP["batch"], "min_serving": DEPLOY_HELP["min_serving"], "message": DEPLOY_HELP["message"]})
+@friendly
+def db_failover(c, inventory_=None, yes=False, force=False, max_lag=db_ops.DEFAULT_MAX_LAG, to=None, batch="1",
+                min_serving="1", message=None):
+    """Promote the replica, fence the old primary, repoint and restart the stream hosts (needs --yes)."""
+    options = _options(batch, False, min_serving, 60, 60, message)
+    inv = inventory.load(inventory_)
+    plan = db_ops.plan_failover(inv, max_lag, force, to)
+    deploy.rollout.plan("restart", plan.stream_hosts, options.batch, False, options.min_serving)
+    for line in plan.describe():
+        print(line)
+    _confirm(f"promote {plan.new_primary} and fence {plan.old_primary}", yes)
+    result = db_ops.failover(inv, plan, deploy.Reporter(), options)
+    print(f"failover: done in {result.duration_s:.1f} s "
+          + ", ".join(f"{k} {v}" for k, v in result.timings.items()))
+    for note in result.notes:
+        print(f"WARNING: {note}")
+    for line in db_ops.inventory_change(plan, inv.name):
+        print(line)
+
+
+db_ns = Collection("db")
+db_ns.add_task(db_backup, "backup")
+db_ns.add_task(db_backups, "backups")
+db_ns.add_task(db_restore_check, "restore-check")
+db_ns.add_task(db_replication, "replication")
+db_ns.add_task(db_failover, "failover")
+
+
 lock_ns = Collection("lock")
 lock_ns.add_task(lock_status, "status")
 lock_ns.add_task(lock_release, "release")
@@ -501,5 +659,6 @@ ns.add_task(deploy_, "deploy")
 ns.add_task(audit_, "audit")
 ns.add_task(status_, "status")
 ns.add_collection(lock_ns)
+ns.add_collection(db_ns)
 ns.add_collection(maintenance_ns)
 ns.add_collection(cache_ns)

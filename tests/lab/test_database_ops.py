@@ -1,0 +1,311 @@
+"""Database operations against the real lab: backup, restore check (good and damaged), replication, failover.
+
+The commands run as an operator runs them (`fab db.* ...` in a subprocess, no terminal). The failover test
+writes plays through lb1 the whole time, fails over to db2, checks every answered play on the new primary,
+and then puts the lab back to db1 primary / db2 replica with the runbook the failover prints (a swapped,
+git-ignored copy of the lab inventory to rebuild db1 as a replica of db2, a failback, a rebuild of db2).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import pytest
+import yaml
+
+from roadie import database, inventory, provision
+from roadie.paths import ROOT
+
+FAB = str(ROOT / ".venv" / "bin" / "fab")
+SWAPPED = ROOT / "inventories" / "lab-failover-tmp"   # same depth as inventories/lab: its relative paths hold
+
+
+def fab(*args: str, inventory_: str = "lab", timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": inventory_})
+
+
+def _ok(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 0, result.stdout + result.stderr
+    return result.stdout
+
+
+def _sh(conn, command: str) -> str:
+    result = conn.run(command, hide=True, warn=True, in_stream=False)
+    assert result.exited == 0, f"{command}: {result.stderr}"
+    return result.stdout
+
+
+# ------------------------------------------------------------------ backups and restore checks
+@pytest.fixture(scope="module")
+def fresh_backup(stack):
+    out = _ok(fab("db.backup", "--yes"))
+    line = next(ln for ln in out.splitlines() if ln.startswith("db1: backup "))
+    name = line.split()[2].rstrip(":")
+    print(f"\n{line}")
+    return name
+
+
+def test_backup_is_listed_with_size_and_reference(fresh_backup):
+    listed = json.loads(_ok(fab("db.backups", "--json")))
+    mine = next(b for b in listed if b["name"] == fresh_backup)
+    assert mine["size_bytes"] > 1_000_000 and mine["has_reference"]
+    assert set(mine["sha256"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+    assert 0 <= mine["age_s"] < 600
+    assert fresh_backup in _ok(fab("db.backups"))
+
+
+def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
+    result = fab("db.restore-check", "--backup", fresh_backup, "--json")
+    check = json.loads(_ok(result))
+    assert check["ok"] and check["problems"] == [] and check["host"] == "db2"
+    assert set(check["tables"]) == {"tracks", "plays"}
+    assert check["tables"] == check["reference"]
+    assert check["tables"]["tracks"]["rows"] == 12
+    # The reference is what the primary held: the tracks table has not changed since.
+    live = database.psql(conns("db1"), "SELECT count(*) FROM tracks", "stream")
+    assert int(live) == check["tables"]["tracks"]["rows"]
+    # Nothing is left on the checking host.
+    assert _sh(conns("db2"), f"ls -A {database.COPY_DIR} 2>/dev/null; ls -d /var/lib/postgresql/restore-check "
+                             "2>/dev/null || true").strip() == ""
+    print(f"\nrestore-check of {fresh_backup} on db2: restore {check['restore_s']:.0f} s, copy "
+          f"{check['copy_bytes']} bytes in {check['copy_s']:.1f} s, total {check['duration_s']:.1f} s")
+
+
+def _damaged_copy(conn, source: str, name: str, edit: str) -> None:
+    """A copy of backup `source` named `name` on db1, changed by the Python statement `edit` (cwd = the copy)."""
+    base = database.BASE_DIR
+    _sh(conn, f"cp -a {base}/{source} {base}/{name}")
+    script = f"import json, os\nos.chdir({base + '/' + name!r})\n{edit}\n"
+    _sh(conn, f"python3 -c {json.dumps(script)}")
+
+
+FLIP_BYTE = """
+with open("base.tar.gz", "r+b") as f:
+    f.seek(os.path.getsize("base.tar.gz") // 2)
+    byte = f.read(1)
+    f.seek(-1, 1)
+    f.write(bytes([byte[0] ^ 0xFF]))
+"""
+
+
+def test_a_damaged_backup_fails_loudly_naming_what_failed(fresh_backup, conns):
+    db1 = conns("db1")
+    names = ["20000101T000001Z", "20000101T000002Z", "20000101T000003Z"]
+    try:
+        # 1. A flipped byte in base.tar.gz: the sha256 recorded at backup time names the file.
+        _damaged_copy(db1, fresh_backup, names[0], FLIP_BYTE)
+        result = fab("db.restore-check", "--backup", names[0])
+        assert result.returncode == 1
+        assert "RESTORE CHECK FAILED" in result.stderr and "base.tar.gz" in result.stderr
+        assert "does not match the sha256 recorded at backup time" in result.stderr
+        # 2. The same damage with the recorded checksums gone: the restore itself fails, loudly.
+        strip = FLIP_BYTE + """
+meta = json.load(open("roadie-backup.json"))
+meta.pop("sha256")
+json.dump(meta, open("roadie-backup.json", "w"))
+"""
+        _damaged_copy(db1, fresh_backup, names[1], strip)
+        result = fab("db.restore-check", "--backup", names[1])
+        assert result.returncode == 1
+        assert f"RESTORE CHECK FAILED: backup {names[1]}: restore on db2 failed" in result.stderr
+        assert "base.tar.gz" in result.stderr
+        # 3. A changed row reference: the restore works, the comparison names the table.
+        change = """
+ref = json.load(open("roadie-reference.json"))
+ref["tables"]["plays"]["rows"] += 1
+json.dump(ref, open("roadie-reference.json", "w"))
+"""
+        _damaged_copy(db1, fresh_backup, names[2], change)
+        result = fab("db.restore-check", "--backup", names[2])
+        assert result.returncode == 1
+        assert "RESTORE CHECK FAILED" in result.stderr and "table plays:" in result.stderr
+        assert "recorded at backup time" in result.stderr
+        print("\n" + "\n".join(ln for ln in result.stderr.splitlines() if "RESTORE CHECK FAILED" in ln))
+    finally:
+        _sh(db1, "rm -rf " + " ".join(f"{database.BASE_DIR}/{n}" for n in names))
+
+
+def test_restore_check_refuses_bad_input_before_any_host():
+    result = fab("db.restore-check", "--backup", "../etc")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
+        "error: RESTORE CHECK FAILED: --backup must be a backup name like 20260102T023000Z, got '../etc'"]
+
+
+# ------------------------------------------------------------------ replication
+def _replication(inv: str = "lab") -> list[dict]:
+    return json.loads(_ok(fab("db.replication", "--json", inventory_=inv)))
+
+
+def _wait_streaming(primary: str, replica: str, inv: str = "lab", timeout: float = 30) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        rows = {r["host"]: r for r in _replication(inv)}
+        ok = (rows[primary]["role"] == "primary" and rows[replica]["role"] == "replica"
+              and rows[replica]["lag_bytes"] == 0 and rows[replica]["state"] == "streaming"
+              and any(s["slot"] == replica and s["active"] for s in rows[primary]["slots"]))
+        if ok or time.monotonic() > deadline:
+            return list(rows.values())
+        time.sleep(1)
+
+
+def test_replication_shows_the_replica_streaming_with_no_lag(stack):
+    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+    assert rows["db1"]["role"] == "primary" and rows["db2"]["role"] == "replica"
+    assert rows["db2"]["lag_bytes"] == 0 and rows["db2"]["lag_s"] == 0
+    assert rows["db2"]["state"] == "streaming"
+    slot = next(s for s in rows["db1"]["slots"] if s["slot"] == "db2")
+    assert slot["active"] and slot["restart_lsn"] and slot["retained_bytes"] is not None
+    out = _ok(fab("db.replication"))
+    assert "db2" in out and "streaming" in out and "active" in out
+
+
+# ------------------------------------------------------------------ failover
+@dataclass
+class Writes:
+    """Plays POSTed through the balancer, each with its own Idempotency-Key, and what came back."""
+
+    host: str
+    listener: str
+    ok: dict = field(default_factory=dict)           # key -> (id, answered_at)
+    retried: int = 0                                 # answered 2xx after the service retried the write
+    failed: list = field(default_factory=list)
+    sent: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def _one(self, n: int) -> None:
+        key = uuid.uuid4().hex
+        body = json.dumps({"track_id": 1 + n % 12, "listener_id": self.listener})
+        conn = http.client.HTTPConnection(self.host, 80, timeout=40)
+        try:
+            conn.request("POST", "/plays", body, {"Content-Type": "application/json", "Idempotency-Key": key})
+            response = conn.getresponse()
+            data = response.read()
+            with self._lock:
+                if 200 <= response.status < 300:
+                    self.ok[key] = (json.loads(data)["id"], time.monotonic())
+                    self.retried += int(response.getheader("X-Write-Attempts") or 1) > 1
+                else:
+                    self.failed.append(f"HTTP {response.status}: {data[:100]!r}")
+        except (OSError, http.client.HTTPException) as exc:
+            with self._lock:
+                self.failed.append(f"{type(exc).__name__}: {exc}")
+        finally:
+            conn.close()
+
+    def _loop(self, index: int) -> None:
+        n = index
+        deadline = time.monotonic() + 600
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            with self._lock:
+                self.sent += 1
+            self._one(n)
+            n += 3
+            time.sleep(0.05)
+
+    def __enter__(self) -> Writes:
+        self._threads = [threading.Thread(target=self._loop, args=(i,), daemon=True) for i in range(3)]
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def _stored_keys(conn, listener: str) -> set[str]:
+    out = database.psql(conn, f"SELECT request_key FROM plays WHERE listener_id = '{listener}'", "stream")
+    return set(out.split())
+
+
+def _swapped_inventory() -> str:
+    """inventories/lab with db2 the primary and db1 its replica, git-ignored, at the same directory depth."""
+    shutil.rmtree(SWAPPED, ignore_errors=True)
+    shutil.copytree(ROOT / "inventories" / "lab", SWAPPED, symlinks=True)
+    (SWAPPED / ".gitignore").write_text("*\n")
+    hosts = SWAPPED / "hosts.yml"
+    data = yaml.safe_load(hosts.read_text())
+    db = data["all"]["children"]["database"]["children"]
+    db["database_primary"], db["database_replica"] = db["database_replica"], db["database_primary"]
+    hosts.write_text(yaml.safe_dump(data, sort_keys=False))
+    swapped = inventory.load(SWAPPED)
+    assert swapped.groups["database_primary"] == ("db2",) and swapped.groups["database_replica"] == ("db1",)
+    return str(SWAPPED)
+
+
+def _unfence_and_clear(conn) -> None:
+    _sh(conn, f"systemctl unmask {database.PG_UNIT} && rm -f {database.FENCE_FILE} && "
+              f"rm -rf {database.DATA_DIR}")
+
+
+def _restore_topology(conns) -> None:
+    """The runbook: rebuild db1 as a replica of db2, fail back to db1, rebuild db2 as its replica."""
+    fenced = conns("db1").run(f"test -f {database.FENCE_FILE}", hide=True, warn=True, in_stream=False)
+    if fenced.exited != 0:
+        return   # the failover did not get as far as fencing db1: nothing to put back
+    swapped = _swapped_inventory()
+    try:
+        # The role refuses the fenced host and says why.
+        refused = provision.run("database", swapped, limit="db1", echo=False)
+        assert not refused.ok and "db1 was fenced at" in refused.output and "by " in refused.output
+        _unfence_and_clear(conns("db1"))
+        rebuilt = provision.run("database", swapped, echo=False)
+        assert rebuilt.ok, rebuilt.output[-3000:]
+        _wait_streaming("db2", "db1", swapped)
+        _ok(fab("db.failover", "--yes", "--message", "lab test: fail back", inventory_=swapped))
+    finally:
+        shutil.rmtree(SWAPPED, ignore_errors=True)
+    _unfence_and_clear(conns("db2"))
+    rebuilt = provision.run("database", "lab", echo=False)
+    assert rebuilt.ok, rebuilt.output[-3000:]
+
+
+def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
+    listener = "failover-" + uuid.uuid4().hex[:8]
+    _wait_streaming("db1", "db2")
+    try:
+        with Writes(stack["lb"], listener) as writes:
+            time.sleep(3)
+            before = len(writes.ok)
+            started = time.monotonic()
+            result = fab("db.failover", "--yes", "--message", "lab test")
+            failover_s = time.monotonic() - started
+            done_at = time.monotonic()
+            time.sleep(3)
+        out = _ok(result)
+        assert "promoted at" in out and "move db2 to database_primary and db1 to database_replica" in out
+        db2 = conns("db2")
+        assert database.psql(db2, "SELECT pg_is_in_recovery()") == "f"
+        # Every play answered 2xx is on the new primary, exactly once.
+        stored = _stored_keys(db2, listener)
+        assert set(writes.ok) <= stored, f"{len(set(writes.ok) - stored)} answered plays missing on db2"
+        count = int(database.psql(db2, f"SELECT count(*) FROM plays WHERE listener_id = '{listener}'", "stream"))
+        assert count == len(stored)
+        # Writes went on through the balancer after the failover, into db2.
+        after = [k for k, (_, at) in writes.ok.items() if at > done_at]
+        assert after and set(after) <= stored
+        # No request failed: the ones that met the failover window were retried by the service.
+        assert writes.failed == [], writes.failed[:5]
+        # db1 is fenced: stopped, masked, marker.
+        db1 = conns("db1")
+        assert _sh(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
+        assert json.loads(_sh(db1, f"cat {database.FENCE_FILE}"))["new_primary"] == "db2"
+        timings = next(ln for ln in out.splitlines() if ln.startswith("failover: done"))
+        print(f"\n{timings}\nfailover (fab, wall) {failover_s:.1f} s; plays: {writes.sent} sent, {len(writes.ok)} "
+              f"answered 2xx ({before} before the failover), {len(writes.failed)} failed, {writes.retried} retried "
+              "by the service")
+    finally:
+        _restore_topology(conns)
+    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+    assert rows["db1"]["role"] == "primary" and rows["db2"]["lag_bytes"] == 0
