@@ -35,7 +35,7 @@ out = {"role": info.get("role"), "used_memory": int(info.get("used_memory", 0)),
        "evicted": int(info.get("evicted_keys", 0)), "keys": int(cli("DBSIZE").strip() or 0)}
 pattern = args.get("pattern")
 if pattern is not None:
-    keys = [k for k in cli("--scan", "--pattern", pattern, "--count", "1000").splitlines() if k]
+    keys = [k for k in cli("--scan", "--pattern", pattern).splitlines() if k]
     out["matching"] = len(keys)
     if args.get("flush"):
         if out["role"] != "master":
