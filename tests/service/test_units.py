@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from streamsvc import config, seed
 from streamsvc.http import HTTPError, Router, read_body
 from streamsvc.ranges import ByteRange, RangeNotSatisfiable, parse_range
-from streamsvc.validation import MAX_ID, BadRequest, Play, parse_id, parse_play
+from streamsvc.validation import MAX_ID, BadRequest, Play, parse_id, parse_idempotency_key, parse_play
 
 # ------------------------------------------------------------------ parse_range, by example
 
@@ -229,6 +229,57 @@ def test_body_limits(environ, status):
     with pytest.raises(HTTPError) as caught:
         read_body(environ, 4096)
     assert caught.value.status == status
+
+
+# ------------------------------------------------------------------ hostile input, properties (see test_hostile.py)
+
+
+@given(size=sizes, big=st.integers(min_value=10**19, max_value=10**40), form=st.sampled_from(["{}-", "-{}", "0-{}"]))
+def test_numbers_of_more_than_19_digits_are_416_never_an_overflow(size, big, form):
+    with pytest.raises(RangeNotSatisfiable):
+        parse_range("bytes=" + form.format(big), size)
+
+
+@given(size=st.integers(min_value=1, max_value=10**12), data=st.data())
+def test_a_range_round_trips_through_its_content_range(size, data):
+    first = data.draw(st.integers(min_value=0, max_value=size - 1))
+    last = data.draw(st.integers(min_value=first, max_value=size - 1))
+    got = parse_range(f"bytes={first}-{last}", size)
+    assert got.content_range == f"bytes {first}-{last}/{size}"
+    assert parse_range("bytes=" + got.content_range.split(" ")[1].split("/")[0], size) == got
+
+
+@given(st.text(max_size=80))
+def test_idempotency_keys_are_accepted_only_when_safe(text):
+    try:
+        key = parse_idempotency_key(text)
+    except BadRequest as exc:
+        assert "\n" not in str(exc)
+        return
+    assert key is None if text == "" else (key == text and 1 <= len(text) <= 64 and text.isascii()
+                                            and all(c.isalnum() or c in "_-" for c in text))
+
+
+@given(length=st.text(max_size=25) | st.integers(min_value=-5, max_value=10_000).map(str),
+       body=st.binary(max_size=6000))
+def test_read_body_gives_exactly_content_length_bytes_or_a_4xx(length, body):
+    environ = {"wsgi.input": io.BytesIO(body), "CONTENT_LENGTH": length}
+    try:
+        got = read_body(environ, 4096)
+    except HTTPError as exc:
+        assert exc.status in (400, 411, 413)
+        return
+    assert length.isascii() and length.isdigit() and int(length) <= 4096 and got == body[:int(length)]
+
+
+@given(st.text(max_size=60))
+def test_a_path_segment_never_carries_a_slash_into_a_handler(path):
+    try:
+        _handler, args = _router().match("GET", "/tracks/" + path)
+    except HTTPError as exc:
+        assert exc.status == 404
+        return
+    assert "/" not in args["track_id"] and args["track_id"] == path
 
 
 # ------------------------------------------------------------------ config
