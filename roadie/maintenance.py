@@ -23,8 +23,8 @@ from roadie.inventory import Host, Inventory
 from roadie.paths import ROOT
 
 TEMPLATES = ROOT / "templates"
-MAINTENANCE_MAP = "/etc/haproxy/maintenance.map"
-MAINTENANCE_PAGE = "/etc/haproxy/maintenance.html"
+MAINTENANCE_MAP = "/etc/haproxy/maintenance/mode.map"     # roles/haproxy: haproxy_maintenance_map
+MAINTENANCE_PAGE = "/etc/haproxy/maintenance/page.html"   # roles/haproxy: haproxy_maintenance_page
 
 
 # ------------------------------------------------------------------ drain / undrain
@@ -180,7 +180,7 @@ def render_page(message: str, retry_after: int, template: str = "maintenance.htm
 
 
 _SET_MODE = r'''
-import hashlib, os, socket, subprocess, sys
+import os, subprocess, sys
 map_path, page_path, state, retry_after, page = sys.argv[1:5] + [sys.stdin.read()]
 def write(path, data):
     tmp = path + ".tmp"
@@ -197,7 +197,9 @@ if page:
 # The file keeps the mode across reloads and restarts; the runtime API applies it at once.
 write(map_path, "mode %s\nretry_after %s\n" % (state, retry_after))
 if reload_needed:
-    subprocess.run(["systemctl", "reload", "haproxy.service"], check=True, timeout=60)
+    # HAProxy reads the page at start-up only; a reload is seamless (master-worker).
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    subprocess.run(sudo + ["systemctl", "reload", "haproxy.service"], check=True, timeout=60)
 print("reloaded" if reload_needed else "unchanged")
 '''
 

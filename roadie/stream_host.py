@@ -21,6 +21,7 @@ CURRENT = BASE / "current"
 PREVIOUS = BASE / "previous"
 ENV_FILE = BASE / "shared" / "stream.env"
 SERVICE = "stream.service"
+TASK_WRAPPER = "/usr/local/sbin/stream-task"   # roles/streaming: migrate and seed, arguments checked
 COMPLETE_MARK = ".roadie-complete"
 HEALTH_URL = "http://127.0.0.1/healthz"   # through nginx, as the balancer sees the host
 
@@ -198,12 +199,12 @@ def health_gate(conn, release_id: str, *, passes: int = 3, interval: float = 0.5
 
 
 def migrate(conn, release_id: str) -> str:  # noqa: ANN001
-    """Run the release's migrations once, as the service user with the service's environment."""
-    python = RELEASES / release_id / "venv" / "bin" / "python"
-    cmd = (f"sudo -n systemd-run --quiet --wait --pipe --collect --unit=stream-migrate-{int(time.time())} "
-           f"-p User=stream -p EnvironmentFile={_q(ENV_FILE)} -p WorkingDirectory={_q(RELEASES / release_id)} "
-           f"{_q(python)} -m streamsvc migrate")
-    return _run(conn, cmd, what=f"migrations of {release_id}", timeout=300).stdout
+    """Run the release's migrations once, as the service user with the service's environment.
+
+    Through the role's checked wrapper, the one thing sudo lets the deploy user run for it.
+    """
+    return _run(conn, f"sudo -n {TASK_WRAPPER} migrate {_q(release_id)}", what=f"migrations of {release_id}",
+                timeout=300).stdout
 
 
 def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
@@ -221,9 +222,5 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
 
 def seed(conn, release_id: str, with_db: bool) -> str:  # noqa: ANN001
     """Load the reference catalogue (once, `with_db`) and write its audio files into shared/media."""
-    python = RELEASES / release_id / "venv" / "bin" / "python"
-    media = BASE / "shared" / "media"
-    cmd = (f"sudo -n systemd-run --quiet --wait --pipe --collect --unit=stream-seed-{int(time.time() * 1000)} "
-           f"-p EnvironmentFile={_q(ENV_FILE)} -p UMask=0022 {_q(python)} -m streamsvc seed --media-dir {_q(media)}"
-           + ("" if with_db else " --no-db"))
+    cmd = f"sudo -n {TASK_WRAPPER} seed {_q(release_id)}" + ("" if with_db else " --no-db")
     return _run(conn, cmd, what="seeding the catalogue", timeout=300).stdout
