@@ -552,6 +552,7 @@ def db_backups(c, inventory_=None, json=False):
 def db_restore_check(c, inventory_=None, backup=None, on=None, json=False):
     """Restore a backup on a replica (or --on HOST) and compare key tables with the primary at backup time."""
     inv = inventory.load(inventory_)
+    db_ops.restore_target(inv, backup, on)   # bad input fails here, before any host
     report = deploy.Reporter(stream=sys.stderr if json else None)
     started = time.monotonic()
     try:

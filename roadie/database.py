@@ -329,13 +329,13 @@ def _read_remote(conn, path: str, what: str) -> str:  # noqa: ANN001
 def _sha256s(conn, directory: str, names: list[str]) -> dict[str, str]:  # noqa: ANN001
     if not names:
         return {}
-    files = " ".join(shlex.quote(n) for n in names)
-    out = _run(conn, f"cd {shlex.quote(directory)} && sudo -n sha256sum -- {files}", what="checksumming files",
-               timeout=1800).stdout
+    prefix = directory.rstrip("/") + "/"
+    files = " ".join(shlex.quote(prefix + n) for n in names)
+    out = _run(conn, f"sudo -n sha256sum -- {files}", what="checksumming files", timeout=1800).stdout
     sums = {}
     for line in out.splitlines():
         digest, _, name = line.partition("  ")
-        sums[name.strip()] = digest.strip()
+        sums[name.strip().removeprefix(prefix)] = digest.strip()
     return sums
 
 
@@ -382,10 +382,8 @@ def _stream_tar(src, src_dir: str, names: list[str], dst, dst_dir: str) -> int: 
     return moved
 
 
-def restore_check(inv: Inventory, report: Report, backup_name: str | None = None, on: str | None = None,
-                  timeout: int = 3600) -> RestoreCheck:
-    """Copy a backup and the WAL it needs to another host, restore it there to its recorded restore point,
-    and compare every key table with the reference recorded at backup time."""
+def restore_target(inv: Inventory, backup_name: str | None = None, on: str | None = None) -> Host:
+    """The host a restore check runs on, with the arguments checked; touches no host."""
     if backup_name is not None and not _BACKUP_NAME.match(backup_name):
         raise RoadieError(f"--backup must be a backup name like 20260102T023000Z, got {backup_name!r}")
     topo = topology(inv)
@@ -399,6 +397,15 @@ def restore_check(inv: Inventory, report: Report, backup_name: str | None = None
         target = inv.hosts[on]
         if target.name == topo.primary.name:
             raise RoadieError(f"--on {on}: the check restores on another host than the primary")
+    return target
+
+
+def restore_check(inv: Inventory, report: Report, backup_name: str | None = None, on: str | None = None,
+                  timeout: int = 3600) -> RestoreCheck:
+    """Copy a backup and the WAL it needs to another host, restore it there to its recorded restore point,
+    and compare every key table with the reference recorded at backup time."""
+    target = restore_target(inv, backup_name, on)
+    topo = topology(inv)
     started = time.monotonic()
     src = ssh.connect(topo.primary)
     dst = ssh.connect(target)

@@ -136,8 +136,13 @@ json.dump(ref, open("roadie-reference.json", "w"))
 
 def test_restore_check_refuses_bad_input_before_any_host():
     result = fab("db.restore-check", "--backup", "../etc")
-    assert result.returncode == 1 and result.stderr.strip().splitlines() == [
-        "error: RESTORE CHECK FAILED: --backup must be a backup name like 20260102T023000Z, got '../etc'"]
+    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1] == (
+        "error: --backup must be a backup name like 20260102T023000Z, got '../etc'")
+    result = fab("db.failover", "--yes", "--max-lag", "lots")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == "error: --max-lag must be a whole number of bytes, got 'lots'"
+    result = fab("db.failover")
+    assert result.returncode == 1 and "pass --yes" in result.stderr
 
 
 # ------------------------------------------------------------------ replication
