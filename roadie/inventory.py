@@ -111,6 +111,8 @@ def _ansible_env() -> None:
     os.environ.setdefault("ANSIBLE_CONFIG", str(ROOT / "ansible.cfg"))
     os.environ.setdefault("ANSIBLE_INVENTORY_UNPARSED_FAILED", "True")
     os.environ.setdefault("ANSIBLE_INVENTORY_ANY_UNPARSED_IS_FAILED", "True")
+    # A host (or any key) written twice in one YAML file is an error, not "the last one wins" silently.
+    os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
 
 
 def _vault_secrets(loader) -> None:  # noqa: ANN001 - Ansible's DataLoader
