@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from roadie import lab, ssh
+from roadie import lab, provision, ssh
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
 
@@ -63,3 +63,40 @@ def test_host_missing_from_known_hosts_is_refused(lab_inventory, tmp_path):
         ssh.connect(db1)
     lb1 = ssh.connect(replace(lab_inventory.hosts["lb1"], known_hosts=partial))
     assert lb1.run("true", hide=True, in_stream=False).ok
+
+
+def _reach(hosts: str, mitogen: bool, control_dir: Path, monkeypatch) -> tuple[subprocess.CompletedProcess, dict]:
+    """tests/lab/playbooks/reach.yml with the environment every Roadie run gets, Mitogen on or off."""
+    if mitogen:
+        monkeypatch.delenv(provision.MITOGEN_SWITCH, raising=False)
+    else:
+        monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
+    env = provision.ansible_env({"ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)})
+    assert env["ANSIBLE_STRATEGY"] == ("mitogen_linear" if mitogen else "linear")
+    result = subprocess.run([str(VENV / "ansible-playbook"), "-i", "inventories/lab", "tests/lab/playbooks/reach.yml",
+                             "-e", f"roadie_test_hosts={hosts}"], cwd=ROOT, env=env, capture_output=True,
+                            text=True, timeout=180)
+    return result, provision.parse_recap(result.stdout)
+
+
+@pytest.mark.parametrize("mitogen", [True, False], ids=["mitogen", "builtin-linear"])
+def test_changed_host_key_fails_the_playbook_for_that_host(rotated_host_key, mitogen, tmp_path, monkeypatch):
+    # A fresh control path: a persisted master connection must not mask the new key.
+    result, recap = _reach("stream1,stream3", mitogen, tmp_path, monkeypatch)
+    assert result.returncode != 0
+    assert recap["stream3"]["unreachable"] == 1 and recap["stream3"]["ok"] == 0
+    assert recap["stream1"] == {**recap["stream1"], "ok": 1, "unreachable": 0, "failed": 0}
+    refusal = ("Host key checking is enabled, and SSH reported an unrecognized or mismatching host key" if mitogen
+               else "REMOTE HOST IDENTIFICATION HAS CHANGED")
+    assert refusal in result.stdout + result.stderr
+    # The strategy really ran: Mitogen's plugin announces itself through ansible-core's deprecation notice.
+    assert ("strategy plugins not included in ansible.builtin" in result.stderr) == mitogen
+
+
+def test_a_playbook_runs_under_the_builtin_fallback(provisioned, tmp_path, monkeypatch):
+    monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
+    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(tmp_path))
+    run = provision.run("common", "lab", limit="stream1", echo=False)
+    assert run.ok, run.output[-3000:]
+    assert run.recap["stream1"]["changed"] == 0 and run.recap["stream1"]["ok"] > 10
+    assert "strategy plugins not included in ansible.builtin" not in run.output
