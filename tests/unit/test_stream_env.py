@@ -1,0 +1,49 @@
+"""The failover's env-file rewriter (roles/streaming/files/stream_env.py), run here on a real file."""
+
+import importlib.util
+import os
+import stat
+
+import pytest
+
+from roadie.paths import ROOT
+
+_SPEC = importlib.util.spec_from_file_location("stream_env", ROOT / "roles/streaming/files/stream_env.py")
+stream_env = importlib.util.module_from_spec(_SPEC)
+_SPEC.loader.exec_module(stream_env)
+
+URL = "STREAM_DATABASE_URL=postgresql://stream:p%2Fw%40x@10.0.0.20:5432,10.0.0.21:5432/stream?connect_timeout=2"
+
+
+def test_the_new_primary_goes_first_and_the_rest_is_kept():
+    swapped = stream_env.reorder_database_url(URL + "&target_session_attrs=read-write", "10.0.0.21")
+    assert swapped == ("STREAM_DATABASE_URL=postgresql://stream:p%2Fw%40x@10.0.0.21:5432,10.0.0.20:5432/stream"
+                       "?connect_timeout=2&target_session_attrs=read-write")
+    assert stream_env.reorder_database_url(swapped, "10.0.0.21") == swapped      # idempotent
+    ipv6 = "STREAM_DATABASE_URL=postgresql://u:pw@[fd00::1]:5432,[fd00::2]:5432/db"
+    assert stream_env.reorder_database_url(ipv6, "fd00::2").endswith(
+        "@[fd00::2]:5432,[fd00::1]:5432/db?target_session_attrs=read-write")
+
+
+@pytest.mark.parametrize("line, first, expected", [
+    (URL, "10.9.9.9", "is not one of the database hosts"),              # never steered to another server
+    (URL, "10.0.0.2", "is not one of the database hosts"),              # no prefix matches
+    ("STREAM_REDIS_URL=redis://x", "10.0.0.21", "not a STREAM_DATABASE_URL"),
+    ("STREAM_DATABASE_URL=nourl", "10.0.0.21", "has no scheme"),
+])
+def test_refusals(line, first, expected):
+    with pytest.raises(stream_env.Refused, match=expected):
+        stream_env.reorder_database_url(line, first)
+
+
+def test_the_file_is_replaced_with_its_mode(tmp_path):
+    env = tmp_path / "stream.env"
+    env.write_text(f"STREAM_RELEASE=x\n{URL}\nSTREAM_REDIS_URL=redis://c\n")
+    os.chmod(env, 0o600)
+    assert stream_env.use_database(str(env), "10.0.0.21") is True
+    text = env.read_text()
+    assert "@10.0.0.21:5432,10.0.0.20:5432/" in text and text.startswith("STREAM_RELEASE=x\n")
+    assert text.endswith("STREAM_REDIS_URL=redis://c\n")
+    assert stat.S_IMODE(env.stat().st_mode) == 0o600
+    assert stream_env.use_database(str(env), "10.0.0.21") is False
+    assert [p.name for p in tmp_path.iterdir()] == ["stream.env"]
