@@ -11,6 +11,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import threading
@@ -85,7 +86,7 @@ def _damaged_copy(conn, source: str, name: str, edit: str) -> None:
     base = database.BASE_DIR
     _sh(conn, f"cp -a {base}/{source} {base}/{name}")
     script = f"import json, os\nos.chdir({base + '/' + name!r})\n{edit}\n"
-    _sh(conn, f"python3 -c {json.dumps(script)}")
+    _sh(conn, f"python3 -c {shlex.quote(script)}")
 
 
 FLIP_BYTE = """
