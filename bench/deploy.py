@@ -1,17 +1,22 @@
-"""Rolling deploy time on 3 and 12 stream hosts under client traffic, against its floor.
+"""Rolling deploy time on 3 and 12 stream hosts under client traffic, against its floor and a plain playbook.
 
-    .venv/bin/python bench/deploy.py [--hosts 3,12] [--batch 1]
+    .venv/bin/python bench/deploy.py [--hosts 3,12] [--batch 1] [--skip-playbook]
 
 The floor is what the batches cannot avoid, measured in the same run: per batch, the drain (wait
 for sessions) plus switch + restart + health gate, summed. Everything else (connect, lock, parallel
 staging, migrations, enabling, audit) is Roadie's overhead. Failed requests are counted by clients
-hitting the balancer throughout. Leaves the lab at 3 stream hosts.
+hitting the balancer throughout. The baseline is bench/rolling-update.yml, a plain Ansible `serial: 1`
+rolling update (HAProxy disable with drain, switch, restart, wait_for port, enable) run with Roadie's
+ansible.cfg and strategy under the same traffic, after the release was staged with Roadie's parallel
+staging (timed apart and added, so both figures cover the same work). Leaves the lab at 3 stream hosts.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -53,10 +58,35 @@ def roll(fleet: deploy.Fleet, built: release.Release, batch: str) -> tuple[deplo
     return outcome, traffic.report.sent, traffic.report.failed
 
 
+def plain_playbook(fleet: deploy.Fleet, built: release.Release) -> dict:
+    """Stage with Roadie (timed), then roll with bench/rolling-update.yml under traffic."""
+    manifest = release.verify(built.path)
+    work = deploy.Rollout(fleet, deploy.Options(), deploy.Reporter(stream=open(os.devnull, "w")))  # noqa: SIM115
+    started = time.monotonic()
+    work.connect()
+    try:
+        work.stage(built.path, manifest.release_id, manifest.payload_sha256)
+    finally:
+        work.close()
+    stage_s = time.monotonic() - started
+    env = provision.ansible_env(warn=False)
+    argv = [provision._ansible_playbook(), "-i", str(ROOT / "inventories" / "lab"),
+            str(ROOT / "bench" / "rolling-update.yml"), "-e", f"bench_release={manifest.release_id}"]
+    with Traffic(fleet.balancer.address, threads=2) as traffic:
+        started = time.monotonic()
+        result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
+        play_s = time.monotonic() - started
+    if result.returncode != 0:
+        raise SystemExit("bench: rolling-update.yml failed:\n" + "\n".join(result.stdout.splitlines()[-30:]))
+    return {"stage_s": stage_s, "playbook_s": play_s, "total_s": stage_s + play_s,
+            "requests": traffic.report.sent, "failed_requests": traffic.report.failed}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hosts", default="3,12", help="stream host counts to measure")
     parser.add_argument("--batch", default="1", help="batch size (as fab deploy --batch)")
+    parser.add_argument("--skip-playbook", action="store_true", help="do not run the plain Ansible baseline")
     args = parser.parse_args()
     rows, data = [], {}
     workdir = Path(tempfile.mkdtemp(prefix="roadie-bench-"))
@@ -75,6 +105,16 @@ def main() -> None:
             rows.append((f"{count} stream hosts, batch {args.batch}: deploy / floor",
                          f"{outcome.duration_s:.1f} s / {floor:.1f} s = {outcome.duration_s / floor:.2f}x, "
                          f"{failed} failed of {sent} requests"))
+            print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
+            if not args.skip_playbook:
+                plain = plain_playbook(fleet, variant("c", workdir))
+                data[str(count)]["plain_playbook"] = plain
+                data[str(count)]["deploy_over_playbook"] = outcome.duration_s / plain["total_s"]
+                rows.append((f"{count} stream hosts: plain serial:1 playbook (staging + playbook)",
+                             f"{plain['stage_s']:.1f} s + {plain['playbook_s']:.1f} s = {plain['total_s']:.1f} s; "
+                             f"fab deploy takes {outcome.duration_s / plain['total_s']:.2f}x of it; "
+                             f"{plain['failed_requests']} failed of {plain['requests']} requests"))
+                print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         lab.up(log=quiet)

@@ -1,23 +1,28 @@
-"""Provisioning time on the lab: cold (fresh hosts) and no-change rerun, for the data tier and for
-the whole site.
+"""Provisioning time on the lab: cold (fresh hosts) against the apt floor, and the no-change rerun.
 
-    .venv/bin/python bench/provision.py [--skip-full]
+    .venv/bin/python bench/provision.py [--data-tier]
 
 Each cold figure starts from freshly created hosts (`lab.down` + `lab.up`); the base image is cached.
-Leaves a fully provisioned lab running.
+The floor is measured in the same run: the packages each host got from the roles (`apt-mark
+showmanual` after the cold run, less the fresh host's) are installed with `apt-get update` +
+`apt-get install --no-install-recommends` on freshly created hosts again, all hosts at once as
+site.yml does; the slowest host's time is the floor. Then site.yml runs once more on those hosts
+(packages already there: the rest of provisioning), which leaves a fully provisioned lab running.
 """
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import shutil
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report  # noqa: E402
-from roadie import lab, provision  # noqa: E402
+from roadie import inventory, lab, provision, ssh  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
 DATA_TIER = "database,cache"
@@ -41,16 +46,69 @@ def timed_run(limit: str | None) -> provision.PlaybookRun:
     return run
 
 
+def manual_packages() -> dict[str, set[str]]:
+    """Every lab host's manually installed packages (what apt was asked for, by the image or a role)."""
+    results = ssh.run_parallel(inventory.load("lab").hosts.values(), "apt-mark showmanual", timeout=60)
+    bad = [name for name, r in results.items() if not r.ok]
+    if bad:
+        raise SystemExit(f"bench: apt-mark failed on {bad}")
+    return {name: set(r.stdout.split()) for name, r in results.items()}
+
+
+def apt_floor(packages: dict[str, set[str]]) -> dict[str, float]:
+    """On fresh hosts, all at once: seconds to refresh the lists and install each host's role packages."""
+    hosts = inventory.load("lab").hosts
+
+    def one(name: str) -> tuple[str, float]:
+        command = ("export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && apt-get install -y -qq "
+                   f"--no-install-recommends {' '.join(shlex.quote(p) for p in sorted(packages[name]))} >/dev/null")
+        with ssh.connect(hosts[name]) as conn:
+            started = time.monotonic()
+            result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=900)
+            elapsed = time.monotonic() - started
+        if not result.ok:
+            raise SystemExit(f"bench: apt-get failed on {name}: {result.stderr.strip()[-500:]}")
+        return name, elapsed
+
+    return dict(ssh.parallel(one, sorted(packages)))
+
+
+def site_with_floor(rows: list, data: dict) -> None:
+    fresh_lab()
+    base = manual_packages()
+    cold = timed_run(None)
+    rerun = timed_run(None)
+    changed = sum(c["changed"] for c in rerun.recap.values())
+    added = {name: pkgs - base[name] for name, pkgs in manual_packages().items()}
+    fresh_lab()
+    started = time.monotonic()
+    floor_hosts = apt_floor(added)
+    floor_wall = time.monotonic() - started
+    slowest = max(floor_hosts, key=floor_hosts.get)
+    floor = floor_hosts[slowest]
+    after_floor = timed_run(None)
+    data["site"] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s, "rerun_changed": changed,
+                    "floor_s": floor, "floor_host": slowest, "floor_wall_s": floor_wall, "floor_hosts_s": floor_hosts,
+                    "packages": {name: sorted(p) for name, p in added.items()}, "ratio": cold.duration_s / floor,
+                    "after_floor_s": after_floor.duration_s}
+    rows += [("whole site.yml on 7 hosts, cold", f"{cold.duration_s:.0f} s"),
+             ("apt floor: same packages on fresh hosts, all at once, slowest host",
+              f"{floor:.0f} s ({slowest}, {len(added[slowest])} packages)"),
+             ("cold / floor", f"{cold.duration_s / floor:.2f}x"),
+             ("site.yml on the floor's hosts (packages already installed)", f"{after_floor.duration_s:.0f} s"),
+             ("whole site.yml, no-change rerun", f"{rerun.duration_s:.0f} s (changed={changed})")]
+    for row in rows[-5:]:
+        print(f"  {row[0]}: {row[1]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--skip-full", action="store_true", help="only the data tier")
+    parser.add_argument("--data-tier", action="store_true", help="also the data tier alone, cold and rerun")
     args = parser.parse_args()
     rows, data = [], {}
 
     stages = [("data_tier", DATA_TIER, "data tier (common+postgresql+redis on db1, db2, cache1)")]
-    if not args.skip_full:
-        stages.append(("site", None, "whole site.yml on 7 hosts"))
-    for key, limit, label in stages:
+    for key, limit, label in stages if args.data_tier else []:
         fresh_lab()
         cold = timed_run(limit)
         rerun = timed_run(limit)
@@ -58,6 +116,7 @@ def main() -> None:
         data[key] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s, "rerun_changed": changed}
         rows += [(f"{label}, cold", f"{cold.duration_s:.0f} s"),
                  (f"{label}, no-change rerun", f"{rerun.duration_s:.0f} s (changed={changed})")]
+    site_with_floor(rows, data)
     report("provision", rows, data)
 
 

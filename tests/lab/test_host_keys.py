@@ -65,6 +65,15 @@ def test_host_missing_from_known_hosts_is_refused(lab_inventory, tmp_path):
     assert lb1.run("true", hide=True, in_stream=False).ok
 
 
+@pytest.fixture
+def control_dir(tmp_path):
+    """A fresh SSH control path directory; the master connections left in it are closed afterwards."""
+    yield tmp_path
+    for socket in tmp_path.iterdir():
+        subprocess.run(["ssh", "-o", f"ControlPath={socket}", "-O", "exit", "lab-host"], capture_output=True,
+                       timeout=30)
+
+
 def _reach(hosts: str, mitogen: bool, control_dir: Path, monkeypatch) -> tuple[subprocess.CompletedProcess, dict]:
     """tests/lab/playbooks/reach.yml with the environment every Roadie run gets, Mitogen on or off."""
     if mitogen:
@@ -80,9 +89,9 @@ def _reach(hosts: str, mitogen: bool, control_dir: Path, monkeypatch) -> tuple[s
 
 
 @pytest.mark.parametrize("mitogen", [True, False], ids=["mitogen", "builtin-linear"])
-def test_changed_host_key_fails_the_playbook_for_that_host(rotated_host_key, mitogen, tmp_path, monkeypatch):
+def test_changed_host_key_fails_the_playbook_for_that_host(rotated_host_key, mitogen, control_dir, monkeypatch):
     # A fresh control path: a persisted master connection must not mask the new key.
-    result, recap = _reach("stream1,stream3", mitogen, tmp_path, monkeypatch)
+    result, recap = _reach("stream1,stream3", mitogen, control_dir, monkeypatch)
     assert result.returncode != 0
     assert recap["stream3"]["unreachable"] == 1 and recap["stream3"]["ok"] == 0
     assert recap["stream1"] == {**recap["stream1"], "ok": 1, "unreachable": 0, "failed": 0}
@@ -93,9 +102,9 @@ def test_changed_host_key_fails_the_playbook_for_that_host(rotated_host_key, mit
     assert ("strategy plugins not included in ansible.builtin" in result.stderr) == mitogen
 
 
-def test_a_playbook_runs_under_the_builtin_fallback(provisioned, tmp_path, monkeypatch):
+def test_a_playbook_runs_under_the_builtin_fallback(provisioned, control_dir, monkeypatch):
     monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
-    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(tmp_path))
+    monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(control_dir))
     run = provision.run("common", "lab", limit="stream1", echo=False)
     assert run.ok, run.output[-3000:]
     assert run.recap["stream1"]["changed"] == 0 and run.recap["stream1"]["ok"] > 10

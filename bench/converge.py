@@ -1,0 +1,121 @@
+"""No-change converge of site.yml on the provisioned lab: Roadie's settings against stock Ansible.
+
+    .venv/bin/python bench/converge.py [--runs 2]
+
+Both sides run the same playbooks against the same hosts, alternating (stock, Roadie, stock, ...) so
+a noisy machine affects both. Roadie: ansible.cfg as committed plus the strategy every Roadie run gets
+(roadie/provision.py: Mitogen when it loads). Stock: ansible-core's defaults (no pipelining, forks 5,
+implicit gathering in every play, in-memory facts only, built-in linear strategy, no ControlPersist),
+with host keys still checked against the lab's known_hosts and the interpreter named, as in Roadie's
+config. The last Roadie run is profiled (ansible.posix.profile_tasks); its slowest tasks are printed.
+Expects a provisioned lab (`inv up` or `inv provision`); changes nothing on it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import report  # noqa: E402
+from roadie import provision  # noqa: E402
+from roadie.paths import ROOT  # noqa: E402
+
+STOCK_CFG = """\
+# Stock ansible-core settings, except what keeps the comparison honest: the same inventory, roles
+# and vault, the interpreter named (no discovery), and host keys checked strictly.
+[defaults]
+inventory = {root}/inventories/lab
+roles_path = {root}/roles
+host_key_checking = True
+vault_password_file = {root}/.lab/vault-pass
+interpreter_python = /usr/bin/python3
+retry_files_enabled = False
+nocows = True
+
+[ssh_connection]
+# Replaces the default "-C -o ControlMaster=auto -o ControlPersist=60s": no connection reuse.
+ssh_args = -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes
+
+[inventory]
+unparsed_is_failed = True
+any_unparsed_is_failed = True
+ignore_patterns = known_hosts
+"""
+
+
+def run_stock(cfg: Path, control_dir: str) -> tuple[float, dict]:
+    env = provision.ansible_env({"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_STRATEGY": "linear",
+                                 "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir}, warn=False)
+    env.pop("ANSIBLE_STRATEGY_PLUGINS", None)
+    started = time.monotonic()
+    result = subprocess.run([provision._ansible_playbook(), "-i", str(ROOT / "inventories" / "lab"),
+                             str(ROOT / "playbooks" / "site.yml")], cwd=ROOT, env=env, capture_output=True,
+                            text=True)
+    elapsed = time.monotonic() - started
+    recap = provision.parse_recap(result.stdout)
+    check(result.returncode == 0, "stock", recap, result.stdout)
+    return elapsed, recap
+
+
+def run_roadie(profile: bool) -> tuple[float, dict, str]:
+    extra = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
+             "PROFILE_TASKS_SUMMARY_ONLY": "true"} if profile else {}
+    run = provision.run("site", "lab", echo=False, env=extra)
+    check(run.ok, "roadie", run.recap, run.output)
+    return run.duration_s, run.recap, run.output
+
+
+def check(ok: bool, side: str, recap: dict, output: str) -> None:
+    changed = sum(c.get("changed", 0) for c in recap.values())
+    if not ok or changed:
+        tail = "\n".join(output.splitlines()[-30:])
+        raise SystemExit(f"bench: {side} run failed or changed {changed} tasks (provision the lab first):\n{tail}")
+
+
+def profile_lines(output: str) -> list[str]:
+    """The profile_tasks summary: 'role : task ---- 1.23s' lines after the recap."""
+    lines = output.split("PLAY RECAP", 1)[-1].splitlines()
+    return [line.strip() for line in lines if line.rstrip().endswith("s") and " -----" in line][:15]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=2, help="runs of each side, alternating (default 2)")
+    args = parser.parse_args()
+    strategy = provision.strategy()
+    stock_s: list[float] = []
+    roadie_s: list[float] = []
+    output = ""
+    with tempfile.TemporaryDirectory(prefix="roadie-stock-") as tmp:
+        cfg = Path(tmp) / "ansible.cfg"
+        cfg.write_text(STOCK_CFG.format(root=ROOT))
+        for i in range(args.runs):
+            elapsed, recap = run_stock(cfg, tmp)
+            stock_s.append(elapsed)
+            print(f"  stock run {i + 1}: {elapsed:.1f} s ({len(recap)} hosts, changed=0)", flush=True)
+            elapsed, recap, output = run_roadie(profile=i == args.runs - 1)
+            roadie_s.append(elapsed)
+            print(f"  roadie run {i + 1}: {elapsed:.1f} s ({len(recap)} hosts, changed=0)", flush=True)
+    tasks = sum(c.get("ok", 0) + c.get("skipped", 0) for c in recap.values())
+    stock, roadie = statistics.median(stock_s), statistics.median(roadie_s)
+    slowest = profile_lines(output)
+    rows = [(f"stock settings (median of {args.runs})", f"{stock:.1f} s  {[round(s, 1) for s in stock_s]}"),
+            (f"Roadie, strategy {strategy.name} (median of {args.runs})",
+             f"{roadie:.1f} s  {[round(s, 1) for s in roadie_s]}"),
+            ("stock / Roadie", f"{stock / roadie:.2f}x"),
+            ("hosts, task results per run", f"{len(recap)}, {tasks}")]
+    rows += [(f"slowest Roadie task {i + 1}", line) for i, line in enumerate(slowest[:8])]
+    report("converge", rows, {"stock_s": stock_s, "roadie_s": roadie_s, "stock_median_s": stock,
+                              "roadie_median_s": roadie, "ratio": stock / roadie, "strategy": strategy.name,
+                              "hosts": len(recap), "task_results": tasks, "roadie_profile": slowest})
+
+
+if __name__ == "__main__":
+    main()
