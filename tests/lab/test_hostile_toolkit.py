@@ -74,7 +74,8 @@ def _snapshot(inv, conns, secrets) -> dict:
         sql = ("'SELECT (SELECT count(*) FROM tracks), (SELECT count(*) FROM plays), "
                "(SELECT count(*) FROM schema_migrations)'")
         counts = conns(host.name).run(f"if [ $(id -u) = 0 ]; then runuser -u postgres -- psql -d stream -tAc {sql}; "
-                                      f"else sudo -n -u postgres psql -d stream -tAc {sql}; fi", hide=True, warn=True)
+                                      f"else sudo -n -u postgres psql -d stream -tAc {sql}; fi", hide=True, warn=True,
+                                      in_stream=False)
         assert counts.ok, counts.stderr
         state[f"pg {host.name}"] = counts.stdout.strip()
     for host in inv.group("cache"):
