@@ -615,10 +615,11 @@ def db_replication(c, inventory_=None, json=False):
     "to": "Replica to promote (default: the first of database_replica).",
     "batch": DEPLOY_HELP["batch"], "min_serving": DEPLOY_HELP["min_serving"], "message": DEPLOY_HELP["message"]})
 @friendly
-def db_failover(c, inventory_=None, yes=False, force=False, max_lag=db_ops.DEFAULT_MAX_LAG, to=None, batch="1",
+def db_failover(c, inventory_=None, yes=False, force=False, max_lag=None, to=None, batch="1",
                 min_serving="1", message=None):
     """Promote the replica, fence the old primary, repoint and restart the stream hosts (needs --yes)."""
     options = _options(batch, False, min_serving, 60, 60, message)
+    max_lag = db_ops.check_max_lag(db_ops.DEFAULT_MAX_LAG if max_lag is None else max_lag)  # before any host
     inv = inventory.load(inventory_)
     plan = db_ops.plan_failover(inv, max_lag, force, to)
     deploy.rollout.plan("restart", plan.stream_hosts, options.batch, False, options.min_serving)
