@@ -1,19 +1,22 @@
 """No-change converge of site.yml on the provisioned lab: Roadie's settings against stock Ansible.
 
-    .venv/bin/python bench/converge.py [--runs 2]
+    .venv/bin/python bench/converge.py [--runs 2] [--fallback]
 
 Both sides run the same playbooks against the same hosts, alternating (stock, Roadie, stock, ...) so
 a noisy machine affects both. Roadie: ansible.cfg as committed plus the strategy every Roadie run gets
 (roadie/provision.py: Mitogen when it loads). Stock: ansible-core's defaults (no pipelining, forks 5,
 implicit gathering in every play, in-memory facts only, built-in linear strategy, no ControlPersist),
 with host keys still checked against the lab's known_hosts and the interpreter named, as in Roadie's
-config. The last Roadie run is profiled (ansible.posix.profile_tasks); its slowest tasks are printed.
+config. --fallback adds a third side: Roadie's settings with the built-in linear strategy (what runs
+when Mitogen cannot be used), to show what Mitogen itself is worth. The last Roadie run is profiled
+(ansible.posix.profile_tasks); its slowest tasks are printed.
 Expects a provisioned lab (`inv up` or `inv provision`); changes nothing on it.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import subprocess
 import sys
@@ -64,10 +67,17 @@ def run_stock(cfg: Path, control_dir: str) -> tuple[float, dict]:
     return elapsed, recap
 
 
-def run_roadie(profile: bool) -> tuple[float, dict, str]:
-    extra = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
+def run_roadie(profile: bool, builtin: bool = False) -> tuple[float, dict, str]:
+    extra = {provision.MITOGEN_SWITCH: "0"} if builtin else {}
+    extra |= {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
              "PROFILE_TASKS_SUMMARY_ONLY": "true"} if profile else {}
-    run = provision.run("site", "lab", echo=False, env=extra)
+    if builtin:
+        os.environ[provision.MITOGEN_SWITCH] = "0"  # the strategy is chosen from this process's environment
+    try:
+        run = provision.run("site", "lab", echo=False, env=extra)
+    finally:
+        if builtin:
+            del os.environ[provision.MITOGEN_SWITCH]
     check(run.ok, "roadie", run.recap, run.output)
     return run.duration_s, run.recap, run.output
 
@@ -88,10 +98,13 @@ def profile_lines(output: str) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=2, help="runs of each side, alternating (default 2)")
+    parser.add_argument("--fallback", action="store_true",
+                        help="also Roadie's settings with the built-in linear strategy (no Mitogen)")
     args = parser.parse_args()
     strategy = provision.strategy()
     stock_s: list[float] = []
     roadie_s: list[float] = []
+    builtin_s: list[float] = []
     output = ""
     with tempfile.TemporaryDirectory(prefix="roadie-stock-") as tmp:
         cfg = Path(tmp) / "ansible.cfg"
@@ -103,6 +116,10 @@ def main() -> None:
             elapsed, recap, output = run_roadie(profile=i == args.runs - 1)
             roadie_s.append(elapsed)
             print(f"  roadie run {i + 1}: {elapsed:.1f} s ({len(recap)} hosts, changed=0)", flush=True)
+            if args.fallback:
+                elapsed, _, _ = run_roadie(profile=False, builtin=True)
+                builtin_s.append(elapsed)
+                print(f"  roadie with built-in linear run {i + 1}: {elapsed:.1f} s", flush=True)
     tasks = sum(c.get("ok", 0) + c.get("skipped", 0) for c in recap.values())
     stock, roadie = statistics.median(stock_s), statistics.median(roadie_s)
     slowest = profile_lines(output)
@@ -110,10 +127,14 @@ def main() -> None:
             (f"Roadie, strategy {strategy.name} (median of {args.runs})",
              f"{roadie:.1f} s  {[round(s, 1) for s in roadie_s]}"),
             ("stock / Roadie", f"{stock / roadie:.2f}x"),
+            *([(f"Roadie settings, built-in linear (median of {args.runs})",
+                f"{statistics.median(builtin_s):.1f} s  {[round(s, 1) for s in builtin_s]}; "
+                f"stock / this {stock / statistics.median(builtin_s):.2f}x")] if builtin_s else []),
             ("hosts, task results per run", f"{len(recap)}, {tasks}")]
     rows += [(f"slowest Roadie task {i + 1}", line) for i, line in enumerate(slowest[:8])]
     report("converge", rows, {"stock_s": stock_s, "roadie_s": roadie_s, "stock_median_s": stock,
-                              "roadie_median_s": roadie, "ratio": stock / roadie, "strategy": strategy.name,
+                              "roadie_median_s": roadie,
+                              "builtin_linear_s": builtin_s, "ratio": stock / roadie, "strategy": strategy.name,
                               "hosts": len(recap), "task_results": tasks, "roadie_profile": slowest})
 
 

@@ -100,11 +100,18 @@ def main() -> None:
                     stream_host.seed(conn, first.id, with_db=i == 0)
             outcome, sent, failed = roll(fleet, variant("b", workdir), args.batch)
             floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)
+            enable = sum(t.get("enable_s", 0) for t in outcome.timings)
+            batches = sum(t.get("total_s", 0) for t in outcome.timings)
             data[str(count)] = {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
-                           "batches": len(outcome.timings), "requests": sent, "failed_requests": failed}
+                                "batches": len(outcome.timings), "requests": sent, "failed_requests": failed,
+                                "enable_wait_up_s": enable, "outside_batches_s": outcome.duration_s - batches,
+                                "timings": outcome.timings}
             rows.append((f"{count} stream hosts, batch {args.batch}: deploy / floor",
                          f"{outcome.duration_s:.1f} s / {floor:.1f} s = {outcome.duration_s / floor:.2f}x, "
                          f"{failed} failed of {sent} requests"))
+            rows.append((f"{count} stream hosts: overhead over the floor",
+                         f"enable + wait for HAProxy UP {enable:.1f} s; outside the batches (connect, lock, "
+                         f"stage, migrate, prune, audit) {outcome.duration_s - batches:.1f} s"))
             print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
             if not args.skip_playbook:
                 plain = plain_playbook(fleet, variant("c", workdir))
