@@ -38,8 +38,12 @@ def fresh_lab() -> None:
     lab.up(log=quiet)
 
 
-def timed_run(limit: str | None) -> provision.PlaybookRun:
-    run = provision.run("site", "lab", limit=limit, echo=False)
+PROFILE = {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "12",
+           "PROFILE_TASKS_SUMMARY_ONLY": "true"}
+
+
+def timed_run(limit: str | None, profile: bool = False) -> provision.PlaybookRun:
+    run = provision.run("site", "lab", limit=limit, echo=False, env=PROFILE if profile else None)
     if not run.ok:
         tail = "\n".join(run.output.splitlines()[-30:])
         raise SystemExit(f"bench: site.yml failed:\n{tail}")
@@ -76,28 +80,32 @@ def apt_floor(packages: dict[str, set[str]]) -> dict[str, float]:
 def site_with_floor(rows: list, data: dict) -> None:
     fresh_lab()
     base = manual_packages()
-    cold = timed_run(None)
+    cold = timed_run(None, profile=True)
     rerun = timed_run(None)
     changed = sum(c["changed"] for c in rerun.recap.values())
+    slowest = [line.strip() for line in cold.output.split("PLAY RECAP", 1)[-1].splitlines()
+               if " -----" in line and line.rstrip().endswith("s")]
     added = {name: pkgs - base[name] for name, pkgs in manual_packages().items()}
     fresh_lab()
     started = time.monotonic()
     floor_hosts = apt_floor(added)
     floor_wall = time.monotonic() - started
-    slowest = max(floor_hosts, key=floor_hosts.get)
-    floor = floor_hosts[slowest]
+    floor_host = max(floor_hosts, key=floor_hosts.get)
+    floor = floor_hosts[floor_host]
     after_floor = timed_run(None)
     data["site"] = {"cold_s": cold.duration_s, "rerun_s": rerun.duration_s, "rerun_changed": changed,
-                    "floor_s": floor, "floor_host": slowest, "floor_wall_s": floor_wall, "floor_hosts_s": floor_hosts,
+                    "floor_s": floor, "floor_host": floor_host, "cold_profile": slowest, "floor_wall_s": floor_wall,
+                    "floor_hosts_s": floor_hosts,
                     "packages": {name: sorted(p) for name, p in added.items()}, "ratio": cold.duration_s / floor,
                     "after_floor_s": after_floor.duration_s}
     rows += [("whole site.yml on 7 hosts, cold", f"{cold.duration_s:.0f} s"),
              ("apt floor: same packages on fresh hosts, all at once, slowest host",
-              f"{floor:.0f} s ({slowest}, {len(added[slowest])} packages)"),
+              f"{floor:.0f} s ({floor_host}, {len(added[floor_host])} packages)"),
              ("cold / floor", f"{cold.duration_s / floor:.2f}x"),
              ("site.yml on the floor's hosts (packages already installed)", f"{after_floor.duration_s:.0f} s"),
              ("whole site.yml, no-change rerun", f"{rerun.duration_s:.0f} s (changed={changed})")]
-    for row in rows[-5:]:
+    rows += [(f"slowest cold task {i + 1}", line) for i, line in enumerate(slowest[:8])]
+    for row in rows:
         print(f"  {row[0]}: {row[1]}", flush=True)
 
 
