@@ -123,6 +123,10 @@ def _vault_secrets(loader) -> None:  # noqa: ANN001 - Ansible's DataLoader
     if isinstance(files, str):
         files = [files]
     secrets = []
+    explicit = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+    if explicit and not Path(explicit).exists():
+        # ansible.cfg's lab password file may not exist yet on a fresh clone; one the operator names must.
+        raise RoadieError(f"ANSIBLE_VAULT_PASSWORD_FILE={explicit}: no such file")
     for name in files or []:
         path = Path(name)
         if not path.is_absolute():

@@ -359,7 +359,7 @@ CASES = [
     Case("vault-password-unset", inv("provision", "--inventory", "{inv_copy}", "--check"),
          "error: set ANSIBLE_VAULT_PASSWORD_FILE", unset=("ANSIBLE_VAULT_PASSWORD_FILE",)),
     Case("vault-password-missing", inv("provision", "--inventory", "{inv_copy}", "--check"),
-         "Attempting to decrypt but no vault secrets found",
+         "ANSIBLE_VAULT_PASSWORD_FILE={vault_missing}: no such file",
          env={"ANSIBLE_VAULT_PASSWORD_FILE": "{vault_missing}"}),
     Case("vault-password-empty", inv("provision", "--inventory", "{inv_copy}", "--check"),
          "Invalid vault password was provided from file ({vault_empty})",
