@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import pytest
 import yaml
 
-from roadie import database, inventory, provision
+from roadie import database, inventory, provision, vault
 from roadie.paths import ROOT
 
 FAB = str(ROOT / ".venv" / "bin" / "fab")
@@ -261,6 +261,9 @@ def _restore_topology(conns) -> None:
     if fenced.exited != 0:
         return   # the failover did not get as far as fencing db1: nothing to put back
     swapped = _swapped_inventory()
+    # A copy of the lab inventory is not "the lab" to provision.run: name the lab's vault password file.
+    previous = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
+    os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault.LAB_VAULT_PASSWORD_FILE)
     try:
         # The role refuses the fenced host and says why.
         refused = provision.run("database", swapped, limit="db1", echo=False)
@@ -272,6 +275,10 @@ def _restore_topology(conns) -> None:
         _ok(fab("db.failover", "--yes", "--message", "lab test: fail back", inventory_=swapped))
     finally:
         shutil.rmtree(SWAPPED, ignore_errors=True)
+        if previous is None:
+            os.environ.pop("ANSIBLE_VAULT_PASSWORD_FILE", None)
+        else:
+            os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = previous
     _unfence_and_clear(conns("db2"))
     rebuilt = provision.run("database", "lab", echo=False)
     assert rebuilt.ok, rebuilt.output[-3000:]
