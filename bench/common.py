@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import platform
+import re
 import statistics
 import subprocess
 import time
@@ -40,3 +41,12 @@ def report(name: str, rows: list[tuple[str, str]], data: dict) -> None:
     out = RESULTS / f"{name}.json"
     out.write_text(json.dumps({"machine": machine(), **data}, indent=2, sort_keys=True) + "\n")
     print(f"  (written to {out.relative_to(RESULTS.parent.parent)})")
+
+
+_PROFILE_LINE = re.compile(r"^(?P<task>.+?) -{3,} (?P<seconds>\d+\.\d+)s$")
+
+
+def profile_lines(output: str, limit: int = 15) -> list[str]:
+    """The ansible.posix.profile_tasks summary lines ("role : task ---- 1.23s") after the recap."""
+    lines = [line.strip() for line in output.split("PLAY RECAP", 1)[-1].splitlines()]
+    return [line for line in lines if _PROFILE_LINE.match(line)][:limit]

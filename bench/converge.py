@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report  # noqa: E402
+from bench.common import profile_lines, report  # noqa: E402
 from roadie import provision  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
@@ -87,12 +87,6 @@ def check(ok: bool, side: str, recap: dict, output: str) -> None:
     if not ok or changed:
         tail = "\n".join(output.splitlines()[-30:])
         raise SystemExit(f"bench: {side} run failed or changed {changed} tasks (provision the lab first):\n{tail}")
-
-
-def profile_lines(output: str) -> list[str]:
-    """The profile_tasks summary: 'role : task ---- 1.23s' lines after the recap."""
-    lines = output.split("PLAY RECAP", 1)[-1].splitlines()
-    return [line.strip() for line in lines if line.rstrip().endswith("s") and " -----" in line][:15]
 
 
 def main() -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report  # noqa: E402
+from bench.common import profile_lines, report  # noqa: E402
 from roadie import inventory, lab, provision, ssh  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
@@ -83,8 +83,7 @@ def site_with_floor(rows: list, data: dict) -> None:
     cold = timed_run(None, profile=True)
     rerun = timed_run(None)
     changed = sum(c["changed"] for c in rerun.recap.values())
-    slowest = [line.strip() for line in cold.output.split("PLAY RECAP", 1)[-1].splitlines()
-               if " -----" in line and line.rstrip().endswith("s")]
+    slowest = profile_lines(cold.output)
     added = {name: pkgs - base[name] for name, pkgs in manual_packages().items()}
     fresh_lab()
     started = time.monotonic()
