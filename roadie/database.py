@@ -36,7 +36,10 @@ BACKUP_SERVICE = "pg-base-backup.service"
 PG_UNIT = "postgresql@15-main.service"
 PG_BIN = "/usr/lib/postgresql/15/bin"
 DATA_DIR = "/var/lib/postgresql/15/main"
-FENCE_FILE = "/var/lib/roadie/postgresql-fenced.json"
+FENCE_FILE = "/var/lib/roadie/postgresql-fenced.json"   # the deploy user's state directory (common role)
+# Database work runs as postgres (the deploy user's sudo allows that account on database hosts, never
+# root); the few root actions are the exact `systemctl` lines of the common role's sudo list.
+AS_POSTGRES = "sudo -n -u postgres "
 WAL_SEGMENT_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
 _BACKUP_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
@@ -135,44 +138,6 @@ def lag_verdict(lag_bytes: int | None, max_lag: int, force: bool) -> str:
     return ""
 
 
-# Plain Python run both here and on the stream hosts (where it rewrites the env file): no imports.
-_REORDER = r'''
-def reorder_database_url(line, first, port=5432):
-    key, sep, url = line.partition("=")
-    if key.strip() != "STREAM_DATABASE_URL" or not sep:
-        raise ValueError("not a STREAM_DATABASE_URL line")
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        raise ValueError("STREAM_DATABASE_URL has no scheme")
-    userinfo, at, rest = rest.rpartition("@")
-    cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
-    hostlist, tail = rest[:cut], rest[cut:]
-    hosts = [h for h in hostlist.split(",") if h]
-    wanted = "[" + first + "]" if ":" in first else first
-
-    def host_of(entry):
-        return entry if entry.endswith("]") else entry.rsplit(":", 1)[0] if ":" in entry else entry
-
-    keep = [h for h in hosts if host_of(h) != wanted]
-    existing = next((h for h in hosts if host_of(h) == wanted), wanted + ":" + str(port))
-    hosts = [existing] + keep
-    if len(hosts) > 1 and "target_session_attrs=" not in tail:
-        tail += ("&" if "?" in tail else "?") + "target_session_attrs=read-write"
-    return key + "=" + scheme + "://" + userinfo + at + ",".join(hosts) + tail
-'''
-_reorder_ns: dict = {}
-exec(_REORDER, _reorder_ns)  # noqa: S102 - our own constant source, shared with the remote script
-
-
-def reorder_database_url(line: str, first: str, port: int = 5432) -> str:
-    """A STREAM_DATABASE_URL=... line with host `first` moved (or added) to the front of its host list,
-    and target_session_attrs=read-write once it names several hosts. The rest is kept byte for byte."""
-    try:
-        return _reorder_ns["reorder_database_url"](line, first, port)
-    except ValueError as exc:
-        raise RoadieError(str(exc)) from None
-
-
 # ------------------------------------------------------------------ topology and remote helpers
 @dataclass(frozen=True)
 class Topology:
@@ -210,7 +175,7 @@ def _run(conn, command: str, *, what: str, timeout: int | None = 600, stdin: str
 
 def psql(conn, sql: str, database: str = "postgres", *, what: str = "query") -> str:  # noqa: ANN001
     """Run SQL (on stdin) as postgres over the local socket; the unaligned, tuples-only output."""
-    cmd = f"cd / && sudo -n -u postgres psql -X -A -t -q -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
+    cmd = f"cd / && {AS_POSTGRES}psql -X -A -t -q -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
     return _run(conn, cmd, what=what, stdin=sql, timeout=120).stdout.strip()
 
 
@@ -264,7 +229,7 @@ print(json.dumps(out))
 
 def list_backups(conn) -> list[Backup]:  # noqa: ANN001
     """The complete base backups on a host, oldest first."""
-    out = _run(conn, "sudo -n " + ssh.python_command(_LIST_BACKUPS, BASE_DIR), what="listing base backups",
+    out = _run(conn, AS_POSTGRES + ssh.python_command(_LIST_BACKUPS, BASE_DIR), what="listing base backups",
                timeout=60)
     return [Backup(**b) for b in json.loads(out.stdout.strip().splitlines()[-1])]
 
@@ -289,7 +254,7 @@ def backup(inv: Inventory, report: Report) -> BackupResult:
                           timeout=3600)
         duration = time.monotonic() - started
         if result.exited != 0:
-            journal = conn.run(f"sudo -n journalctl -u {BACKUP_SERVICE} -n 3 --no-pager -o cat", hide=True,
+            journal = conn.run(f"journalctl -u {BACKUP_SERVICE} -n 3 --no-pager -o cat", hide=True,
                                warn=True, in_stream=False).stdout.strip().splitlines()
             raise RoadieError(f"{primary.name}: base backup failed: {journal[-1] if journal else 'see the journal'}")
         new = [b for b in list_backups(conn) if b.name not in before]
@@ -323,7 +288,7 @@ class RestoreCheck:
 
 
 def _read_remote(conn, path: str, what: str) -> str:  # noqa: ANN001
-    return _run(conn, f"sudo -n cat {shlex.quote(path)}", what=what, timeout=60).stdout
+    return _run(conn, f"{AS_POSTGRES}cat {shlex.quote(path)}", what=what, timeout=60).stdout
 
 
 def _sha256s(conn, directory: str, names: list[str]) -> dict[str, str]:  # noqa: ANN001
@@ -331,7 +296,7 @@ def _sha256s(conn, directory: str, names: list[str]) -> dict[str, str]:  # noqa:
         return {}
     prefix = directory.rstrip("/") + "/"
     files = " ".join(shlex.quote(prefix + n) for n in names)
-    out = _run(conn, f"sudo -n sha256sum -- {files}", what="checksumming files", timeout=1800).stdout
+    out = _run(conn, f"{AS_POSTGRES}sha256sum -- {files}", what="checksumming files", timeout=1800).stdout
     sums = {}
     for line in out.splitlines():
         digest, _, name = line.partition("  ")
@@ -344,8 +309,8 @@ def _stream_tar(src, src_dir: str, names: list[str], dst, dst_dir: str) -> int: 
     src_chan = src.client.get_transport().open_session()
     dst_chan = dst.client.get_transport().open_session()
     files = " ".join(shlex.quote(n) for n in names)
-    src_chan.exec_command(f"sudo -n tar -C {shlex.quote(src_dir)} -cf - -- {files}")
-    dst_chan.exec_command(f"sudo -n tar -C {shlex.quote(dst_dir)} --no-same-owner -xf -")
+    src_chan.exec_command(f"{AS_POSTGRES}tar -C {shlex.quote(src_dir)} -cf - -- {files}")
+    dst_chan.exec_command(f"{AS_POSTGRES}tar -C {shlex.quote(dst_dir)} --no-same-owner -xf -")
     moved = 0
     src_err: list[bytes] = []
 
@@ -437,12 +402,12 @@ def restore_check(inv: Inventory, report: Report, backup_name: str | None = None
                 if now.get(name) != chosen.sha256[name]:
                     raise RoadieError(f"backup {chosen.name}: {name} on {topo.primary.name} does not match the "
                                       "sha256 recorded at backup time (damaged)")
-        archived = _run(src, f"sudo -n ls -1 {WAL_DIR}", what="listing the WAL archive", timeout=60).stdout.split()
+        archived = _run(src, f"{AS_POSTGRES}ls -1 {WAL_DIR}", what="listing the WAL archive", timeout=60).stdout.split()
         wal = wal_needed(chosen.start_wal, reference["restore_lsn"], archived)
         report(f"copying backup {chosen.name} ({chosen.size_bytes} bytes) and {len(wal)} WAL files "
                f"to {target.name}", topo.primary.name)
         meta = [*files, "roadie-backup.json", "roadie-reference.json"]
-        _run(dst, f"sudo -n rm -rf {shlex.quote(copy)} && sudo -n install -d -o postgres -g postgres -m 0700 "
+        _run(dst, f"{AS_POSTGRES}rm -rf {shlex.quote(copy)} && {AS_POSTGRES}install -d -m 0700 "
                   f"{shlex.quote(COPY_DIR)} {shlex.quote(copy)} {shlex.quote(copy + '/wal')}",
              what="creating the copy directory")
         copy_started = time.monotonic()
@@ -454,9 +419,8 @@ def restore_check(inv: Inventory, report: Report, backup_name: str | None = None
         for name, digest in want.items():
             if got.get(name) != digest:
                 raise RoadieError(f"copy of {name} on {target.name} differs from {topo.primary.name}'s")
-        _run(dst, f"sudo -n chown -R postgres:postgres {shlex.quote(copy)}", what="handing the copy to postgres")
         report(f"restoring {chosen.name} up to restore point {reference['restore_point']}", target.name)
-        result = dst.run(f"sudo -n {RESTORE_CHECK} -b {shlex.quote(copy)} -w {shlex.quote(copy + '/wal')} -r -j "
+        result = dst.run(f"{AS_POSTGRES}{RESTORE_CHECK} -b {shlex.quote(copy)} -w {shlex.quote(copy + '/wal')} -r -j "
                          f"-t {int(timeout)}", hide=True, warn=True, in_stream=False, timeout=timeout + 120)
         if result.exited != 0:
             lines = [ln for ln in result.stderr.strip().splitlines() if ln.strip()]
@@ -467,7 +431,7 @@ def restore_check(inv: Inventory, report: Report, backup_name: str | None = None
         return RestoreCheck(chosen.name, target.name, not problems, problems, restored["tables"], reference["tables"],
                             float(restored.get("restore_seconds", 0)), moved, copy_s, time.monotonic() - started)
     finally:
-        dst.run(f"sudo -n rm -rf {shlex.quote(copy)}", hide=True, warn=True, in_stream=False)
+        dst.run(f"{AS_POSTGRES}rm -rf {shlex.quote(copy)}", hide=True, warn=True, in_stream=False)
         src.close()
         dst.close()
 
@@ -612,39 +576,15 @@ def plan_failover(inv: Inventory, max_lag: object = DEFAULT_MAX_LAG, force: bool
     return FailoverPlan(topo.primary.name, new.name, address, stream, lag, force)
 
 
-_REWRITE_ENV = _REORDER + r'''
-import json, os, sys
-path, first, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-st = os.stat(path)
-with open(path) as f:
-    lines = f.read().split("\n")
-changed = False
-for i, line in enumerate(lines):
-    if line.startswith("STREAM_DATABASE_URL="):
-        new = reorder_database_url(line, first, port)
-        changed = changed or new != line
-        lines[i] = new
-        break
-else:
-    sys.exit("no STREAM_DATABASE_URL line in " + path)
-if changed:
-    tmp = os.path.join(os.path.dirname(path), ".stream.env.roadie-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, st.st_mode & 0o7777)
-    with os.fdopen(fd, "w") as f:
-        f.write("\n".join(lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o7777)
-    os.replace(tmp, path)
-print(json.dumps({"changed": changed}))
-'''
+def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: ANN001, ARG001
+    """Put `address` first among the database hosts of the host's env file; True if it changed.
 
-
-def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: ANN001
-    """Put `address` first in the host's STREAM_DATABASE_URL (atomic rename, same owner and mode)."""
-    cmd = "sudo -n " + ssh.python_command(_REWRITE_ENV, stream_host.ENV_FILE, address, port)
-    out = _run(conn, cmd, what="rewriting the database URL in the env file", timeout=60)
+    Through the streaming role's checked wrapper (`stream-task use-database`), which only reorders the
+    hosts already listed (atomic rename, same owner and mode): the deploy user cannot point the service
+    anywhere else. The port stays as the file has it.
+    """
+    out = _run(conn, f"sudo -n {stream_host.TASK_WRAPPER} use-database {shlex.quote(address)}",
+               what="pointing the env file at the new primary", timeout=60)
     return json.loads(out.stdout.strip().splitlines()[-1])["changed"]
 
 
@@ -667,9 +607,9 @@ def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001
                          "reason": "fab db.failover", "new_primary": plan.new_primary})
     script = ("import os, sys; p = sys.argv[1]; os.makedirs(os.path.dirname(p), exist_ok=True); "
               "open(p, 'w').write(sys.argv[2] + '\\n')")
-    _run(conn, "sudo -n " + ssh.python_command(script, FENCE_FILE, marker), what="writing the fence marker")
+    _run(conn, ssh.python_command(script, FENCE_FILE, marker), what="writing the fence marker")
     report(f"stopped, unit masked, fenced ({FENCE_FILE})", plan.old_primary, event="fenced")
-    control = _run(conn, f"sudo -n {PG_BIN}/pg_controldata {DATA_DIR}", what="reading pg_controldata",
+    control = _run(conn, f"{AS_POSTGRES}{PG_BIN}/pg_controldata {DATA_DIR}", what="reading pg_controldata",
                    timeout=60).stdout
     state = re.search(r"^Database cluster state:\s*(.+)$", control, re.M)
     checkpoint = re.search(r"^Latest checkpoint location:\s*([0-9A-F/]+)$", control, re.M)

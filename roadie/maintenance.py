@@ -107,7 +107,7 @@ def _check_postgres(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str
     sql = ("SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'primary' "
            "WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 'replica streaming' "
            "ELSE 'replica not streaming' END")
-    result = conn.run(f"runuser -u postgres -- psql -XAtq -d postgres -c {shlex.quote(sql)}", hide=True, warn=True,
+    result = conn.run(f"cd / && sudo -n -u postgres psql -XAtq -d postgres -c {shlex.quote(sql)}", hide=True, warn=True,
                       in_stream=False, timeout=30)
     answer = result.stdout.strip()
     return result.exited == 0 and answer in ("primary", "replica streaming"), answer or result.stderr.strip()[-160:]
@@ -153,7 +153,7 @@ def restart_one_by_one(inv: Inventory, hosts: list[Host], report: deploy.Reporte
         with ssh.connect(host) as conn:
             started = time.monotonic()
             report(f"restarting {service.unit}", host.name, event="restart")
-            result = conn.run(f"systemctl restart {shlex.quote(service.unit)}", hide=True, warn=True,
+            result = conn.run(f"sudo -n systemctl restart {shlex.quote(service.unit)}", hide=True, warn=True,
                               in_stream=False, timeout=180)
             if result.exited != 0:
                 raise RoadieError(f"{host.name}: restarting {service.unit} failed: "

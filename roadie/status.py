@@ -42,7 +42,7 @@ out["mem_available"] = mem["MemAvailable"]
 disk = shutil.disk_usage("/")
 out["disk_total"], out["disk_used"] = disk.total, disk.used
 def run(cmd, env=None):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env, cwd="/")
     return p.returncode, p.stdout.strip(), p.stderr.strip()
 units = {}
 for unit in args["units"]:
@@ -58,7 +58,8 @@ if args.get("postgres"):
            "COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0) ELSE "
            "COALESCE((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) FROM pg_stat_replication), 0) END, "
            "(SELECT count(*) FROM pg_stat_replication)")
-    code, stdout, stderr = run(["runuser", "-u", "postgres", "--", "psql", "-XAtq", "-F", "|", "-d", "postgres",
+    # As postgres through sudo: the deploy user may act as postgres on database hosts, never as root.
+    code, stdout, stderr = run(["sudo", "-n", "-u", "postgres", "psql", "-XAtq", "-F", "|", "-d", "postgres",
                                 "-c", sql])
     if code == 0 and stdout:
         standby, lag, replicas = stdout.split("|")

@@ -107,24 +107,7 @@ def test_inventory_change_names_both_hosts():
     assert "systemctl unmask postgresql@15-main.service" in text and database.FENCE_FILE in text
 
 
-URL = "STREAM_DATABASE_URL=postgresql://stream:p%2Fw%40x@10.0.0.20:5432,10.0.0.21:5432/stream?connect_timeout=2"
-
-
-def test_reorder_puts_the_new_primary_first_and_keeps_the_rest():
-    swapped = database.reorder_database_url(URL + "&target_session_attrs=read-write", "10.0.0.21")
-    assert swapped == ("STREAM_DATABASE_URL=postgresql://stream:p%2Fw%40x@10.0.0.21:5432,10.0.0.20:5432/stream"
-                       "?connect_timeout=2&target_session_attrs=read-write")
-    assert database.reorder_database_url(swapped, "10.0.0.21") == swapped   # idempotent
-    # A single-host URL gains the new primary and target_session_attrs.
-    single = "STREAM_DATABASE_URL=postgresql://u:pw@10.0.0.20:5432/stream?connect_timeout=2"
-    assert database.reorder_database_url(single, "10.0.0.21") == (
-        "STREAM_DATABASE_URL=postgresql://u:pw@10.0.0.21:5432,10.0.0.20:5432/stream"
-        "?connect_timeout=2&target_session_attrs=read-write")
-    ipv6 = "STREAM_DATABASE_URL=postgresql://u:pw@[fd00::1]:5432,[fd00::2]:5432/db"
-    assert database.reorder_database_url(ipv6, "fd00::2").endswith("@[fd00::2]:5432,[fd00::1]:5432/db"
-                                                                    "?target_session_attrs=read-write")
-    with pytest.raises(RoadieError, match="not a STREAM_DATABASE_URL"):
-        database.reorder_database_url("STREAM_REDIS_URL=redis://x", "10.0.0.21")
+# The env-file rewrite a failover does on stream hosts is tested in tests/unit/test_stream_env.py.
 
 
 def test_replication_rows_from_what_each_host_answered():
