@@ -28,7 +28,9 @@ def _print_status(states: list[lab.HostState]) -> None:
 
 
 def _fleet_check(pattern: str = "all") -> None:
-    rows = fleet.check(inventory.load("lab"), pattern)
+    inv = inventory.load("lab")
+    # As the lab's bootstrap account (Ansible's user): the deploy user exists only once provisioned.
+    rows = fleet.check(inv, pattern, user=str(inv.host_var(next(iter(inv.hosts)), "ansible_user")))
     print(table(["host", "address", "ok", "detail"], [(r.host, r.address, "yes" if r.ok else "NO", r.detail)
                                                       for r in rows]))
     failed = [r.host for r in rows if not r.ok]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from roadie import ssh
@@ -18,9 +19,13 @@ class CheckRow:
     detail: str
 
 
-def check(inv: Inventory, pattern: str = "all") -> list[CheckRow]:
-    """Run `hostname` on every selected host in parallel; a host must answer with its own name."""
-    hosts = inv.select(pattern)
+def check(inv: Inventory, pattern: str = "all", user: str | None = None) -> list[CheckRow]:
+    """Run `hostname` on every selected host in parallel; a host must answer with its own name.
+
+    `user` logs in as another account than the inventory's operations user (the lab's bootstrap root
+    before provisioning has created the deploy user).
+    """
+    hosts = [dataclasses.replace(h, user=user) if user else h for h in inv.select(pattern)]
     results = ssh.run_parallel(hosts, "hostname")
     rows = []
     for host in hosts:

@@ -1,5 +1,6 @@
 """Lab tests run against the real lab over SSH; the session brings it up if it is not (idempotent)."""
 
+import dataclasses
 import io
 import shlex
 
@@ -44,12 +45,13 @@ def secrets() -> dict[str, str]:
 
 @pytest.fixture(scope="session")
 def conns(lab_inventory):
-    """One verified connection per lab host, opened on first use."""
+    """One verified connection per lab host as root, opened on first use: the tests' own view, to look
+    at and set up what the product (which logs in as the deploy user) must not be able to touch."""
     opened: dict[str, ssh.HostConnection] = {}
 
     def get(name: str) -> ssh.HostConnection:
         if name not in opened:
-            opened[name] = ssh.connect(lab_inventory.hosts[name])
+            opened[name] = ssh.connect(dataclasses.replace(lab_inventory.hosts[name], user="root"))
         return opened[name]
 
     yield get

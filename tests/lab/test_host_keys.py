@@ -11,6 +11,9 @@ from roadie import lab, provision, ssh
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
 
+# Fabric logs in as the deploy user, which the common role creates.
+pytestmark = pytest.mark.usefixtures("provisioned")
+
 VENV = ROOT / ".venv" / "bin"
 
 

@@ -5,8 +5,13 @@ import os
 import re
 import subprocess
 
+import pytest
+
 from roadie import lab, ssh
 from roadie.paths import ROOT
+
+# Fabric logs in as the deploy user, which the common role creates.
+pytestmark = pytest.mark.usefixtures("provisioned")
 
 VENV = ROOT / ".venv" / "bin"
 

@@ -12,7 +12,6 @@ results runs as root (the auditor's view).
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
@@ -35,20 +34,6 @@ def as_deploy(lab_inventory, provisioned):
             host = lab_inventory.hosts[name]
             assert host.user == "deploy", f"Fabric must log in as deploy, not {host.user}"
             opened[name] = ssh.connect(host)
-        return opened[name]
-
-    yield get
-    for conn in opened.values():
-        conn.close()
-
-
-@pytest.fixture(scope="module")
-def as_root(lab_inventory):
-    opened: dict[str, ssh.HostConnection] = {}
-
-    def get(name: str) -> ssh.HostConnection:
-        if name not in opened:
-            opened[name] = ssh.connect(dataclasses.replace(lab_inventory.hosts[name], user="root"))
         return opened[name]
 
     yield get
@@ -99,12 +84,16 @@ def test_no_root_shell_and_no_arbitrary_command(as_deploy, command):
     assert "uid=0" not in result.stdout
 
 
-def test_stream_task_accepts_only_a_staged_release(as_deploy, as_root, stack):
+def test_stream_task_accepts_only_a_staged_release(as_deploy, conns, stack):
     release = stack["manifest"].release_id
     bad = _run(as_deploy("stream1"), f"sudo -n /usr/local/sbin/stream-task seed {release} --evil")
     assert bad.exited == 2 and "seed takes only --no-db" in bad.stderr
     ok = _run(as_deploy("stream1"), f"sudo -n /usr/local/sbin/stream-task migrate {release}")
     assert ok.exited == 0, ok.stderr
+    # A failover may reorder the service's own database hosts, never point it at another server.
+    elsewhere = _run(as_deploy("stream1"), "sudo -n /usr/local/sbin/stream-task use-database 10.87.0.99")
+    assert elsewhere.exited != 0 and "is not one of the database hosts" in elsewhere.stderr
+    assert _run(as_deploy("stream1"), "sudo -n /usr/local/sbin/stream-task use-database '10.87.0.20;id'").exited == 2
 
 
 @pytest.mark.parametrize("path", ["/srv/stream/shared/stream.env", "/etc/shadow", "/etc/sudoers",
@@ -138,8 +127,8 @@ def _main_pid(conn) -> str:
     ("/home/deploy/.probe", False),
     ("/root/.probe", False),
 ])
-def test_stream_service_writes_only_its_logs(as_root, stack, path, writable):
-    conn = as_root("stream1")
+def test_stream_service_writes_only_its_logs(conns, stack, path, writable):
+    conn = conns("stream1")
     pid = _main_pid(conn)
     # Inside the service's own mount namespace, as its own user: what the running service could do.
     result = _run(conn, f"nsenter --target {pid} --mount --setuid $(id -u stream) --setgid $(id -g stream) "
@@ -147,8 +136,8 @@ def test_stream_service_writes_only_its_logs(as_root, stack, path, writable):
     assert (result.exited == 0) == writable, (path, result.stderr)
 
 
-def test_systemd_analyze_security_score(as_root):
-    out = _run(as_root("stream1"), "systemd-analyze security --no-pager stream.service").stdout
+def test_systemd_analyze_security_score(conns):
+    out = _run(conns("stream1"), "systemd-analyze security --no-pager stream.service").stdout
     match = re.search(r"Overall exposure level for stream\.service: ([0-9.]+) (\w+)", out)
     assert match, out[-500:]
     score = float(match.group(1))
@@ -156,9 +145,9 @@ def test_systemd_analyze_security_score(as_root):
     assert score <= 2.5, out    # 0 = fully locked down, 10 = unprotected; "OK" is below 5
 
 
-def test_sshd_refuses_passwords_and_root(as_root, lab_inventory):
+def test_sshd_refuses_passwords_and_root(conns, lab_inventory):
     for host in ("stream1", "db1", "lb1"):
-        settings = dict(line.split(" ", 1) for line in _run(as_root(host), "sshd -T").stdout.splitlines()
+        settings = dict(line.split(" ", 1) for line in _run(conns(host), "sshd -T").stdout.splitlines()
                         if " " in line)
         assert settings["passwordauthentication"] == "no"
         assert settings["kbdinteractiveauthentication"] == "no"

@@ -10,16 +10,13 @@ is and in the encodings it would take in a URL or a log line; a hit fails naming
 from __future__ import annotations
 
 import base64
-import dataclasses
 import os
 import subprocess
 import time
 import urllib.parse
 from pathlib import Path
 
-import pytest
-
-from roadie import inventory, provision, ssh, vault
+from roadie import inventory, provision, vault
 from roadie.paths import LAB_STATE, ROOT
 from tests.lab.test_database_ops import _restore_topology, _wait_streaming
 from tests.lab.test_deploy import _break_health, build_variant
@@ -63,21 +60,7 @@ def _hits(texts: dict[str, str], secrets: dict[str, str]) -> list[str]:
     return hits
 
 
-@pytest.fixture(scope="module")
-def as_root(lab_inventory):
-    opened = {}
-
-    def get(name: str) -> ssh.HostConnection:
-        if name not in opened:
-            opened[name] = ssh.connect(dataclasses.replace(lab_inventory.hosts[name], user="root"))
-        return opened[name]
-
-    yield get
-    for conn in opened.values():
-        conn.close()
-
-
-def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, as_root, lab_inventory, tmp_path):
+def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_inventory, tmp_path):
     secrets = _secrets()
     started = time.time() - 1
     outputs: dict[str, str] = {}
@@ -103,7 +86,7 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, as_root, l
     assert "logs/audit.log" in local
     remote: dict[str, str] = {}
     for name in lab_inventory.hosts:
-        conn = as_root(name)
+        conn = conns(name)
         journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(started)}", hide=True, warn=True,
                            in_stream=False, timeout=120)
         remote[f"{name}:journal"] = journal.stdout
