@@ -222,7 +222,7 @@ def unit(c):
     c.run(f"{_bin('pytest')} tests/unit -q")
 
 
-BENCHMARKS = ("lab", "converge", "provision", "deploy")
+BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout")
 
 
 @task(help={"which": f"Benchmarks to run, comma-separated: {', '.join(BENCHMARKS)} or all (default: all)."})
