@@ -112,7 +112,8 @@ def main() -> None:
             rows.append((f"{count} stream hosts: overhead over the floor",
                          f"enable + wait for HAProxy UP {enable:.1f} s; outside the batches (connect, lock, "
                          f"stage, migrate, prune, audit) {outcome.duration_s - batches:.1f} s"))
-            print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)
+            for label, value in rows[-2:]:
+                print(f"  {label}: {value}", flush=True)
             if not args.skip_playbook:
                 plain = plain_playbook(fleet, variant("c", workdir))
                 data[str(count)]["plain_playbook"] = plain
