@@ -4,8 +4,9 @@ parallel (as the commands run) against serial (one host after another, same work
 
     .venv/bin/python bench/fanout.py [--runs N] [--keep]
 
-Needs 24 lab hosts: it runs `lab.up --stream-hosts 20` (7 + 17 hosts; the extra stream hosts are
-bare, which costs `status` nothing), then puts the lab back to its default 3 stream hosts unless --keep.
+Needs 24 lab hosts: it runs `lab.up --stream-hosts 20` (7 + 17 hosts) and the common role on them
+(the deploy user Fabric logs in as; no stream service, which costs `status` nothing), then puts the lab
+back to its default 3 stream hosts unless --keep.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed  # noqa: E402
 from bench.lab import Rows, quiet  # noqa: E402
-from roadie import inventory, lab, ssh, status  # noqa: E402
+from roadie import inventory, lab, provision, ssh, status  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
 COUNTS = (1, 3, 12, 24)
@@ -59,6 +60,10 @@ def main() -> None:
     data: dict = {"runs": args.runs, "status": {}, "run": {}}
 
     lab.up(20, log=quiet)
+    # The extra stream hosts get the common role only: the deploy user Fabric logs in as, nothing more.
+    common = provision.run("common", "lab", echo=False)
+    if not common.ok:
+        raise SystemExit("bench: provisioning the common role on the extra hosts failed")
     inv = inventory.load("lab")
     everyone = list(inv.hosts.values())
     if len(everyone) < max(COUNTS):

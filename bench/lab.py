@@ -9,6 +9,7 @@ Leaves the default lab (3 stream hosts) running.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -56,7 +57,8 @@ def main() -> None:
     streams = inventory.load("lab").group("stream")
     data["fanout"] = {}
     for count in (1, 3, 24):
-        hosts = streams[:count]
+        # As root, the lab's bootstrap account: these stream hosts are bare (no deploy user yet).
+        hosts = [dataclasses.replace(h, user="root") for h in streams[:count]]
 
         def run(hosts=hosts) -> None:
             results = ssh.run_parallel(hosts, "hostname")

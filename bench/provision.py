@@ -13,6 +13,7 @@ site.yml does; the slowest host's time is the floor. Then site.yml runs once mor
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import shutil
 import sys
@@ -26,6 +27,11 @@ from roadie import inventory, lab, provision, ssh  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
 DATA_TIER = "database,cache"
+
+
+def _as_root(hosts) -> list:  # noqa: ANN001
+    """The lab's bootstrap account: the apt floor runs on bare hosts, before the deploy user exists."""
+    return [dataclasses.replace(h, user="root") for h in hosts]
 
 
 def quiet(_message: str) -> None:
@@ -52,7 +58,7 @@ def timed_run(limit: str | None, profile: bool = False) -> provision.PlaybookRun
 
 def manual_packages() -> dict[str, set[str]]:
     """Every lab host's manually installed packages (what apt was asked for, by the image or a role)."""
-    results = ssh.run_parallel(inventory.load("lab").hosts.values(), "apt-mark showmanual", timeout=60)
+    results = ssh.run_parallel(_as_root(inventory.load("lab").hosts.values()), "apt-mark showmanual", timeout=60)
     bad = [name for name, r in results.items() if not r.ok]
     if bad:
         raise SystemExit(f"bench: apt-mark failed on {bad}")
@@ -66,7 +72,7 @@ def apt_floor(packages: dict[str, set[str]]) -> dict[str, float]:
     def one(name: str) -> tuple[str, float]:
         command = ("export DEBIAN_FRONTEND=noninteractive && apt-get update -qq && apt-get install -y -qq "
                    f"--no-install-recommends {' '.join(shlex.quote(p) for p in sorted(packages[name]))} >/dev/null")
-        with ssh.connect(hosts[name]) as conn:
+        with ssh.connect(_as_root([hosts[name]])[0]) as conn:
             started = time.monotonic()
             result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=900)
             elapsed = time.monotonic() - started
