@@ -34,7 +34,8 @@ def test_lab_connection_settings():
     inv = inventory.load("lab")
     lb1 = inv.hosts["lb1"]
     assert lb1.address == "10.87.0.10"
-    assert lb1.user == "root"
+    assert lb1.user == "deploy"                                 # Fabric: the operations account
+    assert inv.host_var("lb1", "ansible_user") == "root"       # Ansible: the lab's bootstrap account
     assert lb1.key_file == ROOT / ".lab" / "ssh" / "id_ed25519"
     assert lb1.known_hosts == ROOT / ".lab" / "ssh" / "known_hosts"
     assert lb1.groups == ("balancer",)
