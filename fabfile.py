@@ -11,7 +11,7 @@ from invoke import Collection, Exit
 
 from roadie import audit, deploy, fleet, inventory, lock, maintenance, ops, release, ssh, status
 from roadie.balancer import Balancer
-from roadie.cli import emit_json, friendly, prefixed, table
+from roadie.cli import emit_json, friendly, number, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
 
@@ -192,9 +192,7 @@ def lock_release(c, inventory_=None, force=False, message=None):
 @friendly
 def audit_(c, inventory_=None, last="20", json=False):
     """Show the shared audit log: deploys, rollbacks, failovers, forced unlocks."""
-    if not str(last).isdigit() or int(last) < 1:
-        raise RoadieError(f"--last must be a whole number >= 1, got {last!r}")
-    entries = audit.read(_lock_conn(inventory_), int(last))
+    entries = audit.read(_lock_conn(inventory_), number(last, "--last", 1, 100_000))
     if json:
         emit_json(entries)
         return
@@ -320,12 +318,7 @@ MAINT_HELP = {"inventory": INVENTORY_HELP, "message": "Text of the page (and the
 @friendly
 def maintenance_on(c, inventory_=None, message="We are upgrading the service.", retry_after="600", yes=False):
     """Serve the maintenance page (503 + Retry-After) from every balancer; stream hosts keep running."""
-    try:
-        retry_after = int(retry_after)
-    except ValueError:
-        raise RoadieError(f"--retry-after must be whole seconds, got {retry_after!r}") from None
-    if not 1 <= retry_after <= 86400:
-        raise RoadieError(f"--retry-after must be 1..86400 seconds, got {retry_after}")
+    retry_after = number(retry_after, "--retry-after", 1, 86400)
     inv = inventory.load(inventory_)
     balancers = inv.group("balancer")
     page = maintenance.render_page(message, retry_after)
@@ -414,10 +407,7 @@ def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=Non
     if host not in inv.hosts:
         raise RoadieError(f"unknown host {host!r} in inventory {inv.name}")
     target = inv.hosts[host]
-    try:
-        lines = int(lines)
-    except ValueError:
-        raise RoadieError(f"--lines must be a whole number, got {lines!r}") from None
+    lines = number(lines, "--lines", 1, 100_000)
     command = ops.journal_command(unit or ops.default_unit(target), lines=lines, since=since, grep=grep,
                                   follow=follow)
     code = ops.logs(target, command, follow)
@@ -431,12 +421,7 @@ def logs(c, host, unit=None, inventory_=None, follow=False, grep=None, since=Non
 @friendly
 def disk(c, inventory_=None, group="all", threshold="85", json=False):
     """Filesystem use on every host, in parallel; exits non-zero above --threshold or for unreachable hosts."""
-    try:
-        threshold = float(threshold)
-    except ValueError:
-        raise RoadieError(f"--threshold must be a percentage, got {threshold!r}") from None
-    if not 0 < threshold <= 100:
-        raise RoadieError(f"--threshold must be 1..100, got {threshold}")
+    threshold = number(threshold, "--threshold", 0.01, 100, float)
     rows, errors = ops.disks(inventory.load(inventory_).select(group))
     full = [r for r in rows if r.pct > threshold]
     if json:
@@ -461,6 +446,7 @@ def run(c, command, group=None, inventory_=None, yes=False, timeout="120"):
     """Run one shell command on a group in parallel; host-prefixed output; non-zero if any host failed."""
     if not command.strip():
         raise RoadieError("the command is empty")
+    timeout = number(timeout, "--timeout", 1, 86400)
     if not group:
         raise RoadieError("name the hosts with --group (a host, a group, or a comma-separated list)")
     inv = inventory.load(inventory_)
@@ -468,7 +454,7 @@ def run(c, command, group=None, inventory_=None, yes=False, timeout="120"):
     print(f"run: {command!r} on {len(hosts)} hosts: {', '.join(h.name for h in hosts)}")
     _confirm(f"run it on {len(hosts)} hosts", yes)
     started = time.monotonic()
-    results = ssh.run_parallel(hosts, command, timeout=int(timeout))
+    results = ssh.run_parallel(hosts, command, timeout=timeout)
     for name, r in results.items():
         out = (r.stdout + r.stderr).rstrip("\n")
         if out:

@@ -45,3 +45,15 @@ def emit_json(data: Any) -> None:
 def prefixed(host: str, text: str) -> str:
     """Each line of `text` prefixed with the host name, as all per-host output is."""
     return "\n".join(f"{host}: {line}" for line in text.rstrip("\n").splitlines()) if text.strip() else f"{host}:"
+
+
+def number(value: Any, flag: str, low: float, high: float, kind: type = int) -> Any:
+    """A command-line number within [low, high], else a RoadieError naming the flag."""
+    try:
+        parsed = kind(value)
+    except (TypeError, ValueError):
+        unit = "a whole number" if kind is int else "a number"
+        raise RoadieError(f"{flag} must be {unit}, got {value!r}") from None
+    if not low <= parsed <= high:
+        raise RoadieError(f"{flag} must be {low:g}..{high:g}, got {value}")
+    return parsed

@@ -92,13 +92,15 @@ def test_status_table_marks_unreachable_and_inactive_hosts():
     (("fab", "restart", "--group", "stream", "--no-rolling"), "restarts are always rolling"),
     (("fab", "restart", "--group", "stream", "--min-serving", "3"), "--min-serving 3 is impossible with 3 hosts"),
     (("fab", "restart", "--group", "stream", "--batch", "0"), "--batch must be at least 1"),
-    (("fab", "maintenance.on", "--retry-after", "soon"), "--retry-after must be whole seconds"),
+    (("fab", "maintenance.on", "--retry-after", "soon"), "--retry-after must be a whole number"),
     (("fab", "maintenance.on", "--retry-after", "0"), "--retry-after must be 1..86400"),
     (("fab", "cache.flush", "--pattern", "a b"), "bad --pattern"),
     (("fab", "logs", "stream1", "--unit", "bad;unit"), "bad unit name"),
     (("fab", "logs", "nosuch"), "unknown host 'nosuch'"),
     (("fab", "logs", "stream1", "--grep", "(x"), "bad --grep regular expression"),
-    (("fab", "disk", "--threshold", "120"), "--threshold must be 1..100"),
+    (("fab", "disk", "--threshold", "120"), "--threshold must be 0.01..100"),
+    (("fab", "run", "uptime", "--group", "all", "--timeout", "soon"), "--timeout must be a whole number"),
+    (("fab", "logs", "stream1", "--lines", "many"), "--lines must be a whole number"),
     (("fab", "run", "uptime"), "name the hosts with --group"),
     (("fab", "run", " ", "--group", "stream"), "the command is empty"),
     (("fab", "run", "uptime", "--group", "nosuch"), "unknown host or group 'nosuch'"),
@@ -110,6 +112,7 @@ def test_bad_oncall_arguments_touch_no_host(args, expected):
 
 @pytest.mark.parametrize("args, expected", [
     (("fab", "audit", "--last", "x"), "--last must be a whole number"),
+    (("fab", "audit", "--last", "0"), "--last must be 1..100000"),
     (("fab", "deploy", "--min-serving", "x", "--dry-run"), "bad number"),
     (("fab", "drain", "stream1", "--drain-timeout", "soon"), "bad number"),
 ])
