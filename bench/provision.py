@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import profile_lines, report  # noqa: E402
+from bench.common import RESULTS, profile_lines, report  # noqa: E402
 from roadie import inventory, lab, provision, ssh  # noqa: E402
 from roadie.paths import ROOT  # noqa: E402
 
@@ -90,6 +90,8 @@ def site_with_floor(rows: list, data: dict) -> None:
     rerun = timed_run(None)
     changed = sum(c["changed"] for c in rerun.recap.values())
     slowest = profile_lines(cold.output)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "provision-cold.log").write_text(cold.output)  # the whole profile_tasks summary
     added = {name: pkgs - base[name] for name, pkgs in manual_packages().items()}
     fresh_lab()
     started = time.monotonic()
