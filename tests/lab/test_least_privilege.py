@@ -13,6 +13,7 @@ results runs as root (the auditor's view).
 from __future__ import annotations
 
 import re
+import shlex
 
 import pytest
 
@@ -57,10 +58,20 @@ def test_every_fabric_connection_is_the_deploy_user(lab_inventory):
 def test_sudo_is_the_exact_list_and_nothing_more(as_deploy):
     for host in ("stream1", "lb1", "db1", "cache1"):
         listing = _run(as_deploy(host), "sudo -n -l").stdout
-        rules = " ".join(listing.split())
-        assert "(ALL) ALL" not in rules and "(ALL : ALL) ALL" not in rules and "NOPASSWD: ALL" not in rules
+        rules = " ".join(listing.split(" may run the following commands on ", 1)[-1].split())
+        # "(runas) NOPASSWD: cmd, cmd, ..." entries: root only ever gets exact commands; the one account
+        # that gets everything is postgres, and only on database hosts.
+        entries = re.findall(r"\(([^)]*)\) NOPASSWD: (.*?)(?= \(|$)", rules)
+        assert entries, listing
+        for runas, commands in entries:
+            assert "ALL" not in runas.split(":")[0].split(","), (host, runas)
+            if runas.strip() == "root":
+                assert commands.strip() != "ALL" and not re.search(r"(^|, )ALL(,|$)", commands), (host, commands)
+            else:
+                assert runas.strip() == "postgres" and host.startswith("db"), (host, runas)
+        root_commands = " ".join(c for r, c in entries if r.strip() == "root")
         for command in ALLOWED_AS_ROOT:
-            assert command in rules, (host, listing)
+            assert command in root_commands, (host, listing)
 
 
 @pytest.mark.parametrize("command", [
@@ -111,10 +122,10 @@ def test_deploy_cannot_change_what_root_owns(as_deploy):
         assert result.exited != 0, path
 
 
-def _main_pid(conn) -> str:
-    pid = _run(conn, "systemctl show -p MainPID --value stream.service").stdout.strip()
-    assert pid and pid != "0"
-    return pid
+# The unit's sandbox, read from the installed unit file (the keys that confine the process).
+_SANDBOX = re.compile(r"^(User|Group|UMask|NoNewPrivileges|Protect\w+|Private\w+|ReadWritePaths|Restrict\w+|"
+                      r"LockPersonality|MemoryDenyWriteExecute|RemoveIPC|CapabilityBoundingSet|AmbientCapabilities|"
+                      r"SystemCall\w+|ProcSubset)=(.*)$")
 
 
 @pytest.mark.parametrize("path, writable", [
@@ -129,10 +140,13 @@ def _main_pid(conn) -> str:
 ])
 def test_stream_service_writes_only_its_logs(conns, stack, path, writable):
     conn = conns("stream1")
-    pid = _main_pid(conn)
-    # Inside the service's own mount namespace, as its own user: what the running service could do.
-    result = _run(conn, f"nsenter --target {pid} --mount --setuid $(id -u stream) --setgid $(id -g stream) "
-                        f"sh -c 'echo x > {path} && rm -f {path}'")
+    unit = _run(conn, "cat /etc/systemd/system/stream.service").stdout
+    props = [m.group(0) for line in unit.splitlines() if (m := _SANDBOX.match(line.strip()))]
+    assert any(p.startswith("ProtectSystem=strict") for p in props) and any(p.startswith("User=") for p in props)
+    # The same sandbox around a probe (a lab container may not enter the live service's namespaces).
+    args = " ".join(f"-p {shlex.quote(p)}" for p in props)
+    result = _run(conn, f"systemd-run --quiet --wait --pipe --collect {args} /bin/sh -c "
+                        + shlex.quote(f"echo x > {path} && rm -f {path}"))
     assert (result.exited == 0) == writable, (path, result.stderr)
 
 
