@@ -12,7 +12,10 @@ back to its default 3 stream hosts unless --keep.
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import os
+import pstats
 import subprocess
 import sys
 from pathlib import Path
@@ -97,6 +100,13 @@ def main() -> None:
         startup = timed(lambda: subprocess.run([fab, "--list"], cwd=ROOT, env=env, capture_output=True, check=True))
         data["fab_startup_s"] = startup
         rows.append(("`fab status` command line, 24 hosts", f"{cli_s:.2f} s (of which fab start-up {startup:.2f} s)"))
+        # Where the 24-host time goes: one profiled parallel `uptime` (the controller's side only).
+        profiler = cProfile.Profile()
+        profiler.runcall(run_parallel, everyone[:24])
+        out = io.StringIO()
+        pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(12)
+        data["profile_24_run"] = out.getvalue()
+        print(out.getvalue())
     finally:
         if not args.keep:
             lab.up(log=quiet)
