@@ -192,7 +192,8 @@ def lock_release(c, inventory_=None, force=False, message=None):
 @friendly
 def audit_(c, inventory_=None, last="20", json=False):
     """Show the shared audit log: deploys, rollbacks, failovers, forced unlocks."""
-    entries = audit.read(_lock_conn(inventory_), number(last, "--last", 1, 100_000))
+    last = number(last, "--last", 1, 100_000)      # before any host is contacted
+    entries = audit.read(_lock_conn(inventory_), last)
     if json:
         emit_json(entries)
         return
