@@ -25,6 +25,11 @@ def fab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
                           stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": "lab"})
 
 
+def _out(conn, command: str) -> str:
+    """A command's output on a host (no stdin: pytest captures it)."""
+    return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
+
+
 def _ok(result: subprocess.CompletedProcess) -> str:
     assert result.returncode == 0, result.stdout + result.stderr
     return result.stdout
@@ -34,7 +39,7 @@ def test_status_is_right_for_every_column(stack, lab_inventory, conns):
     rows = {r["host"]: r for r in json.loads(_ok(fab("status", "--json")))}
     assert set(rows) == set(lab_inventory.hosts)
     # What each stream host runs, read as root: every row must say the same.
-    release = {h: conns(h).run("readlink /srv/stream/current", hide=True).stdout.strip().rsplit("/", 1)[-1]
+    release = {h: _out(conns(h), "readlink /srv/stream/current").rsplit("/", 1)[-1]
                for h in ("stream1", "stream2", "stream3")}
     for name, row in rows.items():
         assert row["reachable"] and row["healthy"] and not row["error"], row
@@ -93,11 +98,11 @@ def test_drain_and_undrain(stack, conns):
 
 
 def test_rolling_restart_under_load_drops_nothing(stack, conns):
-    before = {h: conns(h).run("systemctl show -p MainPID --value stream.service", hide=True).stdout.strip()
+    before = {h: _out(conns(h), "systemctl show -p MainPID --value stream.service")
               for h in ("stream1", "stream2", "stream3")}
     with Traffic(stack["lb"], paths=("/tracks", "/tracks/1", "/livez" if _has_livez(stack) else "/tracks")) as t:
         out = _ok(fab("restart", "--group", "stream", "--rolling", "--yes"))
-    after = {h: conns(h).run("systemctl show -p MainPID --value stream.service", hide=True).stdout.strip()
+    after = {h: _out(conns(h), "systemctl show -p MainPID --value stream.service")
              for h in before}
     assert all(before[h] != after[h] for h in before), (before, after)     # every host really restarted
     assert t.report.sent > 50 and t.report.failed == 0, t.report.failures
@@ -125,7 +130,7 @@ def test_maintenance_mode(stack, conns):
         assert b"Upgrading &lt;the&gt; database" in body
         assert "maintenance on" in _ok(fab("maintenance.status"))
         for host in ("stream1", "stream2", "stream3"):     # the stream hosts keep running behind it
-            state = conns(host).run("systemctl is-active stream.service", hide=True, warn=True).stdout.strip()
+            state = _out(conns(host), "systemctl is-active stream.service")
             assert state == "active"
         assert Balancer(conns("lb1")).server("stream1").in_rotation
     finally:
