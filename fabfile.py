@@ -11,7 +11,7 @@ from invoke import Collection, Exit
 
 from roadie import audit, deploy, fleet, inventory, lock, maintenance, ops, release, ssh, status
 from roadie.balancer import Balancer
-from roadie.cli import emit_json, friendly, number, prefixed, table
+from roadie.cli import emit_json, friendly, human_bytes, number, prefixed, table
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
 
@@ -371,8 +371,8 @@ def cache_info(c, inventory_=None, group="cache", json=False):
         emit_json([vars(s) for s in states])
         return
     print(table(["host", "role", "keys", "memory", "max", "clients", "hit ratio", "evicted"],
-                [(s.host, s.role, s.keys, status._human_bytes(s.used_memory),
-                  status._human_bytes(s.maxmemory) if s.maxmemory else "none", s.clients, s.hit_ratio, s.evicted)
+                [(s.host, s.role, s.keys, human_bytes(s.used_memory),
+                  human_bytes(s.maxmemory) if s.maxmemory else "none", s.clients, s.hit_ratio, s.evicted)
                  for s in states]))
 
 
@@ -429,8 +429,8 @@ def disk(c, inventory_=None, group="all", threshold="85", json=False):
         emit_json({"filesystems": [vars(r) for r in rows], "errors": errors, "threshold": threshold})
     else:
         print(table(["host", "mount", "size", "used", "avail", "use%", ""],
-                    [(r.host, r.mount, status._human_bytes(r.total), status._human_bytes(r.used),
-                      status._human_bytes(r.avail), r.pct, "OVER" if r in full else "") for r in rows]))
+                    [(r.host, r.mount, human_bytes(r.total), human_bytes(r.used),
+                      human_bytes(r.avail), r.pct, "OVER" if r in full else "") for r in rows]))
         for host, error in errors.items():
             print(prefixed(host, f"FAILED {error}"))
     problems = [f"{r.host}:{r.mount} {r.pct}%" for r in full] + [f"{h} unreachable" for h in errors]
@@ -476,14 +476,6 @@ from roadie import database as db_ops  # noqa: E402 - this section's own import 
 DB_HELP = {"inventory": INVENTORY_HELP, "json": "Print JSON."}
 
 
-def _size(n: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return str(n)
-
-
 def _age(seconds: float) -> str:
     seconds = int(seconds)
     if seconds < 120:
@@ -508,7 +500,7 @@ def db_backup(c, inventory_=None, message=None, yes=False):
     with maintenance.Guarded(inv, "db.backup", hosts=[primary.name], message=message or "") as change:
         result = db_ops.backup(inv, deploy.Reporter())
         change.detail = {"backup": result.backup.name, "size_bytes": result.backup.size_bytes}
-    print(prefixed(primary.name, f"backup {result.backup.name}: {_size(result.backup.size_bytes)} "
+    print(prefixed(primary.name, f"backup {result.backup.name}: {human_bytes(result.backup.size_bytes)} "
                                  f"({result.backup.size_bytes} bytes) in {result.duration_s:.1f} s"))
 
 
@@ -527,7 +519,7 @@ def db_backups(c, inventory_=None, json=False):
         emit_json([b.as_dict() for b in backups])
         return
     print(table(["backup", "age", "size", "finished", "first WAL", "reference"],
-                [(b.name, _age(b.age_s), _size(b.size_bytes), b.finished_at, b.start_wal,
+                [(b.name, _age(b.age_s), human_bytes(b.size_bytes), b.finished_at, b.start_wal,
                   "yes" if b.has_reference else "no") for b in reversed(backups)]))
     if not backups:
         print(f"{primary.name}: no base backups")
@@ -558,7 +550,7 @@ def db_restore_check(c, inventory_=None, backup=None, on=None, json=False):
             print(prefixed(check.host, f"{name}: {got['rows']} rows, checksum {got['checksum']} "
                                        f"(recorded {want.get('rows')}, {want.get('checksum')}) {same}"))
         print(prefixed(check.host, f"backup {check.backup}: restored in {check.restore_s:.0f} s "
-                                   f"(copy {_size(check.copy_bytes)} in {check.copy_s:.1f} s, "
+                                   f"(copy {human_bytes(check.copy_bytes)} in {check.copy_s:.1f} s, "
                                    f"total {check.duration_s:.1f} s)"))
     if not check.ok:
         raise RoadieError(f"RESTORE CHECK FAILED: backup {check.backup} on {check.host}: {check.problems[0]}")
@@ -585,7 +577,7 @@ def db_replication(c, inventory_=None, json=False):
                       "-" if s.lag_bytes is None else s.lag_bytes, "-" if s.lag_s is None else s.lag_s,
                       s.state or s.error or "-") for s in states]))
         slots = [(s.host, sl["slot"], "active" if sl["active"] else "INACTIVE", sl["restart_lsn"] or "-",
-                  "-" if sl["retained_bytes"] is None else _size(sl["retained_bytes"]), sl["wal_status"] or "-")
+                  "-" if sl["retained_bytes"] is None else human_bytes(sl["retained_bytes"]), sl["wal_status"] or "-")
                  for s in states for sl in s.slots]
         if slots:
             print()

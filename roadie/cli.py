@@ -57,3 +57,14 @@ def number(value: Any, flag: str, low: float, high: float, kind: type = int) -> 
     if not low <= parsed <= high:
         raise RoadieError(f"{flag} must be {low:g}..{high:g}, got {value}")
     return parsed
+
+
+def human_bytes(n: float | None) -> str:
+    """1536 -> '1.5 KiB'; None -> '-' (a column that does not apply)."""
+    if n is None:
+        return "-"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return "-"

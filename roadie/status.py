@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 
 from roadie import ssh
 from roadie.balancer import Balancer
+from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
@@ -116,16 +117,6 @@ def _probe_args(host: Host, redis_port: int) -> dict:
     return {"units": list(dict.fromkeys(units)), "stream": "stream" in host.groups,
             "postgres": "database" in host.groups,
             "redis": {"user": REDIS_ADMIN_USER, "port": redis_port} if "cache" in host.groups else None}
-
-
-def _human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return "-"
 
 
 def probe(host: Host, inv: Inventory) -> HostStatus:
@@ -232,8 +223,8 @@ def table_rows(rows: list[HostStatus]) -> list[list[str]]:
             r.host, ",".join(g for g in r.groups if not g.startswith("database_")) or "-",
             "yes" if r.reachable else "NO", show(r.release), services if r.reachable else "-",
             show(r.haproxy), show(r.sessions), show(r.load1), show(r.mem_used_pct), show(r.disk_used_pct),
-            show(r.pg_role), "-" if r.pg_lag_bytes is None else _human_bytes(r.pg_lag_bytes),
-            show(r.redis_role), "-" if r.redis_memory is None else _human_bytes(r.redis_memory),
+            show(r.pg_role), human_bytes(r.pg_lag_bytes),
+            show(r.redis_role), human_bytes(r.redis_memory),
             show(r.redis_clients), r.error or ("" if r.healthy else "service not active"),
         ])
     return out
