@@ -5,16 +5,15 @@
 The floor is what the batches cannot avoid, measured in the same run: per batch, the drain (wait
 for sessions) plus switch + restart + health gate, summed. Everything else (connect, lock, parallel
 staging, migrations, enabling, audit) is Roadie's overhead. Failed requests are counted by clients
-hitting the balancer throughout. The baseline is bench/rolling-update.yml, a plain Ansible `serial: 1`
-rolling update (HAProxy disable with drain, switch, restart, wait_for port, enable) run with Roadie's
-ansible.cfg and strategy under the same traffic, after the release was staged with Roadie's parallel
-staging (timed apart and added, so both figures cover the same work). Leaves the lab at 3 stream hosts.
+hitting the balancer throughout. The baseline is bench/rolling-update.yml, a plain Ansible playbook:
+staging with Ansible's modules on every host at once (unarchive, pip into the release's own venv),
+then a `serial: 1` rolling update (HAProxy disable with drain, switch, restart, wait_for port, enable),
+run with Roadie's ansible.cfg and strategy under the same traffic. Leaves the lab at 3 stream hosts.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -34,12 +33,19 @@ def quiet(*_args, **_kwargs) -> None:
     pass
 
 
-def variant(tag: str, workdir: Path) -> release.Release:
+def variant(tag: str, workdir: Path, new_dependencies: bool = False) -> release.Release:
+    """A release of the app; `new_dependencies` gives it a dependency set no host has a venv for yet
+    (an extra wheel nothing requires: a new key, no download)."""
     # Inside the checkout (git-ignored build/): the manifest records the git sha.
     app = ROOT / "build" / "variants" / f"bench-{tag}" / "app"
     shutil.rmtree(app.parent, ignore_errors=True)
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app)
+    wheels = None
+    if new_dependencies:
+        wheels = workdir / f"wheels-{tag}"
+        shutil.copytree(release.wheelhouse(ROOT / "app" / "requirements.txt"), wheels)
+        (wheels / f"zz_bench_{tag}_{time.time_ns()}-1.0-py3-none-any.whl").write_bytes(b"PK never installed")
+    return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app, wheels=wheels)
 
 
 def prepare(count: int) -> deploy.Fleet:
@@ -59,26 +65,19 @@ def roll(fleet: deploy.Fleet, built: release.Release, batch: str) -> tuple[deplo
 
 
 def plain_playbook(fleet: deploy.Fleet, built: release.Release) -> dict:
-    """Stage with Roadie (timed), then roll with bench/rolling-update.yml under traffic."""
+    """bench/rolling-update.yml (its own staging, then serial: 1) under traffic."""
     manifest = release.verify(built.path)
-    work = deploy.Rollout(fleet, deploy.Options(), deploy.Reporter(stream=open(os.devnull, "w")))  # noqa: SIM115
-    started = time.monotonic()
-    work.connect()
-    try:
-        work.stage(built.path, manifest.release_id, manifest.payload_sha256)
-    finally:
-        work.close()
-    stage_s = time.monotonic() - started
     env = provision.ansible_env(warn=False)
     argv = [provision._ansible_playbook(), "-i", str(ROOT / "inventories" / "lab"),
-            str(ROOT / "bench" / "rolling-update.yml"), "-e", f"bench_release={manifest.release_id}"]
+            str(ROOT / "bench" / "rolling-update.yml"), "-e", f"bench_release={manifest.release_id}",
+            "-e", f"bench_artifact={built.path}"]
     with Traffic(fleet.balancer.address, threads=2) as traffic:
         started = time.monotonic()
         result = subprocess.run(argv, cwd=ROOT, env=env, capture_output=True, text=True)
         play_s = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit("bench: rolling-update.yml failed:\n" + "\n".join(result.stdout.splitlines()[-30:]))
-    return {"stage_s": stage_s, "playbook_s": play_s, "total_s": stage_s + play_s,
+    return {"playbook_s": play_s, "total_s": play_s,
             "requests": traffic.report.sent, "failed_requests": traffic.report.failed}
 
 
@@ -112,14 +111,23 @@ def main() -> None:
             rows.append((f"{count} stream hosts: overhead over the floor",
                          f"enable + wait for HAProxy UP {enable:.1f} s; outside the batches (connect, lock, "
                          f"stage, migrate, prune, audit) {outcome.duration_s - batches:.1f} s"))
-            for label, value in rows[-2:]:
+            cold, cold_sent, cold_failed = roll(fleet, variant("d", workdir, new_dependencies=True), args.batch)
+            cold_floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in cold.timings)
+            data[str(count)]["new_dependencies"] = {
+                "deploy_s": cold.duration_s, "floor_s": cold_floor, "ratio": cold.duration_s / cold_floor,
+                "requests": cold_sent, "failed_requests": cold_failed,
+                "outside_batches_s": cold.duration_s - sum(t.get("total_s", 0) for t in cold.timings)}
+            rows.append((f"{count} stream hosts, new dependency set (every host builds a venv): deploy / floor",
+                         f"{cold.duration_s:.1f} s / {cold_floor:.1f} s = {cold.duration_s / cold_floor:.2f}x, "
+                         f"{cold_failed} failed of {cold_sent} requests"))
+            for label, value in rows[-3:]:
                 print(f"  {label}: {value}", flush=True)
             if not args.skip_playbook:
                 plain = plain_playbook(fleet, variant("c", workdir))
                 data[str(count)]["plain_playbook"] = plain
                 data[str(count)]["deploy_over_playbook"] = outcome.duration_s / plain["total_s"]
-                rows.append((f"{count} stream hosts: plain serial:1 playbook (staging + playbook)",
-                             f"{plain['stage_s']:.1f} s + {plain['playbook_s']:.1f} s = {plain['total_s']:.1f} s; "
+                rows.append((f"{count} stream hosts: plain playbook (its staging play + serial:1 play)",
+                             f"{plain['total_s']:.1f} s; "
                              f"fab deploy takes {outcome.duration_s / plain['total_s']:.2f}x of it; "
                              f"{plain['failed_requests']} failed of {plain['requests']} requests"))
                 print(f"  {rows[-1][0]}: {rows[-1][1]}", flush=True)

@@ -95,6 +95,8 @@ class Rollout:
         self.conns: dict[str, ssh.HostConnection] = {}
         self.lb_conn: ssh.HostConnection | None = None
         self.balancer: Balancer | None = None
+        # The release each host runs, as last read or switched to under the lock (saves a read per batch).
+        self.running: dict[str, str | None] = {}
 
     # -------------------------------------------------------------- connections
     def connect(self) -> None:
@@ -135,15 +137,18 @@ class Rollout:
     def stage(self, artifact: Path, release_id: str, payload_sha256: str) -> None:
         """Upload and unpack on every host at once; nothing is switched."""
         remote = str(stream_host.RELEASES / f".{release_id}.tar.gz")
+        deps = release.dependencies(artifact)
 
         def one(host: Host) -> None:
             conn = self.conns[host.name]
             started = time.monotonic()
-            if release_id in stream_host.releases(conn).kept:
+            present = stream_host.releases(conn)
+            self.running[host.name] = present.current
+            if release_id in present.kept:
                 self.report(f"release {release_id} already staged", host.name, event="staged")
                 return
             conn.put(str(artifact), remote)
-            stream_host.stage(conn, remote, release_id, payload_sha256)
+            stream_host.stage(conn, remote, release_id, payload_sha256, deps)
             self.report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
 
         errors = []
@@ -183,6 +188,7 @@ class Rollout:
                 raise RoadieError(f"{host}: no release deployed; nothing to restart")
         else:
             stream_host.switch(conn, release_id)
+            self.running[host] = release_id
         stream_host.restart(conn)
         gate = stream_host.health_gate(conn, release_id, passes=self.options.health_passes,
                                        interval=self.options.health_interval, timeout=self.options.health_timeout)
@@ -194,6 +200,7 @@ class Rollout:
         try:
             if previous:
                 stream_host.switch(conn, previous)
+                self.running[host] = previous
                 stream_host.restart(conn)
                 stream_host.health_gate(conn, previous, passes=1, interval=self.options.health_interval,
                                         timeout=self.options.health_timeout)
@@ -212,7 +219,8 @@ class Rollout:
             started = time.monotonic()
             label = f"batch {batch.number}/{len(plan.batches)}" + (" (canary)" if batch.canary else "")
             self.report(f"{label}: {', '.join(batch.hosts)}; {batch.serving} hosts keep serving", event="batch")
-            previous = {h: stream_host.releases(self.conns[h]).current for h in batch.hosts}
+            previous = {h: self.running[h] if h in self.running else stream_host.releases(self.conns[h]).current
+                        for h in batch.hosts}
             timing: dict = {"batch": batch.number, "hosts": list(batch.hosts)}
             try:
                 t = time.monotonic()
@@ -241,10 +249,12 @@ class Rollout:
                 k: round(v, 2) for k, v in timing.items() if k.endswith("_s")})
 
     def prune(self) -> None:
-        for host, conn in self.conns.items():
-            removed = stream_host.prune(conn, self.options.keep)
+        def one(host: str) -> None:
+            removed = stream_host.prune(self.conns[host], self.options.keep)
             if removed:
                 self.report(f"removed old releases {', '.join(removed)}", host, event="pruned")
+
+        ssh.parallel(one, list(self.conns))
 
 
 def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Reporter,  # noqa: ANN001

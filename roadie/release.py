@@ -62,6 +62,8 @@ APP_FILES = ["gunicorn.conf.py"]
 APP_PACKAGE = "streamsvc"
 REQUIRED_IN_PAYLOAD = ["requirements.txt", "app/gunicorn.conf.py", "app/streamsvc/__init__.py"]
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
+# The payload's requirements.txt ends with this line and the app's own requirement (name==version).
+APP_MARKER = "# The service itself: its wheel is made by roadie.release, not downloaded."
 _DIST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*", re.ASCII)
 
@@ -269,8 +271,7 @@ def _payload_files(app_dir: Path, wheels_dir: Path) -> dict[str, Path | bytes]:
     project = _project(app_dir)
     files: dict[str, Path | bytes] = {
         "requirements.txt": requirements.read_bytes().rstrip(b"\n") + (
-            f"\n\n# The service itself: its wheel is made by roadie.release, not downloaded.\n"
-            f"{project['name']}=={project['version']}\n").encode()}
+            f"\n\n{APP_MARKER}\n{project['name']}=={project['version']}\n").encode()}
     for name in APP_FILES:
         if not (app_dir / name).is_file():
             raise RoadieError(f"{app_dir / name} is missing")
@@ -454,3 +455,45 @@ def verify(artifact: Path) -> Manifest:
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise RoadieError(f"{where}: not a readable release archive (truncated or corrupt): {_one_line(exc)}") from None
     return manifest
+
+
+# ------------------------------------------------------------------ dependency set
+
+
+@dataclass(frozen=True)
+class Dependencies:
+    """What a release needs besides its own code: hosts share one environment per `key`."""
+
+    key: str               # sha256 (24 hex) of the requirement lines and wheels, the app's own left out
+    app_requirement: str   # the payload's line naming the app (name==version), kept out of the shared env
+
+
+def dependencies(artifact: Path) -> Dependencies:
+    """The dependency set of a verified artifact: two releases with the same key need the same venv.
+
+    The app's wheel changes with every release; everything else (pinned requirements, downloaded
+    wheels) usually does not, so a host builds the venv once per key instead of once per release.
+    """
+    where = Path(artifact).name
+    try:
+        with gzip.open(artifact, "rb") as gz, tarfile.open(fileobj=gz, mode="r:") as outer:
+            payload = outer.extractfile(PAYLOAD_NAME)
+            with tarfile.open(fileobj=payload, mode="r:gz") as inner:
+                files = {}
+                for member in inner:
+                    if member.isreg() and (member.name == "requirements.txt" or member.name.startswith("wheels/")):
+                        files[member.name] = inner.extractfile(member).read()
+    except (tarfile.TarError, EOFError, zlib.error, OSError, KeyError) as exc:
+        raise RoadieError(f"{where}: not a readable release archive: {_one_line(exc)}") from None
+    lines = files.get("requirements.txt", b"").decode("utf-8", "replace").splitlines()
+    if APP_MARKER not in lines or lines.index(APP_MARKER) + 1 >= len(lines):
+        raise RoadieError(f"{where}: requirements.txt does not name the app after {APP_MARKER!r}")
+    app_requirement = lines[lines.index(APP_MARKER) + 1].strip()
+    name, _, version = app_requirement.partition("==")
+    app_wheel_name = f"wheels/{re.sub(r'[-_.]+', '_', name).lower()}-{version}-py3-none-any.whl"
+    wanted = sorted({line.split("#", 1)[0].strip() for line in lines} - {"", app_requirement})
+    digest = hashlib.sha256("\n".join(wanted).encode())
+    for file_name in sorted(files):
+        if file_name.startswith("wheels/") and file_name != app_wheel_name:
+            digest.update(f"\0{file_name}\0{hashlib.sha256(files[file_name]).hexdigest()}".encode())
+    return Dependencies(digest.hexdigest()[:24], app_requirement)

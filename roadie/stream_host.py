@@ -13,10 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from roadie.errors import RoadieError
+from roadie.release import Dependencies
 from roadie.ssh import python_command
 
 BASE = PurePosixPath("/srv/stream")
 RELEASES = BASE / "releases"
+VENVS = BASE / "venvs"     # shared venvs, one per dependency set (release.dependencies)
 CURRENT = BASE / "current"
 PREVIOUS = BASE / "previous"
 ENV_FILE = BASE / "shared" / "stream.env"
@@ -83,18 +85,26 @@ def releases(conn) -> Releases:  # noqa: ANN001
     return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
 
 
-def stage(conn, artifact_path: str, release_id: str, payload_sha256: str) -> bool:  # noqa: ANN001
-    """Upload-side done: check, unpack and build the release's venv offline. False if already staged."""
+def stage(conn, artifact_path: str, release_id: str, payload_sha256: str,  # noqa: ANN001
+          deps: Dependencies | None = None) -> bool:
+    """Upload-side done: check and unpack the release, give it a venv. False if already staged.
+
+    With `deps`, the venv is the host's shared one for that dependency set (VENVS/<key>-py<version>,
+    built once, linked as the release's `venv`; the app runs from the release's own `app/`, which
+    gunicorn's `chdir` and stream-task's working directory put first on sys.path). Without it, or on
+    a host without VENVS, the release builds its own venv in place, as before.
+    """
     target = RELEASES / release_id
     check = conn.run(f"test -f {_q(target / COMPLETE_MARK)}", hide=True, warn=True, in_stream=False)
     if check.exited == 0:
         conn.run(f"rm -f {_q(artifact_path)}", hide=True, warn=True, in_stream=False)
         return False
-    # Unpacked and built in place: a venv's scripts name their interpreter by absolute path, so it is
-    # never moved. The completion mark comes last; a release without it is rebuilt from scratch.
+    # A venv's scripts name their interpreter by absolute path, so a venv is built where it stays and
+    # never moved. The completion marks come last; a release or venv without one is rebuilt from scratch.
     script = f"""
 set -eu
-art={_q(artifact_path)}; target={_q(target)}
+art={_q(artifact_path)}; target={_q(target)}; venvs={_q(VENVS)}
+key={_q(deps.key if deps else "")}; app_requirement={_q(deps.app_requirement if deps else "")}
 rm -rf "$target" && mkdir -p "$target"
 trap 'rm -rf "$target" "$art"' EXIT
 tar -xzf "$art" -C "$target" manifest.json payload.tar.gz
@@ -104,9 +114,25 @@ if [ "$sum" != {_q(payload_sha256)} ]; then
 fi
 tar -xzf "$target/payload.tar.gz" -C "$target" --no-same-owner
 rm -f "$target/payload.tar.gz"
-python3 -m venv "$target/venv"
-"$target/venv/bin/pip" install --quiet --no-index --disable-pip-version-check \
-  --find-links "$target/wheels" -r "$target/requirements.txt"
+pip_install() {{
+  "$1/bin/pip" install --quiet --no-index --disable-pip-version-check --find-links "$target/wheels" -r "$2"
+}}
+if [ -n "$key" ] && [ -d "$venvs" ] && [ -w "$venvs" ]; then
+  env="$venvs/$key-py$(python3 -c 'import platform; print(platform.python_version())')"
+  if [ ! -f "$env/{COMPLETE_MARK}" ]; then
+    rm -rf "$env"
+    python3 -m venv "$env"
+    grep -vxF "$app_requirement" "$target/requirements.txt" > "$env/requirements.txt"
+    pip_install "$env" "$env/requirements.txt"
+    touch "$env/{COMPLETE_MARK}"
+  fi
+  ln -s "../../{VENVS.name}/${{env##*/}}" "$target/venv"
+  # The app is imported from its source: compile it now, the service may not write into releases.
+  "$env/bin/python" -m compileall -q "$target/app"
+else
+  python3 -m venv "$target/venv"
+  pip_install "$target/venv" "$target/requirements.txt"
+fi
 touch "$target/{COMPLETE_MARK}"
 trap - EXIT
 rm -f "$art"
@@ -207,8 +233,25 @@ def migrate(conn, release_id: str) -> str:  # noqa: ANN001
                 timeout=300).stdout
 
 
+_UNUSED_VENVS = r'''
+import os, shutil, sys
+base = sys.argv[1]
+venvs, releases = os.path.join(base, "venvs"), os.path.join(base, "releases")
+used = set()
+for entry in os.listdir(releases):
+    link = os.path.join(releases, entry, "venv")
+    if os.path.islink(link):
+        used.add(os.path.basename(os.readlink(link)))
+for name in sorted(os.listdir(venvs)) if os.path.isdir(venvs) else []:
+    if name not in used:
+        shutil.rmtree(os.path.join(venvs, name))
+        print(name)
+'''
+
+
 def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
-    """Remove complete releases beyond the newest `keep`, never current or previous."""
+    """Remove complete releases beyond the newest `keep`, never current or previous, then the shared
+    venvs no release left links to. The releases removed."""
     state = releases(conn)
     protected = {state.current, state.previous}
     removable = [r for r in state.kept if r not in protected]
@@ -217,6 +260,7 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
     if doomed:
         paths = " ".join(_q(RELEASES / r) for r in doomed)
         _run(conn, f"rm -rf {paths}", what="pruning old releases", timeout=120)
+        _run(conn, python_command(_UNUSED_VENVS, BASE), what="pruning unused venvs", timeout=120)
     return doomed
 
 

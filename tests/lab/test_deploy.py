@@ -1,5 +1,6 @@
 """`fab deploy` against the lab under client traffic: success, broken release, lost host, lock, bad input."""
 
+import io
 import json
 import os
 import shutil
@@ -25,14 +26,14 @@ def currents(fleet) -> dict[str, str | None]:
     return {s.host: s.current for s in deploy.host_releases(fleet)}
 
 
-def build_variant(tmp_path: Path, release_id: str, patch=None) -> Path:
+def build_variant(tmp_path: Path, release_id: str, patch=None, wheels: Path | None = None) -> Path:
     """A release built from a copy of app/ (inside the checkout, for the git sha), optionally patched."""
     app = ROOT / "build" / "variants" / release_id / "app"
     shutil.rmtree(app.parent, ignore_errors=True)
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if patch:
         patch(app)
-    return release.build(tmp_path / "out", release_id, app_dir=app).path
+    return release.build(tmp_path / "out", release_id, app_dir=app, wheels=wheels).path
 
 
 def one_line_error(result) -> str:
@@ -170,6 +171,42 @@ def test_rollback_returns_to_the_previous_release(stack, fleet):
     assert set(currents(fleet).values()) == {target}
     listing = fab("releases", "--json")
     assert {r["current"] for r in json.loads(listing.stdout)} == {target}
+
+
+def _venv_links(fleet) -> dict[str, dict[str, str]]:
+    """host -> {release: the name in /srv/stream/venvs its venv links to}, and "*" -> the venvs there."""
+    script = ("cd /srv/stream && for r in releases/*; do [ -L $r/venv ] && echo $r $(readlink $r/venv); done; "
+              "echo '* '$(ls venvs)")
+    found = {}
+    for host in fleet.stream:
+        with ssh.connect(host) as conn:
+            lines = conn.run(script, hide=True, in_stream=False).stdout.splitlines()
+        found[host.name] = {a.removeprefix("releases/"): b.rsplit("/", 1)[-1]
+                            for a, _, b in (line.partition(" ") for line in lines)}
+    return found
+
+
+def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(stack, fleet, tmp_path):
+    # A wheel no requirement asks for changes the dependency set (so the venv) without a download.
+    extra = tmp_path / "wheels"
+    shutil.copytree(release.wheelhouse(ROOT / "app" / "requirements.txt"), extra)
+    (extra / "zz_unused-1.0-py3-none-any.whl").write_bytes(b"PK never installed")
+    stamp = int(time.time())
+    other = build_variant(tmp_path, f"lab-deps-{stamp}", wheels=extra)
+    first, second = (build_variant(tmp_path, f"lab-same-{stamp}-{n}") for n in (1, 2))
+    report = deploy.Reporter(stream=io.StringIO())
+    for artifact in (other, first, second):
+        deploy.deploy(fleet, artifact, release.verify(artifact), deploy.Options(keep=2, message="venv test"),
+                      report)
+    keys = {release.dependencies(a).key for a in (other, first, second)}
+    assert len(keys) == 2
+    for host, links in _venv_links(fleet).items():
+        one, two = links[f"lab-same-{stamp}-1"], links[f"lab-same-{stamp}-2"]
+        assert one == two and one.startswith(release.dependencies(first).key), (host, links)
+        # keep=2: the deps-changed release is pruned, and with it the venv only it used.
+        assert f"lab-deps-{stamp}" not in links, (host, links)
+        assert links["*"].split() == sorted({v for k, v in links.items() if k != "*"}), (host, links)
+    assert set(currents(fleet).values()) == {f"lab-same-{stamp}-2"}
 
 
 def test_releases_keep_at_most_the_retention_count(stack, fleet):

@@ -335,3 +335,48 @@ def test_a_payload_that_would_escape_the_release_directory_is_refused(artifact):
                 "payload_size": len(payload)}
     _repack(artifact, {"manifest.json": json.dumps(manifest).encode(), "payload.tar.gz": payload})
     _one_line_error(artifact, "would land outside the release directory")
+
+
+# ------------------------------------------------------------------ dependency set (shared venvs)
+
+
+def test_releases_that_change_only_the_app_share_a_dependency_key(source, wheels, tmp_path):
+    first = release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels, now=NOW)
+    (source / "streamsvc" / "wsgi.py").write_text("# a new release of the app\n")
+    project = source / "pyproject.toml"
+    project.write_text(project.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
+    second = release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels, now=NOW)
+    assert first.manifest.payload_sha256 != second.manifest.payload_sha256
+    one, two = release.dependencies(first.path), release.dependencies(second.path)
+    assert one.key == two.key and len(one.key) == 24
+    assert (one.app_requirement, two.app_requirement) == ("streamsvc==0.1.0", "streamsvc==0.2.0")
+
+
+def test_a_changed_wheel_or_requirement_changes_the_dependency_key(source, wheels, tmp_path):
+    before = release.dependencies(release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels,
+                                                now=NOW).path)
+    (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"PK other bytes, same name")
+    rebuilt = release.dependencies(release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels,
+                                                 now=NOW).path)
+    requirements = source / "requirements.txt"
+    requirements.write_text(requirements.read_text() + "extra==2.0\n")
+    required = release.dependencies(release.build(tmp_path / "out", "r3", app_dir=source, wheels=wheels,
+                                                  now=NOW).path)
+    assert len({before.key, rebuilt.key, required.key}) == 3
+
+
+def test_an_artifact_whose_requirements_do_not_name_the_app_has_no_dependency_key(artifact):
+    members = _members(artifact)
+    with tarfile.open(fileobj=io.BytesIO(members["payload.tar.gz"]), mode="r:gz") as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
+    files["requirements.txt"] = b"demo==1.0\n"
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    tampered = _repack(artifact, {**members, "payload.tar.gz": buffer.getvalue()}, name="other.tar.gz")
+    with pytest.raises(RoadieError, match="does not name the app") as caught:
+        release.dependencies(tampered)
+    assert "\n" not in str(caught.value)
