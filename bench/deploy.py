@@ -6,7 +6,7 @@ The floor is what the batches cannot avoid, measured in the same run: per batch,
 for sessions) plus switch + restart + health gate, summed. Everything else (connect, lock, parallel
 staging, migrations, enabling, audit) is Roadie's overhead. Failed requests are counted by clients
 hitting the balancer throughout. The baseline is bench/rolling-update.yml, a plain Ansible playbook:
-staging with Ansible's modules on every host at once (unarchive, pip into the release's own venv),
+staging with Ansible's modules on every host at once (unarchive, a venv per release, pip offline),
 then a `serial: 1` rolling update (HAProxy disable with drain, switch, restart, wait_for port, enable),
 run with Roadie's ansible.cfg and strategy under the same traffic. Leaves the lab at 3 stream hosts.
 """
