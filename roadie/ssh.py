@@ -12,9 +12,11 @@ import hashlib
 import logging
 import shlex
 import socket
+import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
 import paramiko
 from fabric import Config, Connection, ThreadingGroup
@@ -36,6 +38,27 @@ def _fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
 
 
+_KNOWN_HOSTS: dict[str, tuple[tuple[int, int], paramiko.HostKeys]] = {}
+_KNOWN_HOSTS_LOCK = threading.Lock()
+
+
+def known_host_keys(path: Path, name: str) -> dict[str, paramiko.PKey]:
+    """The keys `path` (a known_hosts file) lists for `name` (`addr`, or `[addr]:port` off port 22).
+
+    The file is parsed once per content (size and mtime) and shared: paramiko parses every line and
+    checks each against those before it, so loading the whole file for every connection made a
+    fan-out's CPU grow with the square of the fleet (bench/fanout.py).
+    """
+    stat = path.stat()
+    version = (stat.st_mtime_ns, stat.st_size)
+    with _KNOWN_HOSTS_LOCK:
+        cached = _KNOWN_HOSTS.get(str(path))
+        if cached is None or cached[0] != version:
+            cached = (version, paramiko.HostKeys(str(path)))
+            _KNOWN_HOSTS[str(path)] = cached
+        return dict(cached[1].lookup(name) or {})
+
+
 class HostConnection(Connection):
     """A Fabric connection to one inventory host that refuses unknown or changed host keys."""
 
@@ -52,7 +75,10 @@ class HostConnection(Connection):
         if not host.known_hosts.is_file():
             raise RoadieError(f"{host.name}: known_hosts file {host.known_hosts} is missing; "
                               "host keys are always checked (for the lab: `inv lab.up`)")
-        self.client.get_host_keys().load(str(host.known_hosts))
+        # Only this host's entries: paramiko checks the key the host offers against these, by this name.
+        name = host.address if host.port == 22 else f"[{host.address}]:{host.port}"
+        for key_type, key in known_host_keys(host.known_hosts, name).items():
+            self.client.get_host_keys().add(name, key_type, key)
 
     def open(self):  # noqa: ANN201 - Fabric's signature
         try:

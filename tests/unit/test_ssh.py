@@ -1,0 +1,55 @@
+"""roadie.ssh's host keys: each connection trusts exactly its host's known_hosts entries."""
+
+import os
+
+import paramiko
+import pytest
+
+from roadie import ssh
+from roadie.errors import RoadieError
+from roadie.inventory import Host
+
+
+def _key() -> paramiko.PKey:
+    return paramiko.ECDSAKey.generate()
+
+
+def _line(name: str, key: paramiko.PKey) -> str:
+    return f"{name} {key.get_name()} {key.get_base64()}\n"
+
+
+def _host(known_hosts, address="10.0.0.1", port=22) -> Host:
+    return Host(name="h", address=address, port=port, user="deploy", known_hosts=known_hosts)
+
+
+def _trusted(conn) -> dict[str, dict[str, str]]:
+    return {name: {t: k.get_base64() for t, k in keys.items()} for name, keys in conn.client.get_host_keys().items()}
+
+
+def test_a_connection_trusts_only_its_own_hosts_keys(tmp_path):
+    one, two, other_port = _key(), _key(), _key()
+    known = tmp_path / "known_hosts"
+    known.write_text(_line("10.0.0.1", one) + _line("10.0.0.2", two) + _line("[10.0.0.1]:2222", other_port))
+    assert _trusted(ssh.HostConnection(_host(known))) == {"10.0.0.1": {one.get_name(): one.get_base64()}}
+    assert _trusted(ssh.HostConnection(_host(known, port=2222))) == {
+        "[10.0.0.1]:2222": {other_port.get_name(): other_port.get_base64()}}
+    # A host the file does not list gets no key at all: RejectPolicy refuses whatever it offers.
+    assert _trusted(ssh.HostConnection(_host(known, address="10.0.0.9"))) == {}
+    assert isinstance(ssh.HostConnection(_host(known)).client._policy, paramiko.RejectPolicy)
+
+
+def test_a_changed_known_hosts_file_is_read_again(tmp_path):
+    old, new = _key(), _key()
+    known = tmp_path / "known_hosts"
+    known.write_text(_line("10.0.0.1", old))
+    assert _trusted(ssh.HostConnection(_host(known)))["10.0.0.1"] == {old.get_name(): old.get_base64()}
+    known.write_text(_line("10.0.0.1", new))
+    stat = known.stat()
+    os.utime(known, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))   # even within one mtime tick
+    assert _trusted(ssh.HostConnection(_host(known)))["10.0.0.1"] == {new.get_name(): new.get_base64()}
+
+
+def test_a_missing_known_hosts_file_is_one_line(tmp_path):
+    with pytest.raises(RoadieError, match="known_hosts file .* is missing") as caught:
+        ssh.HostConnection(_host(tmp_path / "nowhere"))
+    assert "\n" not in str(caught.value)
