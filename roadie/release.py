@@ -10,8 +10,10 @@
 On a host (no package index reachable), in /srv/stream/releases/<release-id>/:
   tar -xzf <id>.tar.gz && tar -xzf payload.tar.gz       (after `verify` on the controller)
   python3 -m venv venv && venv/bin/pip install --no-index --find-links wheels -r requirements.txt
-  venv/bin/python -m streamsvc migrate                  (from any directory: the app is in the venv)
+  (cd app && ../venv/bin/python -m streamsvc migrate)   (app/ first on sys.path: this release's code)
   venv/bin/gunicorn -c app/gunicorn.conf.py             (the service reads manifest.json for its id)
+`fab deploy` shares one venv per dependency set instead (`dependencies`: the requirements and wheels
+less the app's own); the app always runs from the release's app/ (gunicorn's `chdir`).
 
 The payload is reproducible: the same app tree and wheels give the same bytes (sorted entries, a
 fixed mtime, root ownership without names, normalised modes, gzip without name or time; the app's
