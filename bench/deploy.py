@@ -42,7 +42,7 @@ def variant(tag: str, workdir: Path, new_dependencies: bool = False) -> release.
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     wheels = None
     if new_dependencies:
-        wheels = workdir / f"wheels-{tag}"
+        wheels = workdir / f"wheels-{tag}-{time.time_ns()}"
         shutil.copytree(release.wheelhouse(ROOT / "app" / "requirements.txt"), wheels)
         (wheels / f"zz_bench_{tag}_{time.time_ns()}-1.0-py3-none-any.whl").write_bytes(b"PK never installed")
     return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app, wheels=wheels)
