@@ -77,16 +77,20 @@ def _payload(artifact: Path) -> bytes:
         return tar.extractfile("payload.tar.gz").read()
 
 
-def _repack(artifact: Path, members: dict[str, bytes], name: str | None = None) -> Path:
-    """Write a new artifact with these members (a tampered copy), beside the original."""
-    out = artifact.with_name(name or artifact.name)
+def _tar_gz(members: dict[str, bytes]) -> bytes:
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
         for member_name, data in members.items():
             info = tarfile.TarInfo(member_name)
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    out.write_bytes(gzip.compress(buffer.getvalue()))
+    return gzip.compress(buffer.getvalue())
+
+
+def _repack(artifact: Path, members: dict[str, bytes], name: str | None = None) -> Path:
+    """Write a new artifact with these members (a tampered copy), beside the original."""
+    out = artifact.with_name(name or artifact.name)
+    out.write_bytes(_tar_gz(members))
     return out
 
 
@@ -370,13 +374,7 @@ def test_an_artifact_whose_requirements_do_not_name_the_app_has_no_dependency_ke
     with tarfile.open(fileobj=io.BytesIO(members["payload.tar.gz"]), mode="r:gz") as tar:
         files = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isreg()}
     files["requirements.txt"] = b"demo==1.0\n"
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    tampered = _repack(artifact, {**members, "payload.tar.gz": buffer.getvalue()}, name="other.tar.gz")
+    tampered = _repack(artifact, {**members, "payload.tar.gz": _tar_gz(files)}, name="other.tar.gz")
     with pytest.raises(RoadieError, match="does not name the app") as caught:
         release.dependencies(tampered)
     assert "\n" not in str(caught.value)
