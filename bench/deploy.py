@@ -64,6 +64,17 @@ def roll(fleet: deploy.Fleet, built: release.Release, batch: str) -> tuple[deplo
     return outcome, traffic.report.sent, traffic.report.failed
 
 
+def measured(outcome: deploy.Outcome, sent: int, failed: int) -> dict:
+    """One deploy's figures: the floor (drain + switch, restart and health gate, per batch, summed)
+    and where the rest went, from the deploy's own per-batch timings."""
+    floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)
+    batches = sum(t.get("total_s", 0) for t in outcome.timings)
+    return {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
+            "batches": len(outcome.timings), "requests": sent, "failed_requests": failed,
+            "enable_wait_up_s": sum(t.get("enable_s", 0) for t in outcome.timings),
+            "outside_batches_s": outcome.duration_s - batches, "timings": outcome.timings}
+
+
 def plain_playbook(fleet: deploy.Fleet, built: release.Release) -> dict:
     """bench/rolling-update.yml (its own staging, then serial: 1) under traffic."""
     manifest = release.verify(built.path)
@@ -98,27 +109,17 @@ def main() -> None:
                 with ssh.connect(host) as conn:
                     stream_host.seed(conn, first.id, with_db=i == 0)
             outcome, sent, failed = roll(fleet, variant("b", workdir), args.batch)
-            floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)
-            enable = sum(t.get("enable_s", 0) for t in outcome.timings)
-            batches = sum(t.get("total_s", 0) for t in outcome.timings)
-            data[str(count)] = {"deploy_s": outcome.duration_s, "floor_s": floor, "ratio": outcome.duration_s / floor,
-                                "batches": len(outcome.timings), "requests": sent, "failed_requests": failed,
-                                "enable_wait_up_s": enable, "outside_batches_s": outcome.duration_s - batches,
-                                "timings": outcome.timings}
+            figures = data[str(count)] = measured(outcome, sent, failed)
             rows.append((f"{count} stream hosts, batch {args.batch}: deploy / floor",
-                         f"{outcome.duration_s:.1f} s / {floor:.1f} s = {outcome.duration_s / floor:.2f}x, "
+                         f"{outcome.duration_s:.1f} s / {figures['floor_s']:.1f} s = {figures['ratio']:.2f}x, "
                          f"{failed} failed of {sent} requests"))
             rows.append((f"{count} stream hosts: overhead over the floor",
-                         f"enable + wait for HAProxy UP {enable:.1f} s; outside the batches (connect, lock, "
-                         f"stage, migrate, prune, audit) {outcome.duration_s - batches:.1f} s"))
+                         f"enable + wait for HAProxy UP {figures['enable_wait_up_s']:.1f} s; outside the batches "
+                         f"(connect, lock, stage, migrate, prune, audit) {figures['outside_batches_s']:.1f} s"))
             cold, cold_sent, cold_failed = roll(fleet, variant("d", workdir, new_dependencies=True), args.batch)
-            cold_floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in cold.timings)
-            data[str(count)]["new_dependencies"] = {
-                "deploy_s": cold.duration_s, "floor_s": cold_floor, "ratio": cold.duration_s / cold_floor,
-                "requests": cold_sent, "failed_requests": cold_failed,
-                "outside_batches_s": cold.duration_s - sum(t.get("total_s", 0) for t in cold.timings)}
+            new = figures["new_dependencies"] = measured(cold, cold_sent, cold_failed)
             rows.append((f"{count} stream hosts, new dependency set (every host builds a venv): deploy / floor",
-                         f"{cold.duration_s:.1f} s / {cold_floor:.1f} s = {cold.duration_s / cold_floor:.2f}x, "
+                         f"{cold.duration_s:.1f} s / {new['floor_s']:.1f} s = {new['ratio']:.2f}x, "
                          f"{cold_failed} failed of {cold_sent} requests"))
             for label, value in rows[-3:]:
                 print(f"  {label}: {value}", flush=True)
