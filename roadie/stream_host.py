@@ -233,10 +233,12 @@ def migrate(conn, release_id: str) -> str:  # noqa: ANN001
                 timeout=300).stdout
 
 
-_UNUSED_VENVS = r'''
+_PRUNE = r'''
 import os, shutil, sys
-base = sys.argv[1]
+base, doomed = sys.argv[1], sys.argv[2:]
 venvs, releases = os.path.join(base, "venvs"), os.path.join(base, "releases")
+for name in doomed:
+    shutil.rmtree(os.path.join(releases, name))
 used = set()
 for entry in os.listdir(releases):
     link = os.path.join(releases, entry, "venv")
@@ -245,7 +247,6 @@ for entry in os.listdir(releases):
 for name in sorted(os.listdir(venvs)) if os.path.isdir(venvs) else []:
     if name not in used:
         shutil.rmtree(os.path.join(venvs, name))
-        print(name)
 '''
 
 
@@ -258,9 +259,8 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
     surplus = max(0, len(state.kept) - keep)
     doomed = removable[:surplus]
     if doomed:
-        paths = " ".join(_q(RELEASES / r) for r in doomed)
-        _run(conn, f"rm -rf {paths}", what="pruning old releases", timeout=120)
-        _run(conn, python_command(_UNUSED_VENVS, BASE), what="pruning unused venvs", timeout=120)
+        _run(conn, python_command(_PRUNE, BASE, *doomed), what="pruning old releases and unused venvs",
+             timeout=120)
     return doomed
 
 
