@@ -1,7 +1,8 @@
 """HAProxy's runtime API on the balancer host, over SSH: drain, wait for sessions, enable, read state.
 
-Commands go to the admin socket through a few lines of Python run on the balancer (every managed
-host has python3), so no extra package is needed there and nothing is parsed from free text.
+The admin socket is root's alone. The deploy user reaches it only through the role's helper
+(`sudo roadie-haproxy`, roles/haproxy/files/roadie_haproxy.py), which allows reading the servers'
+state, drain / ready / maint, weights and the maintenance switch, and checks every name first.
 """
 
 from __future__ import annotations
@@ -9,30 +10,15 @@ from __future__ import annotations
 import csv
 import io
 import re
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from roadie.errors import RoadieError
-from roadie.ssh import python_command
 
-ADMIN_SOCKET = "/run/haproxy/admin.sock"
-_NAME = re.compile(r"^[A-Za-z0-9_.:-]+$")
-
-_REMOTE = r'''
-import socket, sys
-s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-s.settimeout(10)
-s.connect(sys.argv[1])
-s.sendall(sys.argv[2].encode() + b"\n")
-chunks = []
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    chunks.append(data)
-sys.stdout.write(b"".join(chunks).decode())
-'''
+HELPER = "/usr/local/sbin/roadie-haproxy"     # roles/haproxy: the deploy user's checked path to the API
+_NAME = re.compile(r"[A-Za-z0-9_.:-]+")
 
 
 @dataclass(frozen=True)
@@ -75,7 +61,7 @@ def parse_stat(csv_text: str) -> list[ServerState]:
 
 
 def _check_name(kind: str, value: str) -> str:
-    if not _NAME.match(value):
+    if not _NAME.fullmatch(value):
         raise RoadieError(f"bad {kind} name {value!r}")
     return value
 
@@ -83,14 +69,15 @@ def _check_name(kind: str, value: str) -> str:
 class Balancer:
     """The runtime API of one HAProxy host, reached through a verified SSH connection."""
 
-    def __init__(self, conn, backend: str = "stream", socket_path: str = ADMIN_SOCKET) -> None:  # noqa: ANN001
+    def __init__(self, conn, backend: str = "stream") -> None:  # noqa: ANN001
         self.conn = conn
         self.backend = _check_name("backend", backend)
-        self.socket_path = socket_path
 
-    def command(self, line: str) -> str:
-        """Send one runtime API command; an error answer becomes a RoadieError."""
-        result = self.conn.run(python_command(_REMOTE, self.socket_path, line), hide=True, warn=True, in_stream=False)
+    def command(self, *args: str, stdin: str | None = None) -> str:
+        """One request to the balancer's helper (`roadie-haproxy ARGS`); an error answer is a RoadieError."""
+        line = " ".join(shlex.quote(str(a)) for a in args)
+        result = self.conn.run(f"sudo -n {HELPER} {line}", hide=True, warn=True, timeout=120,
+                               in_stream=io.StringIO(stdin) if stdin is not None else False)
         if result.exited != 0:
             detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
             raise RoadieError(f"HAProxy runtime API on {self._host()}: {detail}")
@@ -107,7 +94,7 @@ class Balancer:
 
     def servers(self) -> dict[str, ServerState]:
         """This backend's servers by name."""
-        return {s.server: s for s in parse_stat(self.command("show stat")) if s.backend == self.backend}
+        return {s.server: s for s in parse_stat(self.command("stat")) if s.backend == self.backend}
 
     def server(self, name: str) -> ServerState:
         servers = self.servers()
@@ -120,7 +107,7 @@ class Balancer:
         if state not in ("ready", "drain", "maint"):
             raise RoadieError(f"bad server state {state!r}")
         self.server(name)  # unknown server: one clear line
-        self.command(f"set server {self.backend}/{_check_name('server', name)} state {state}")
+        self.command("state", self.backend, _check_name("server", name), state)
 
     def drain(self, name: str) -> None:
         """Stop sending new requests to a server; requests in flight go on."""

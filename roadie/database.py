@@ -27,7 +27,7 @@ from roadie import audit, deploy, lock, ssh, stream_host
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
-BACKUP_DIR = "/var/lib/postgresql/backup"
+BACKUP_DIR = "/var/backups/postgresql"
 BASE_DIR = f"{BACKUP_DIR}/base"
 WAL_DIR = f"{BACKUP_DIR}/wal"
 COPY_DIR = "/var/lib/postgresql/restore-copy"       # on the checking host; removed after each check

@@ -23,8 +23,6 @@ from roadie.inventory import Host, Inventory
 from roadie.paths import ROOT
 
 TEMPLATES = ROOT / "templates"
-MAINTENANCE_MAP = "/etc/haproxy/maintenance/mode.map"     # roles/haproxy: haproxy_maintenance_map
-MAINTENANCE_PAGE = "/etc/haproxy/maintenance/page.html"   # roles/haproxy: haproxy_maintenance_page
 
 
 # ------------------------------------------------------------------ drain / undrain
@@ -179,54 +177,24 @@ def render_page(message: str, retry_after: int, template: str = "maintenance.htm
                                              minutes=max(1, round(retry_after / 60)))
 
 
-_SET_MODE = r'''
-import os, subprocess, sys
-map_path, page_path, state, retry_after, page = sys.argv[1:5] + [sys.stdin.read()]
-def write(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(data)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-reload_needed = False
-if page:
-    old = open(page_path).read() if os.path.exists(page_path) else ""
-    if old != page:
-        write(page_path, page)
-        reload_needed = True
-# The file keeps the mode across reloads and restarts; the runtime API applies it at once.
-write(map_path, "mode %s\nretry_after %s\n" % (state, retry_after))
-if reload_needed:
-    # HAProxy reads the page at start-up only; a reload is seamless (master-worker).
-    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
-    subprocess.run(sudo + ["systemctl", "reload", "haproxy.service"], check=True, timeout=60)
-print("reloaded" if reload_needed else "unchanged")
-'''
-
-
 def set_mode(conn: ssh.HostConnection, on: bool, page: str = "", retry_after: int = 120) -> str:
-    """Write the maintenance map (and page, reloading HAProxy when it changed), then flip it at runtime."""
+    """Replace the maintenance page when one is given (HAProxy reloads when it changed), then flip the
+    mode in the map file and at runtime; both through the balancer's helper, as root writes them."""
     state = "on" if on else "off"
-    result = conn.run(ssh.python_command(_SET_MODE, MAINTENANCE_MAP, MAINTENANCE_PAGE, state, int(retry_after)),
-                      hide=True, warn=True, in_stream=io.StringIO(page), timeout=120)
-    if result.exited != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RoadieError(f"{conn.inventory_host.name}: setting maintenance {state} failed: {detail}")
     balancer = Balancer(conn)
-    balancer.command(f"set map {MAINTENANCE_MAP} retry_after {int(retry_after)}")
-    balancer.command(f"set map {MAINTENANCE_MAP} mode {state}")
-    return result.stdout.strip()
+    page_result = balancer.command("maintenance-page", stdin=page).strip() if page else "unchanged"
+    balancer.command("maintenance", state, str(int(retry_after)))
+    return page_result
 
 
 def mode(conn: ssh.HostConnection) -> str:
     """'on' or 'off' as HAProxy has it now (the runtime map, not the file)."""
-    answer = Balancer(conn).command(f"show map {MAINTENANCE_MAP}")
+    answer = Balancer(conn).command("maintenance-show")
     for line in answer.splitlines():
         parts = line.split()
         if len(parts) >= 3 and parts[1] == "mode":
             return parts[2]
     raise RoadieError(f"{conn.inventory_host.name}: maintenance map has no mode entry; run the balancer playbook")
-
 
 
 # ------------------------------------------------------------------ lock + audit around a change

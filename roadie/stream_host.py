@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
 from roadie.errors import RoadieError
-from roadie.release import Dependencies
+from roadie.release import Dependencies, check_release_id
 from roadie.ssh import python_command
 
 BASE = PurePosixPath("/srv/stream")
@@ -142,19 +142,14 @@ rm -f "$art"
 
 
 def switch(conn, release_id: str) -> str | None:  # noqa: ANN001
-    """Point `current` at a staged release atomically; `previous` keeps the one it replaced."""
-    script = f"""
-set -eu
-cd {_q(BASE)}
-test -f releases/{_q(release_id)}/{COMPLETE_MARK} || {{ echo "release {release_id} is not staged" >&2; exit 3; }}
-old=$(readlink current 2>/dev/null || true)
-ln -sfn releases/{_q(release_id)} .current.tmp && mv -T .current.tmp current
-if [ -n "$old" ] && [ "$old" != releases/{_q(release_id)} ]; then
-  ln -sfn "$old" .previous.tmp && mv -T .previous.tmp previous
-fi
-echo "${{old#releases/}}"
-"""
-    out = _run(conn, f"sh -c {_q(script)}", what=f"switching to {release_id}", timeout=60)
+    """Point `current` at a staged release atomically; `previous` keeps the one it replaced.
+
+    Root owns /srv/stream, so the switch goes through the role's checked wrapper (`stream-task switch`),
+    which checks the id and the completion mark and renames a fresh link over `current`.
+    """
+    check_release_id(release_id)
+    out = _run(conn, f"sudo -n {TASK_WRAPPER} switch {_q(release_id)}", what=f"switching to {release_id}",
+               timeout=60)
     old = out.stdout.strip()
     return old or None
 

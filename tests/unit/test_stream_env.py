@@ -40,10 +40,54 @@ def test_the_file_is_replaced_with_its_mode(tmp_path):
     env = tmp_path / "stream.env"
     env.write_text(f"STREAM_RELEASE=x\n{URL}\nSTREAM_REDIS_URL=redis://c\n")
     os.chmod(env, 0o600)
-    assert stream_env.use_database(str(env), "10.0.0.21") is True
+    assert stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid()) is True
     text = env.read_text()
     assert "@10.0.0.21:5432,10.0.0.20:5432/" in text and text.startswith("STREAM_RELEASE=x\n")
     assert text.endswith("STREAM_REDIS_URL=redis://c\n")
     assert stat.S_IMODE(env.stat().st_mode) == 0o600
-    assert stream_env.use_database(str(env), "10.0.0.21") is False
+    assert stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid()) is False
     assert [p.name for p in tmp_path.iterdir()] == ["stream.env"]
+
+
+def _env(tmp_path):
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o750)
+    env = shared / "stream.env"
+    env.write_text(f"{URL}\n")
+    os.chmod(env, 0o600)
+    return shared, env
+
+
+def test_a_link_planted_at_the_env_file_is_never_followed(tmp_path):
+    # The attack of issue 13: the env file swapped for a link to a root file the helper would rewrite.
+    shared, env = _env(tmp_path)
+    victim = tmp_path / "stream-task"
+    victim.write_text("#!/bin/sh\necho root's own\n")
+    env.unlink()
+    env.symlink_to(victim)
+    with pytest.raises(stream_env.Refused, match="is a link"):
+        stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid())
+    assert victim.read_text() == "#!/bin/sh\necho root's own\n"
+    assert sorted(p.name for p in shared.iterdir()) == ["stream.env"]
+
+
+def test_a_directory_link_above_the_env_file_is_refused(tmp_path):
+    shared, env = _env(tmp_path)
+    (tmp_path / "elsewhere").symlink_to(shared)
+    with pytest.raises(stream_env.Refused, match="elsewhere is a link"):
+        stream_env.use_database(str(tmp_path / "elsewhere" / "stream.env"), "10.0.0.21", owner=os.getuid())
+
+
+@pytest.mark.parametrize("mode", [0o770, 0o757])
+def test_a_directory_another_account_can_write_is_refused(tmp_path, mode):
+    shared, env = _env(tmp_path)
+    os.chmod(shared, mode)
+    with pytest.raises(stream_env.Refused, match="can be changed by another account"):
+        stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid())
+    assert "10.0.0.20:5432,10.0.0.21" in env.read_text()
+
+
+def test_a_file_of_another_owner_is_refused(tmp_path):
+    shared, env = _env(tmp_path)
+    with pytest.raises(stream_env.Refused, match="can be changed by another account"):
+        stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid() + 1)

@@ -4,11 +4,17 @@ Only reorders the hosts already in STREAM_DATABASE_URL: the new primary goes fir
 their order. An address that is not there is refused, so whoever may call the wrapper can steer the
 service between its own database hosts but never to another server. The file is replaced atomically
 with its owner and mode. Plain Python, standard library only; the unit tests import it from the role.
+
+It runs as root, so it trusts no path another account could have changed: every directory from / down
+to the env file must be a real directory that only root can write, the env file a regular root-owned
+file (opened with O_NOFOLLOW), and the new file is made with mkstemp beside it.
 """
 
 import json
 import os
+import stat
 import sys
+import tempfile
 
 
 class Refused(ValueError):
@@ -44,10 +50,33 @@ def reorder_database_url(line: str, first: str) -> str:
     return key + "=" + scheme + "://" + userinfo + at + ",".join(hosts) + tail
 
 
-def use_database(path: str, first: str) -> bool:
+def check_root_only(path: str, owner: int = 0) -> os.stat_result:
+    """lstat of `path` after checking it and each directory above it: no link, owned by `owner`, and
+    writable by nobody else. Refused otherwise (someone could swap what root is about to write)."""
+    path = os.path.abspath(path)
+    parts = path.split("/")[1:]
+    for depth in range(len(parts) + 1):
+        here = "/" + "/".join(parts[:depth])
+        st = os.lstat(here)
+        last = depth == len(parts)
+        if stat.S_ISLNK(st.st_mode):
+            raise Refused(f"{here} is a link; refusing to follow it")
+        if not last and not stat.S_ISDIR(st.st_mode):
+            raise Refused(f"{here} is not a directory")
+        if last and not stat.S_ISREG(st.st_mode):
+            raise Refused(f"{here} is not a regular file")
+        if st.st_uid != owner or st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+            raise Refused(f"{here} can be changed by another account than root; refusing to use it")
+    return st
+
+
+def use_database(path: str, first: str, owner: int = 0) -> bool:
     """Put `first` at the front of the env file's database hosts; True if the file changed."""
-    st = os.stat(path)
-    with open(path) as handle:
+    st = check_root_only(path, owner)
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd) as handle:
+        if os.fstat(handle.fileno()).st_ino != st.st_ino:
+            raise Refused(f"{path} changed while it was read")
         lines = handle.read().split("\n")
     i = next((n for n, line in enumerate(lines) if line.startswith("STREAM_DATABASE_URL=")), None)
     if i is None:
@@ -56,15 +85,19 @@ def use_database(path: str, first: str) -> bool:
     if new == lines[i]:
         return False
     lines[i] = new
-    tmp = os.path.join(os.path.dirname(path), ".stream.env.roadie-tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write("\n".join(lines))
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chown(tmp, st.st_uid, st.st_gid)
-    os.chmod(tmp, st.st_mode & 0o7777)
-    os.replace(tmp, path)
+    # mkstemp: O_CREAT|O_EXCL with a random name, in a directory only root can write.
+    fd, tmp = tempfile.mkstemp(prefix=".stream.env.", dir=os.path.dirname(path))
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write("\n".join(lines))
+            handle.flush()
+            os.fchown(handle.fileno(), st.st_uid, st.st_gid)
+            os.fchmod(handle.fileno(), st.st_mode & 0o7777)
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
     return True
 
 
