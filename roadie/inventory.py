@@ -25,7 +25,11 @@ NAMED_INVENTORIES = ("lab", "staging", "production")
 DEFAULT_INVENTORY = "lab"
 
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_HOSTNAME = re.compile(rf"^(?=.{{1,253}}$){_LABEL}(\.{_LABEL})*$")
+_HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
+
+
+class UndefinedVariable(RoadieError):
+    """A host variable the inventory does not set (role defaults are not part of an inventory)."""
 
 
 @dataclass(frozen=True)
@@ -169,7 +173,7 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
         def resolver(host: str, name: str) -> Any:
             hvars = variables.get_vars(host=manager.get_host(host))
             if name not in hvars:
-                raise RoadieError(f"inventory {path.name}: {host} has no variable {name}")
+                raise UndefinedVariable(f"inventory {path.name}: {host} has no variable {name}")
             try:
                 value = Templar(loader=loader, variables=hvars).template(hvars[name])
             except AnsibleError as exc:

@@ -1,7 +1,7 @@
 """Provision hosts: run a playbook from playbooks/ against an inventory, checked before it starts.
 
-Bad input (unknown playbook, inventory, limit or tag, missing vault) fails with one line before
-ansible-playbook touches any host.
+Bad input (unknown playbook, inventory, limit or tag, missing vault, sshd open to any address) fails
+with one line before ansible-playbook touches any host.
 
 Every run gets the strategy chosen by `select_strategy`: Mitogen's `mitogen_linear` (one persistent
 Python per host instead of one interpreter start per task) when the pinned Mitogen loads and supports
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.metadata
+import ipaddress
 import os
 import re
 import subprocess
@@ -28,7 +29,9 @@ from roadie.paths import LAB_INVENTORY, ROOT
 
 PLAYBOOKS = ROOT / "playbooks"
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
-_TAG = re.compile(r"^[A-Za-z0-9_]+$")
+_TAG = re.compile(r"[A-Za-z0-9_]+")
+# The networks the common role opens sshd to; its default is empty, so each inventory must name them.
+SSH_SOURCES_VAR = "common_ssh_allowed_sources"
 
 # The Mitogen release pinned in pyproject.toml and the ansible-core releases it supports. Mitogen
 # itself checks only the lower bound; the upper one is the newest ansible-core it was released for
@@ -182,7 +185,7 @@ def command(playbook: Path, inv: inventory_mod.Inventory, *, check: bool = False
         inv.select(limit)  # an unknown host or group fails here, before any host is touched
         argv += ["--limit", limit]
     if tags:
-        bad = [t for t in tags.split(",") if not _TAG.match(t)]
+        bad = [t for t in tags.split(",") if not _TAG.fullmatch(t)]
         if bad:
             raise RoadieError(f"bad tag {bad[0]!r}: tags are letters, digits and underscores")
         argv += ["--tags", tags]
@@ -210,12 +213,50 @@ def check_secrets(inv: inventory_mod.Inventory) -> None:
     vault.read(vault_file, Path(password_file).expanduser())
 
 
+def _ssh_sources_problem(sources: object) -> str | None:
+    """What is wrong with one host's common_ssh_allowed_sources, or None."""
+    if not isinstance(sources, list | tuple):
+        return f"must be a list of CIDRs, got {sources!r}"
+    if not sources:
+        return "is empty"
+    for entry in sources:
+        try:
+            network = ipaddress.ip_network(str(entry), strict=False)
+        except ValueError:
+            return f"has {entry!r}, which is not a CIDR"
+        if network.prefixlen == 0:
+            return f"allows any address ({entry})"
+    return None
+
+
+def check_ssh_sources(inv: inventory_mod.Inventory) -> None:
+    """Every host must name the networks sshd is open to, none of them any address: one line otherwise.
+
+    The common role refuses the same on the host, but only once ansible-playbook runs; this refuses the
+    inventory before any host is touched.
+    """
+    failing: dict[str, list[str]] = {}
+    for name in inv.hosts:
+        try:
+            problem = _ssh_sources_problem(inv.host_var(name, SSH_SOURCES_VAR))
+        except inventory_mod.UndefinedVariable:
+            problem = "is not set (the common role's default is empty)"
+        if problem:
+            failing.setdefault(problem, []).append(name)
+    if failing:
+        problem, hosts = next(iter(failing.items()))
+        where = hosts[0] + (f" and {len(hosts) - 1} more hosts" if len(hosts) > 1 else "")
+        raise RoadieError(f"inventory {inv.name}: {SSH_SOURCES_VAR} {problem} for {where}; list the bastion or "
+                          "VPN range sshd may be reached from, as CIDRs (group_vars/all/firewall.yml)")
+
+
 def run(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
         limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
         echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
     """Run a playbook, streaming its output; returns the recap. Validates everything first."""
     path = playbook_path(name)
     inv = inventory_mod.load(inventory)
+    check_ssh_sources(inv)
     check_secrets(inv)
     argv = command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
     run_env = ansible_env(env)

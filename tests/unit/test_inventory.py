@@ -104,3 +104,11 @@ def test_host_without_known_hosts_setting_is_refused(tmp_path):
 def test_missing_inventory_path():
     with pytest.raises(RoadieError, match="not found"):
         inventory.load("/nonexistent/inventory")
+
+
+@pytest.mark.parametrize("address", ["db1.example.internal\n", "10.0.0.1\n"])
+def test_an_address_with_a_trailing_newline_is_refused(tmp_path, address):
+    text = f"all:\n  hosts:\n    a:\n      ansible_host: {address!r}\n".replace("'", '"')
+    with pytest.raises(RoadieError, match="bad address") as err:
+        inventory.load(_write(tmp_path, text))
+    assert "\n" not in str(err.value)

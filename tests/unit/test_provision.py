@@ -111,3 +111,61 @@ def test_installed_mitogen_is_the_pinned_one_and_is_chosen(monkeypatch):
     assert (Path(chosen.plugin_dir) / "mitogen_linear.py").is_file()
     pins = (ROOT / "pyproject.toml").read_text()
     assert f'"mitogen=={provision.MITOGEN_VERSION}"' in pins
+
+
+# ---- sshd's allowed sources: named networks, never any address, checked before ansible-playbook starts
+
+def _ssh_inventory(tmp_path: Path, sources: str | None) -> Path:
+    """Two hosts; `sources` is the YAML of common_ssh_allowed_sources in group_vars/all (None: not set)."""
+    (tmp_path / "hosts.yml").write_text("all:\n  hosts:\n    db1:\n      ansible_host: 10.9.0.20\n"
+                                        "    db2:\n      ansible_host: 10.9.0.21\n")
+    vars_dir = tmp_path / "group_vars" / "all"
+    vars_dir.mkdir(parents=True)
+    text = "roadie_known_hosts_file: '{{ inventory_dir }}/known_hosts'\n"
+    if sources is not None:
+        text += f"common_ssh_allowed_sources: {sources}\n"
+    (vars_dir / "vars.yml").write_text(text)
+    return tmp_path
+
+
+@pytest.mark.parametrize("name", ["lab", "staging", "production"])
+def test_the_shipped_inventories_name_the_networks_sshd_is_open_to(name):
+    inv = inventory.load(name)
+    provision.check_ssh_sources(inv)
+    for host in inv.hosts:
+        sources = inv.host_var(host, provision.SSH_SOURCES_VAR)
+        assert sources and all(not entry.endswith("/0") for entry in sources), (host, sources)
+
+
+@pytest.mark.parametrize("sources, expected", [
+    (None, "common_ssh_allowed_sources is not set (the common role's default is empty) for db1 and 1 more hosts"),
+    ("[]", "common_ssh_allowed_sources is empty for db1"),
+    ("[0.0.0.0/0]", "allows any address (0.0.0.0/0) for db1"),
+    ("[10.40.254.0/28, '::/0']", "allows any address (::/0)"),
+    ("[10.40.254.0/28, 10.0.0.0/0]", "allows any address (10.0.0.0/0)"),
+    ("10.40.254.0/28", "must be a list of CIDRs, got '10.40.254.0/28'"),
+    ("[bastion.example.internal]", "has 'bastion.example.internal', which is not a CIDR"),
+])
+def test_sshd_open_to_any_address_or_to_nothing_is_refused_in_one_line(tmp_path, sources, expected):
+    inv = inventory.load(_ssh_inventory(tmp_path, sources))
+    with pytest.raises(RoadieError) as err:
+        provision.check_ssh_sources(inv)
+    message = str(err.value)
+    assert message.startswith(f"inventory {inv.name}: ") and expected in message, message
+    assert "bastion or VPN range" in message and "\n" not in message
+
+
+def test_a_run_with_sshd_open_to_everyone_stops_before_ansible_playbook(tmp_path, monkeypatch):
+    def no_ansible(*args, **kwargs):
+        raise AssertionError(f"ansible-playbook started: {args}")
+
+    monkeypatch.setattr(provision.subprocess, "Popen", no_ansible)
+    source = _ssh_inventory(tmp_path, "[10.40.254.0/28, 0.0.0.0/0]")
+    # Refused for sshd, before the vault this inventory lacks is even looked at.
+    with pytest.raises(RoadieError, match=r"allows any address \(0\.0\.0\.0/0\)"):
+        provision.run("site", str(source), check=True, echo=False)
+
+
+def test_a_tag_with_a_trailing_newline_is_refused(tmp_path):
+    with pytest.raises(RoadieError, match="bad tag"):
+        provision.command(tmp_path / "x.yml", inventory.load("lab"), tags="redis\n")
