@@ -239,7 +239,7 @@ def _valid_address(address: str) -> bool:
         ipaddress.ip_address(address)
         return True
     except ValueError:
-        return bool(_HOSTNAME.match(address)) and not address.replace(".", "").isdigit()
+        return bool(_HOSTNAME.fullmatch(address)) and not address.replace(".", "").isdigit()
 
 
 def _check_unique_addresses(source: Path, hosts: Iterable[Host]) -> None:
