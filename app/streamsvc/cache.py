@@ -3,8 +3,9 @@
 Redis is never required to answer a request: every call here returns None / False on a Redis error
 and logs it (at most once every LOG_EVERY seconds, so a dead Redis does not flood the log).
 Keys: `tracks:v1:all`, `tracks:v1:<id>` (JSON, expire after the TTL) and `plays:<track_id>`
-(INCR counters). The Redis user needs no more than: ~tracks:* ~plays:* +ping +get +set +incrby
-(redis-py sends INCR as INCRBY).
+(INCR counters). The Redis user needs no more than `~tracks:v1:* ~plays:* resetchannels -@all +ping +get
++set +incrby` (KEY_PREFIXES and COMMANDS below): redis-py sends INCR as INCRBY, and on connect only
+HELLO 3 with AUTH, which Redis lets every user send.
 """
 
 from __future__ import annotations
@@ -25,6 +26,13 @@ log = logging.getLogger("streamsvc.cache")
 TIMEOUT = 1.0  # seconds, to connect and for each reply
 LOG_EVERY = 30.0
 KEY_PREFIX = "tracks:v1:"  # bump the version when the cached shape changes
+PLAYS_PREFIX = "plays:"
+# Every key the service touches starts with one of these, and it sends no other command once connected.
+# The redis role's default ACL for the app user (redis_app_acl_rules in roles/redis/defaults/main.yml)
+# grants exactly ~<prefix>* and +<command> for these; tests/unit/test_redis_acl.py fails when they differ.
+# Bumping KEY_PREFIX therefore means changing the role's rules too.
+KEY_PREFIXES = (KEY_PREFIX, PLAYS_PREFIX)
+COMMANDS = ("ping", "get", "set", "incrby")
 
 
 def client(url: str) -> redis.Redis:
@@ -35,7 +43,7 @@ def client(url: str) -> redis.Redis:
         socket_timeout=TIMEOUT,
         retry=Retry(NoBackoff(), 1),
         health_check_interval=30,
-        driver_info=None,  # no CLIENT SETINFO on connect: AUTH is the only handshake command
+        driver_info=None,  # no CLIENT SETINFO on connect: HELLO with AUTH is the only handshake command
     )
 
 
@@ -89,7 +97,7 @@ class Cache:
     def count_play(self, track_id: int) -> bool:
         """INCR plays:<track_id>; False when Redis did not take it."""
         try:
-            self._redis.incr(f"plays:{track_id}")
+            self._redis.incr(f"{PLAYS_PREFIX}{track_id}")
         except redis.RedisError as exc:
             self._failed("INCR", exc)
             return False
