@@ -2,11 +2,14 @@
 
 Both run from temporary directories on free ports of 127.0.0.1 (never 5432 / 6379), as their own
 processes: no systemd unit, no default cluster. They are stopped and removed when the session ends.
-Needs the Debian packages postgresql-15 and redis-server.
+Redis loads the redis role's own users.acl template, rendered with the role's defaults (user names and
+the app user's ACL rules) and the throw-away passwords below, so the service runs under the ACL a
+provisioned host gives it. Needs the Debian packages postgresql-15 and redis-server.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import socket
@@ -19,9 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
+import jinja2
 import psycopg
 import pytest
 import redis
+import yaml
 from hypothesis import settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -41,7 +46,25 @@ REDIS_SERVER = shutil.which("redis-server") or "/usr/bin/redis-server"
 DB_PASSWORD = "pg-Pa55:w@rd/x"  # noqa: S105
 REDIS_PASSWORD = "rd-Pa55:w@rd/y"  # noqa: S105
 REDIS_ADMIN_PASSWORD = "admin-Pa55"  # noqa: S105
+REDIS_REPLICA_PASSWORD = "replica-Pa55"  # noqa: S105
 SUPER_PASSWORD = "super-Pa55"  # noqa: S105
+
+REDIS_ROLE = ROOT / "roles" / "redis"
+REDIS_DEFAULTS = yaml.safe_load((REDIS_ROLE / "defaults" / "main.yml").read_text())
+REDIS_APP_USER = REDIS_DEFAULTS["redis_app_user"]
+REDIS_ADMIN_USER = REDIS_DEFAULTS["redis_admin_user"]
+
+
+def render_users_acl() -> str:
+    """The redis role's users.acl: its template, its defaults, this module's throw-away passwords."""
+    env = jinja2.Environment(  # noqa: S701 - an ACL file, not HTML
+        undefined=jinja2.StrictUndefined, trim_blocks=True, keep_trailing_newline=True)
+    # Ansible's hash filter, the one Ansible filter the template uses.
+    env.filters["hash"] = lambda value, algorithm: hashlib.new(algorithm, value.encode()).hexdigest()
+    template = env.from_string((REDIS_ROLE / "templates" / "etc" / "redis" / "users.acl.j2").read_text())
+    return template.render({**REDIS_DEFAULTS, "redis_app_password": REDIS_PASSWORD,
+                            "redis_admin_password": REDIS_ADMIN_PASSWORD,
+                            "redis_replica_password": REDIS_REPLICA_PASSWORD})
 
 
 def free_port() -> int:
@@ -103,25 +126,30 @@ class Postgres:
 
 @dataclass
 class Redis:
-    """A throw-away redis-server with ACL users `stream` (the app's rights only) and `admin`."""
+    """A throw-away redis-server with the redis role's ACL users: the app's (its default rules) and admin."""
 
     base: Path
     port: int
     process: subprocess.Popen | None = None
 
-    def url(self, user: str = "stream", password: str = REDIS_PASSWORD) -> str:
+    def url(self, user: str = REDIS_APP_USER, password: str = REDIS_PASSWORD) -> str:
         return f"redis://{user}:{quote(password, safe='')}@127.0.0.1:{self.port}/0"
 
     def admin(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url("admin", REDIS_ADMIN_PASSWORD), socket_timeout=2)
+        return redis.Redis.from_url(self.url(REDIS_ADMIN_USER, REDIS_ADMIN_PASSWORD), socket_timeout=2)
+
+    def app_client(self) -> redis.Redis:
+        """A plain client logged in as the app user (no retry: every refusal reaches the caller)."""
+        return redis.Redis.from_url(self.url(), socket_timeout=2)
 
     def start(self) -> None:
+        (self.base / "users.acl").write_text(render_users_acl())
         conf = self.base / "redis.conf"
+        # DEBUG is enabled for loopback clients (the role turns it off for everyone), so that a refused
+        # DEBUG here can only be the ACL's doing.
         conf.write_text(
             f"port {self.port}\nbind 127.0.0.1\ndir {self.base}\nsave \"\"\nappendonly no\n"
-            "user default off\n"
-            f"user stream on >{REDIS_PASSWORD} ~tracks:* ~plays:* +ping +get +set +incrby\n"
-            f"user admin on >{REDIS_ADMIN_PASSWORD} ~* &* +@all\n")
+            f"aclfile {self.base / 'users.acl'}\nenable-debug-command local\n")
         log = open(self.base / "redis.log", "ab")  # noqa: SIM115 - owned by the process
         self.process = subprocess.Popen([REDIS_SERVER, str(conf)], stdout=log, stderr=log, cwd=self.base)
         log.close()
