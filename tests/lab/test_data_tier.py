@@ -1,5 +1,8 @@
 """The data tier after site.yml on the lab: replication, logins, firewall, Redis ACLs, SSH, backups."""
 
+import hashlib
+import importlib.util
+import shlex
 import subprocess
 import time
 import uuid
@@ -12,6 +15,11 @@ from tests.lab.conftest import run_with_secret
 
 DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"
 PSQL_APP = f"psql -X -At -h {DB1} -U stream -d stream"
+
+# The stream service's key prefixes and commands, which the redis role's default ACL grants the app user.
+_CACHE_SPEC = importlib.util.spec_from_file_location("streamsvc_cache", ROOT / "app" / "streamsvc" / "cache.py")
+streamsvc_cache = importlib.util.module_from_spec(_CACHE_SPEC)
+_CACHE_SPEC.loader.exec_module(streamsvc_cache)
 
 
 def psql_postgres(conn, sql: str, db: str = "stream"):
@@ -74,15 +82,82 @@ def test_redis_refuses_unauthenticated_commands(conns, provisioned):
     assert "NOAUTH" in out.stdout + out.stderr
 
 
-def test_redis_app_user_works_but_cannot_flush_or_configure(conns, secrets, provisioned):
-    app = secrets["vault_redis_app_password"]
-    assert _redis(conns, "app", app, "PING").stdout.strip() == "PONG"
-    assert _redis(conns, "app", app, "SET plays:lab-probe 1").stdout.strip() == "OK"
-    for command in ("FLUSHALL", "CONFIG GET maxmemory", "KEYS *"):
-        out = _redis(conns, "app", app, command)
-        assert "NOPERM" in out.stdout + out.stderr, command
-    admin = _redis(conns, "admin", secrets["vault_redis_admin_password"], "CONFIG GET appendonly")
-    assert admin.stdout.split() == ["appendonly", "yes"]
+def _redis_reply(conns, user: str, password: str, *argv: str) -> str:
+    """One redis-cli command on cache1, from stream1; the reply (or error) as redis-cli prints it."""
+    out = _redis(conns, user, password, shlex.join(argv))
+    return (out.stdout + out.stderr).strip()
+
+
+@pytest.fixture
+def redis_probe_keys(conns, secrets, provisioned):
+    """One of the app's catalogue keys and one key outside its prefixes, both holding "before" (set by admin)."""
+    admin = secrets["vault_redis_admin_password"]
+    token = uuid.uuid4().hex[:12]
+    own, outside = f"{streamsvc_cache.KEY_PREFIX}lab-acl-probe-{token}", f"roadie:lab-acl-probe-{token}"
+    for key in (own, outside):
+        assert _redis_reply(conns, "admin", admin, "SET", key, "before", "EX", "300") == "OK"
+    yield own, outside
+    _redis_reply(conns, "admin", admin, "DEL", own, outside)
+
+
+def test_redis_app_user_can_do_what_the_stream_service_does(conns, secrets, redis_probe_keys):
+    app, own = secrets["vault_redis_app_password"], redis_probe_keys[0]
+    plays = f"{streamsvc_cache.PLAYS_PREFIX}lab-probe"
+    assert _redis_reply(conns, "app", app, "PING") == "PONG"
+    assert _redis_reply(conns, "app", app, "GET", own) == "before"
+    assert _redis_reply(conns, "app", app, "SET", own, "after", "EX", "60") == "OK"
+    assert _redis_reply(conns, "app", app, "GET", own) == "after"
+    assert _redis_reply(conns, "app", app, "SET", plays, "1") == "OK"
+    assert _redis_reply(conns, "app", app, "INCRBY", plays, "1") == "2"  # what redis-py sends for INCR
+
+
+def test_redis_app_user_is_refused_scripts_configuration_key_listing_and_flushes(conns, secrets, redis_probe_keys):
+    app, admin, own = secrets["vault_redis_app_password"], secrets["vault_redis_admin_password"], redis_probe_keys[0]
+    script = "return redis.call('SET', KEYS[1], 'script')"
+    policy = _redis_reply(conns, "admin", admin, "CONFIG", "GET", "maxmemory-policy").split()
+    attempts = [
+        ("EVAL", script, "1", own),
+        # Allowed, this would answer NOSCRIPT (the script is not loaded); refused, NOPERM comes first.
+        ("EVALSHA", hashlib.sha1(script.encode(), usedforsecurity=False).hexdigest(), "1", own),
+        ("FCALL", "roadie_lab_probe", "1", own),
+        ("FUNCTION", "FLUSH"),
+        ("SCRIPT", "FLUSH"),
+        ("SCRIPT", "LOAD", script),
+        ("CONFIG", "GET", "maxmemory"),
+        ("CONFIG", "SET", "maxmemory-policy", "noeviction"),
+        ("KEYS", "*"),
+        ("SCAN", "0"),
+        ("FLUSHALL",),
+        ("FLUSHDB",),
+        ("DEL", own),
+        ("PUBLISH", "roadie-lab-probe", "x"),
+    ]
+    replies = {shlex.join(argv): _redis_reply(conns, "app", app, *argv) for argv in attempts}
+    assert {name: reply for name, reply in replies.items() if not reply.startswith("NOPERM")} == {}
+    assert _redis_reply(conns, "admin", admin, "MGET", *redis_probe_keys).split() == ["before", "before"]
+    assert _redis_reply(conns, "admin", admin, "CONFIG", "GET", "maxmemory-policy").split() == policy
+    assert _redis_reply(conns, "admin", admin, "CONFIG", "GET", "appendonly").split() == ["appendonly", "yes"]
+
+
+def test_redis_app_user_is_refused_debug_by_its_acl_not_only_by_the_server_setting(conns, secrets, provisioned):
+    """DEBUG is off for every user on cache1; ACL DRYRUN shows the app user's rules refuse it as well."""
+    app, admin = secrets["vault_redis_app_password"], secrets["vault_redis_admin_password"]
+    assert _redis_reply(conns, "app", app, "DEBUG", "SLEEP", "0").startswith("ERR DEBUG command not allowed")
+    dry_run = _redis_reply(conns, "admin", admin, "ACL", "DRYRUN", "app", "DEBUG", "SLEEP", "0")
+    assert dry_run == "This user has no permissions to run the 'debug' command"
+    own = f"{streamsvc_cache.KEY_PREFIX}lab-acl-probe"
+    assert _redis_reply(conns, "admin", admin, "ACL", "DRYRUN", "app", "GET", own) == "OK"  # the dry run answers
+
+
+def test_redis_app_user_cannot_read_or_write_keys_outside_the_app_prefixes(conns, secrets, redis_probe_keys):
+    app, outside = secrets["vault_redis_app_password"], redis_probe_keys[1]
+    other_version = streamsvc_cache.KEY_PREFIX.split(":")[0] + ":older:lab-acl-probe"
+    replies = [_redis_reply(conns, "app", app, *argv) for argv in (
+        ("GET", outside), ("SET", outside, "after"), ("INCRBY", outside, "1"), ("SET", other_version, "x"))]
+    assert [r for r in replies if not r.startswith("NOPERM")] == []
+    admin = secrets["vault_redis_admin_password"]
+    assert _redis_reply(conns, "admin", admin, "GET", outside) == "before"
+    assert _redis_reply(conns, "admin", admin, "EXISTS", other_version) == "0"
 
 
 def test_redis_wrong_password_is_refused(conns, provisioned):
