@@ -115,7 +115,7 @@ def test_a_link_planted_at_the_page_is_never_followed(api, tmp_path):
 def test_a_directory_others_can_write_or_a_linked_directory_is_refused(api, tmp_path):
     settings, _ = api
     directory = os.path.dirname(settings["maintenance_page"])
-    os.chmod(directory, 0o770)  # group-writable: another account could swap the page
+    os.chmod(directory, 0o770)  # noqa: S103 - group-writable on purpose: the helper must refuse it
     with pytest.raises(helper.Refused, match="can be changed by another account"):
         helper.write_root_file(settings["maintenance_page"], b"<p>x</p>")
     os.chmod(directory, 0o700)
