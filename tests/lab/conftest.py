@@ -59,6 +59,24 @@ def conns(lab_inventory):
         conn.close()
 
 
+@pytest.fixture(scope="session")
+def as_deploy(lab_inventory, provisioned):
+    """One verified connection per lab host as the deploy user, Fabric's account: what an attacker who
+    holds the deploy key can do."""
+    opened: dict[str, ssh.HostConnection] = {}
+
+    def get(name: str) -> ssh.HostConnection:
+        if name not in opened:
+            host = lab_inventory.hosts[name]
+            assert host.user == "deploy", f"Fabric must log in as deploy, not {host.user}"
+            opened[name] = ssh.connect(host)
+        return opened[name]
+
+    yield get
+    for conn in opened.values():
+        conn.close()
+
+
 def run_with_secret(conn, command: str, env_name: str, secret: str):
     """Run `command` with a secret in an environment variable read from stdin: never on a command line."""
     script = f'IFS= read -r {env_name}; export {env_name}; {command}'

@@ -26,22 +26,6 @@ ALLOWED_AS_ROOT = (
 )
 
 
-@pytest.fixture(scope="module")
-def as_deploy(lab_inventory, provisioned):
-    opened: dict[str, ssh.HostConnection] = {}
-
-    def get(name: str) -> ssh.HostConnection:
-        if name not in opened:
-            host = lab_inventory.hosts[name]
-            assert host.user == "deploy", f"Fabric must log in as deploy, not {host.user}"
-            opened[name] = ssh.connect(host)
-        return opened[name]
-
-    yield get
-    for conn in opened.values():
-        conn.close()
-
-
 def _run(conn, command: str):
     return conn.run(command, hide=True, warn=True, in_stream=False, timeout=60)
 
