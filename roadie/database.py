@@ -42,9 +42,9 @@ FENCE_FILE = "/var/lib/roadie/postgresql-fenced.json"   # the deploy user's stat
 AS_POSTGRES = "sudo -n -u postgres "
 WAL_SEGMENT_SIZE = 16 * 1024 * 1024
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
-_BACKUP_NAME = re.compile(r"^[0-9]{8}T[0-9]{6}Z$")
-_SEGMENT = re.compile(r"^[0-9A-F]{24}$")
-_LSN = re.compile(r"^[0-9A-F]{1,8}/[0-9A-F]{1,8}$")
+_BACKUP_NAME = re.compile(r"[0-9]{8}T[0-9]{6}Z")
+_SEGMENT = re.compile(r"[0-9A-F]{24}")
+_LSN = re.compile(r"[0-9A-F]{1,8}/[0-9A-F]{1,8}")
 
 Report = Callable[..., None]
 
@@ -53,7 +53,7 @@ Report = Callable[..., None]
 def parse_lsn(text: str) -> int:
     """A PostgreSQL LSN like 0/3000148 as a byte position."""
     text = (text or "").strip().upper()
-    if not _LSN.match(text):
+    if not _LSN.fullmatch(text):
         raise RoadieError(f"not a WAL position: {text!r}")
     high, low = text.split("/")
     return (int(high, 16) << 32) + int(low, 16)
@@ -74,7 +74,7 @@ def wal_needed(start_wal: str, restore_lsn: str, archived: list[str]) -> list[st
     """Archived files a restore of a backup starting at `start_wal` needs to reach `restore_lsn`:
     every segment of the timeline from start_wal to the one holding the restore point, plus history
     files. RoadieError naming the first missing segment."""
-    if not _SEGMENT.match(start_wal):
+    if not _SEGMENT.fullmatch(start_wal):
         raise RoadieError(f"bad first WAL segment {start_wal!r} in the backup's roadie-backup.json")
     timeline = int(start_wal[:8], 16)
     first = int(start_wal[8:16], 16) * (0x100000000 // WAL_SEGMENT_SIZE) + int(start_wal[16:], 16)
@@ -211,7 +211,7 @@ base = sys.argv[1]
 out = []
 for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
     path = os.path.join(base, name)
-    if not re.match(r"^[0-9]{8}T[0-9]{6}Z$", name) or not os.path.isdir(path):
+    if not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name) or not os.path.isdir(path):
         continue
     try:
         with open(os.path.join(path, "roadie-backup.json")) as f:
@@ -349,7 +349,7 @@ def _stream_tar(src, src_dir: str, names: list[str], dst, dst_dir: str) -> int: 
 
 def restore_target(inv: Inventory, backup_name: str | None = None, on: str | None = None) -> Host:
     """The host a restore check runs on, with the arguments checked; touches no host."""
-    if backup_name is not None and not _BACKUP_NAME.match(backup_name):
+    if backup_name is not None and not _BACKUP_NAME.fullmatch(backup_name):
         raise RoadieError(f"--backup must be a backup name like 20260102T023000Z, got {backup_name!r}")
     topo = topology(inv)
     if on is None:

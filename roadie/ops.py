@@ -13,8 +13,8 @@ from roadie import ssh, status
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
-_UNIT = re.compile(r"^[A-Za-z0-9@_.:-]+$")
-_SINCE = re.compile(r"^[A-Za-z0-9 :+_.-]{1,40}$")
+_UNIT = re.compile(r"[A-Za-z0-9@_.:-]+")
+_SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")
 
 
 # ------------------------------------------------------------------ cache (Redis)
@@ -101,13 +101,13 @@ def default_unit(host: Host) -> str:
 
 def journal_command(unit: str, *, lines: int, since: str | None, grep: str | None, follow: bool) -> str:
     """journalctl for one unit; every value checked here so the host never sees a malformed one."""
-    if not _UNIT.match(unit):
+    if not _UNIT.fullmatch(unit):
         raise RoadieError(f"bad unit name {unit!r}")
     if not 0 < lines <= 100_000:
         raise RoadieError(f"--lines must be 1..100000, got {lines}")
     argv = ["journalctl", "--no-pager", "--output=short-iso", "-u", unit, "-n", str(lines)]
     if since:
-        if not _SINCE.match(since):
+        if not _SINCE.fullmatch(since):
             raise RoadieError(f"bad --since {since!r}: use e.g. '1 hour ago', '2026-11-26 03:00' or 'today'")
         argv += ["--since", since]
     if grep:

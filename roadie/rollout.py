@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from roadie.errors import RoadieError
 
-_BATCH = re.compile(r"^(?P<n>[0-9]+)(?P<pct>%?)$")
+_BATCH = re.compile(r"(?P<n>[0-9]+)(?P<pct>%?)")
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class Plan:
 
 def batch_size(spec: str | int, total: int) -> int:
     """Hosts per batch from `N` or `P%` (rounded down, at least 1)."""
-    match = _BATCH.match(str(spec).strip())
+    match = _BATCH.fullmatch(str(spec).strip())
     if not match:
         raise RoadieError(f"--batch must be a host count or a percentage like 25%, got {spec!r}")
     n = int(match["n"])
