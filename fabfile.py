@@ -187,19 +187,23 @@ def lock_release(c, inventory_=None, force=False, message=None):
     print(f"deploy lock: broken ({holder.describe()})")
 
 
-@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "last": "How many entries (default 20).",
+@task(auto_shortflags=False, help={"inventory": INVENTORY_HELP,
+                                   "last": "How many records to show (default 20); the whole log is checked.",
                                    "json": "Print JSON."})
 @friendly
 def audit_(c, inventory_=None, last="20", json=False):
-    """Show the shared audit log: deploys, rollbacks, failovers, forced unlocks."""
+    """Check the fleet's audit log (hash chain, this machine's copy) and show its last records with SSH keys."""
     last = number(last, "--last", 1, 100_000)      # before any host is contacted
-    entries = audit.read(_lock_conn(inventory_), last)
+    with _lock_conn(inventory_) as conn:
+        seen = audit.review(conn, last)
     if json:
-        emit_json(entries)
-        return
-    print(table(["when", "who", "action", "release", "result", "s", "detail"],
-                [(e.get("ts", ""), e.get("who", ""), e.get("action", ""), e.get("release", ""), e.get("result", ""),
-                  e.get("duration_s", ""), e.get("error") or e.get("message") or "") for e in entries]))
+        emit_json(seen.records)
+    else:
+        print(table(audit.HEADERS, audit.table_rows(seen.records)))
+    if seen.broken:
+        raise RoadieError(seen.broken.describe(seen.host))
+    if not json:
+        print(f"{seen.host}: {seen.total} records, hash chain intact")
 
 
 @task(auto_shortflags=False, help={"inventory": INVENTORY_HELP})
@@ -209,7 +213,9 @@ def seed(c, inventory_=None):
     inv = inventory.load(inventory_)
     if inv.name == "production":
         raise RoadieError("seed writes demo data; it never runs against production")
-    deploy.seed_fleet(deploy.Fleet.from_inventory(inv), deploy.Reporter())
+    fleet_ = deploy.Fleet.from_inventory(inv)
+    with maintenance.Guarded(inv, "seed", hosts=[h.name for h in fleet_.stream]):
+        deploy.seed_fleet(fleet_, deploy.Reporter())
 
 
 # ---- on-call: status, drain, restart, maintenance, cache, logs, disk, run
@@ -454,17 +460,20 @@ def run(c, command, group=None, inventory_=None, yes=False, timeout="120"):
     hosts = inv.select(group)
     print(f"run: {command!r} on {len(hosts)} hosts: {', '.join(h.name for h in hosts)}")
     _confirm(f"run it on {len(hosts)} hosts", yes)
-    started = time.monotonic()
-    results = ssh.run_parallel(hosts, command, timeout=timeout)
-    for name, r in results.items():
-        out = (r.stdout + r.stderr).rstrip("\n")
-        if out:
-            print(prefixed(name, out))
-        if not r.ok:
-            print(prefixed(name, f"FAILED {r.error or f'exit {r.exit_code}'}"))
-    failed = [n for n, r in results.items() if not r.ok]
-    audit.record(None, audit.event("run", result="failed" if failed else "ok", hosts=list(results),
-                                   duration_s=time.monotonic() - started, command=command, failed=failed))
+    # No deploy lock (on-call may need to look while a deploy runs), but the record goes to the fleet's log.
+    with maintenance.Guarded(inv, "run", hosts=[h.name for h in hosts], lock=False) as change:
+        change.detail["command"] = command
+        results = ssh.run_parallel(hosts, command, timeout=timeout)
+        for name, r in results.items():
+            out = (r.stdout + r.stderr).rstrip("\n")
+            if out:
+                print(prefixed(name, out))
+            if not r.ok:
+                print(prefixed(name, f"FAILED {r.error or f'exit {r.exit_code}'}"))
+        failed = [n for n, r in results.items() if not r.ok]
+        change.detail.update(failed=failed, exit={n: r.exit_code for n, r in results.items()},
+                             errors={n: r.error[:300] for n, r in results.items() if r.error})
+        change.result = "failed" if failed else "ok"
     if failed:
         raise Exit(f"error: {len(failed)} of {len(results)} hosts failed: {', '.join(failed)}", code=1)
 

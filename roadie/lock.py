@@ -91,7 +91,11 @@ class LockInfo:
 
 
 def who() -> str:
-    """user@host of the operator or CI job taking the lock."""
+    """user@host of the operator or CI job, as it says itself ($ROADIE_OPERATOR or the local user name).
+
+    A claim, kept for the lock and the audit record; the evidence of who it was is what the lock
+    host's audit helper adds to each record: the sudo user and the SSH key sshd accepted.
+    """
     user = os.environ.get("ROADIE_OPERATOR") or getpass.getuser()
     return f"{user}@{socket.gethostname()}"
 

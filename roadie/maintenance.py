@@ -199,15 +199,20 @@ def mode(conn: ssh.HostConnection) -> str:
 
 # ------------------------------------------------------------------ lock + audit around a change
 class Guarded:
-    """Holds the deploy lock for one on-call change and writes its audit line, ok or failed.
+    """Holds the deploy lock for one on-call change and writes its record to the fleet's audit log, ok or failed.
 
         with Guarded(inv, "drain", hosts=["stream2"], message=...) as change:
-            ...           # change.conn is the lock host's connection; change.detail goes into the audit line
+            ...           # change.conn is the lock host's connection; change.detail goes into the record
+
+    `lock=False` records without taking the lock (`fab run`); `change.result` overrides ok/failed.
     """
 
-    def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "") -> None:
+    def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "",
+                 lock: bool = True) -> None:
         self.inv, self.action, self.hosts, self.message, self.release = inv, action, hosts, message, release
+        self.take_lock = lock
         self.detail: dict = {}
+        self.result: str | None = None
         self.conn: ssh.HostConnection | None = None
         self._lock = None
         self._started = 0.0
@@ -219,11 +224,12 @@ class Guarded:
         if not balancers:
             raise RoadieError(f"inventory {self.inv.name} has no balancer host to hold the deploy lock")
         self.conn = ssh.connect(self.inv.hosts[balancers[0]])
-        try:
-            self._lock = lock.acquire(self.conn, self.action, self.release, self.message)
-        except BaseException:
-            self.conn.close()
-            raise
+        if self.take_lock:
+            try:
+                self._lock = lock.acquire(self.conn, self.action, self.release, self.message)
+            except BaseException:
+                self.conn.close()
+                raise
         self._started = time.monotonic()
         return self
 
@@ -232,10 +238,20 @@ class Guarded:
 
         try:
             error = "" if exc is None else (str(exc) if isinstance(exc, RoadieError) else f"{exc_type.__name__}: {exc}")
-            audit.record(self.conn, audit.event(self.action, result="ok" if exc is None else "failed",
-                                                release=self.release, hosts=self.hosts,
+            result = "failed" if exc is not None else (self.result or "ok")
+            audit.record(self.conn, audit.event(self.action, result=result, release=self.release, hosts=self.hosts,
                                                 duration_s=time.monotonic() - self._started, message=self.message,
                                                 error=error, **self.detail))
+        except RoadieError as audit_error:
+            # The change's own failure is what the operator must see; the lost record is said too.
+            if exc is None:
+                raise
+            if isinstance(exc, RoadieError):
+                raise RoadieError(f"{exc} (and {audit_error})") from None
+            import sys
+
+            print(f"error: {audit_error}", file=sys.stderr)     # the interrupt or crash goes on as it was
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
             self.conn.close()
