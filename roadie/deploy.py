@@ -134,8 +134,10 @@ class Rollout:
                 conn.close()
 
     # -------------------------------------------------------------- stage
-    def stage(self, artifact: Path, release_id: str, payload_sha256: str) -> None:
-        """Upload and unpack on every host at once; nothing is switched."""
+    def stage(self, artifact: Path, manifest: release.Manifest) -> None:
+        """Upload and unpack on every host at once; nothing is switched. Hosts install only what the
+        verified `manifest` lists (the artifact could have changed since `release.verify`)."""
+        release_id = manifest.release_id
         remote = str(stream_host.RELEASES / f".{release_id}.tar.gz")
         deps = release.dependencies(artifact)
 
@@ -148,7 +150,7 @@ class Rollout:
                 self.report(f"release {release_id} already staged", host.name, event="staged")
                 return
             conn.put(str(artifact), remote)
-            stream_host.stage(conn, remote, release_id, payload_sha256, deps)
+            stream_host.stage(conn, remote, manifest, deps)
             self.report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
 
         errors = []
@@ -277,7 +279,7 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
         if held.replaced:
             report(f"took over an expired lock: {held.replaced.describe()}", event="lock_takeover")
         try:
-            work.stage(artifact, manifest.release_id, manifest.payload_sha256)
+            work.stage(artifact, manifest)
             held.renew(options.lock_ttl)
             report("running migrations", fleet.stream[0].name, event="migrate")
             stream_host.migrate(work.conns[fleet.stream[0].name], manifest.release_id)

@@ -2,24 +2,34 @@
 
 `<release-id>.tar.gz` holds exactly two files:
   manifest.json     format, release_id, git_sha, dirty, built_at, python, platform,
-                    payload_sha256, payload_size
-  payload.tar.gz    requirements.txt   app/requirements.txt plus the app itself (streamsvc==<version>)
+                    payload_sha256, payload_size, members (every payload directory, and every
+                    regular file with its size and sha256: nothing else is installed)
+  payload.tar.gz    requirements.txt   app/requirements.txt's pins plus the app itself (streamsvc==<version>),
+                                       each line `name==version --hash=sha256:<wheel>` (pip's hash-checking mode)
                     app/gunicorn.conf.py, app/streamsvc/**
                     wheels/*.whl       every dependency, and a wheel of the app made here
 
-On a host (no package index reachable), in /srv/stream/releases/<release-id>/:
-  tar -xzf <id>.tar.gz && tar -xzf payload.tar.gz       (after `verify` on the controller)
-  python3 -m venv venv && venv/bin/pip install --no-index --find-links wheels -r requirements.txt
+On a host (no package index reachable), in /srv/stream/releases/<release-id>/, after `verify` on the
+controller, roadie/remote/stage_release.py (sent by stream_host.stage with the verified manifest):
+  GNU tar extracts only the listed members, the tree must be exactly those files with their sha256
+  python3 -m venv venv && venv/bin/python -m pip install --require-hashes --only-binary=:all: --no-index
+      --no-deps --find-links wheels -r requirements.txt   (a requirements file the host regenerates)
   (cd app && ../venv/bin/python -m streamsvc migrate)   (app/ first on sys.path: this release's code)
   venv/bin/gunicorn -c app/gunicorn.conf.py             (the service reads manifest.json for its id)
 `fab deploy` shares one venv per dependency set instead (`dependencies`: the requirements and wheels
 less the app's own); the app always runs from the release's app/ (gunicorn's `chdir`).
 
+Requirement files carry exact pins only: an option line (`-r`, `-e`, `--index-url`, `--find-links`,
+...), a URL or a path is refused at build, by `verify` and again on the host (the same check,
+roadie/remote/stage_release.py). The build refuses a download that brings a wheel no line pins: hosts
+install with --no-deps, so app/requirements.txt must be the whole closure.
+
 The payload is reproducible: the same app tree and wheels give the same bytes (sorted entries, a
 fixed mtime, root ownership without names, normalised modes, gzip without name or time; the app's
 wheel is written here the same way, so no build backend or network is needed for it). Wheels
 are downloaded on the controller for CPython 3.11 manylinux x86_64 and cached in
-.cache/wheels/<hash of requirements.txt and target>/, so a second build does not use the network.
+.cache/wheels/<hash of requirements.txt and target>/, so a second build does not use the network; the
+cache records each wheel's sha256 when it is downloaded and a build refuses a cache that changed since.
 """
 
 from __future__ import annotations
@@ -39,13 +49,23 @@ import tempfile
 import tomllib
 import zipfile
 import zlib
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from roadie import paths
 from roadie.errors import RoadieError
+from roadie.remote.stage_release import (
+    Member,
+    Requirement,
+    StageError,
+    canonical,
+    check_members,
+    check_pins,
+    parse_requirement_line,
+    parse_requirements,
+)
 
 APP_DIR = paths.ROOT / "app"
 WHEEL_CACHE = paths.ROOT / ".cache" / "wheels"
@@ -53,11 +73,11 @@ PYTHON_VERSION = "3.11"
 PLATFORM = "manylinux2014_x86_64"
 PIP_TARGET = ["--only-binary=:all:", "--platform", PLATFORM, "--python-version", PYTHON_VERSION,
               "--implementation", "cp", "--abi", "cp311"]
-FORMAT = 1
+FORMAT = 2   # 2: members, and requirements pinned by sha256
 FIXED_MTIME = 315532800  # 1980-01-01T00:00:00Z, as in wheels: no build time leaks into the payload
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_NAME = "payload.tar.gz"
-MAX_MANIFEST = 64 * 1024
+MAX_MANIFEST = 1024 * 1024
 CHUNK = 1024 * 1024
 # App files the payload carries: the package and gunicorn's settings beside it.
 APP_FILES = ["gunicorn.conf.py"]
@@ -66,6 +86,8 @@ REQUIRED_IN_PAYLOAD = ["requirements.txt", "app/gunicorn.conf.py", "app/streamsv
 ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
 # The payload's requirements.txt ends with this line and the app's own requirement (name==version).
 APP_MARKER = "# The service itself: its wheel is made by roadie.release, not downloaded."
+PINS_HEADER = ("# Written by roadie.release: exact pins, each to the sha256 of its wheel in wheels/. Hosts install\n"
+               "# these and nothing else (pip --require-hashes --only-binary=:all: --no-index --no-deps).\n")
 _DIST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*", re.ASCII)
 
@@ -87,10 +109,16 @@ class Manifest:
     platform: str
     payload_sha256: str
     payload_size: int
+    members: tuple[Member, ...]   # every payload entry, sorted by path: what a host may install
     format: int = FORMAT
 
+    def as_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in fields(self)}
+        data["members"] = [member.as_dict() for member in self.members]
+        return data
+
     def to_json(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, sort_keys=True) + "\n").encode()
+        return (json.dumps(self.as_dict(), indent=2, sort_keys=True) + "\n").encode()
 
 
 @dataclass(frozen=True)
@@ -150,20 +178,70 @@ def git_state(app_dir: Path) -> tuple[str, str, bool]:
 # ------------------------------------------------------------------ wheels
 
 
+def _source_requirements(requirements: Path) -> list[Requirement]:
+    """The pins of app/requirements.txt; RoadieError for an option line, a URL, a path or a loose pin."""
+    try:
+        return parse_requirements(requirements.read_bytes(), require_hashes=False)
+    except StageError as exc:
+        raise RoadieError(f"{requirements}: {exc}") from None
+    except OSError as exc:
+        raise RoadieError(f"{requirements}: {_one_line(exc)}") from None
+
+
+def _pin_key(name: str, version: str) -> tuple[str, str]:
+    """How a wheel file name spells a distribution and version (PEP 427 escaping, lower case)."""
+    return re.sub(r"[-_.]+", "_", name).lower(), version.replace("-", "_").lower()
+
+
+def _wheel_key(file_name: str) -> tuple[str, str] | None:
+    """(name, version) of a wheel file name `name-version[-build]-python-abi-platform.whl`, else None."""
+    parts = file_name.removesuffix(".whl").split("-")
+    if not file_name.endswith(".whl") or len(parts) not in (5, 6):
+        return None
+    return _pin_key(parts[0], parts[1])
+
+
+def _recorded_wheels(target: Path) -> dict[str, str]:
+    """Wheel name -> sha256 recorded at download; RoadieError if the cache changed since."""
+    try:
+        recorded = json.loads((target / ".complete").read_text())["wheels"]
+    except (ValueError, KeyError, TypeError):
+        # Written before the sha256 were recorded: record them now, as the download would have.
+        recorded = {p.name: _digest(p)[0] for p in sorted(target.glob("*.whl"))}
+        (target / ".complete").write_text(json.dumps({"wheels": recorded}, indent=2, sort_keys=True) + "\n")
+    present = {p.name for p in target.glob("*.whl")}
+    if not isinstance(recorded, dict) or present != set(recorded):
+        raise RoadieError(f"wheel cache {target} does not hold the wheels it recorded; remove it and build again")
+    for name, digest in sorted(recorded.items()):
+        if _digest(target / name)[0] != digest:
+            raise RoadieError(f"wheel cache {target}: {name} changed since its download; remove it and build again")
+    return recorded
+
+
 def wheelhouse(requirements: Path, cache_root: Path = WHEEL_CACHE) -> Path:
-    """A directory with a wheel of every requirement for the hosts' Python, downloaded once and cached."""
+    """A directory with a wheel of every requirement for the hosts' Python, downloaded once and cached.
+
+    Only exact pins are downloaded (pip in hash-checking mode where app/requirements.txt pins hashes),
+    and the download must bring no wheel the file does not pin: hosts install with --no-deps.
+    """
+    pins = _source_requirements(requirements)
     key = hashlib.sha256(requirements.read_bytes() + "\0".join(PIP_TARGET).encode()).hexdigest()[:16]
     target = cache_root / key
     if (target / ".complete").is_file():
+        _recorded_wheels(target)
         return target
     if target.exists():  # left by an interrupted run that predates the atomic rename
         shutil.rmtree(target)
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{key}-", dir=cache_root))
     try:
+        # pip reads what the check above accepted, regenerated: nothing else from the file reaches it.
+        asked = staging / ".requirements.txt"
+        asked.write_text(canonical(pins))
         command = [sys.executable, "-m", "pip", "download", "--disable-pip-version-check", "--no-input", "-q",
-                   *PIP_TARGET, "-r", str(requirements), "-d", str(staging)]
+                   *PIP_TARGET, "-r", str(asked), "-d", str(staging)]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
+        asked.unlink()
         if result.returncode != 0:
             lines = [line.strip() for line in result.stderr.splitlines() if line.strip().startswith("ERROR")]
             detail = lines[-1] if lines else f"exit status {result.returncode}"
@@ -171,7 +249,13 @@ def wheelhouse(requirements: Path, cache_root: Path = WHEEL_CACHE) -> Path:
         wheels = sorted(p.name for p in staging.glob("*.whl"))
         if not wheels:
             raise RoadieError(f"pip download of {requirements.name} gave no wheels")
-        (staging / ".complete").write_text("\n".join(wheels) + "\n")
+        pinned = {_pin_key(r.name, r.version) for r in pins}
+        loose = [name for name in wheels if _wheel_key(name) not in pinned]
+        if loose:
+            raise RoadieError(f"pip download of {requirements.name} brought {loose[0]}, which no line pins; "
+                              "hosts install with --no-deps: pin every dependency")
+        recorded = {name: _digest(staging / name)[0] for name in wheels}
+        (staging / ".complete").write_text(json.dumps({"wheels": recorded}, indent=2, sort_keys=True) + "\n")
         try:
             staging.rename(target)
         except OSError:
@@ -265,15 +349,44 @@ def app_wheel(app_dir: Path, files: dict[str, Path] | None = None) -> tuple[str,
     return f"{dist}-{version}-py3-none-any.whl", buffer.getvalue()
 
 
+def _pinned_requirements(requirements: Path, project: dict[str, Any], files: dict[str, bytes],
+                         app_wheel_sha256: str) -> bytes:
+    """The payload's requirements.txt: app/requirements.txt's pins, each with the sha256 of the wheels
+    the payload carries for it (pip's hash-checking mode), then the app's own wheel."""
+    digests: dict[tuple[str, str], list[str]] = {}
+    for name, data in files.items():
+        key = _wheel_key(name.removeprefix("wheels/")) if name.startswith("wheels/") else None
+        if key:
+            digests.setdefault(key, []).append(hashlib.sha256(data).hexdigest())
+    app_name = _pin_key(project["name"], project["version"])[0]
+    pinned = []
+    for requirement in _source_requirements(requirements):
+        if _pin_key(requirement.name, "")[0] == app_name:
+            raise RoadieError(f"{requirements} names the app itself ({requirement.pin}); the build adds it")
+        found = sorted(digests.get(_pin_key(requirement.name, requirement.version), []))
+        if not found:
+            raise RoadieError(f"no wheel for {requirement.pin} among the wheels of this build "
+                              f"({requirements.name} pins it)")
+        if requirement.hashes:
+            found = [digest for digest in found if digest in requirement.hashes]
+            if not found:
+                raise RoadieError(f"the wheel for {requirement.pin} does not match the sha256 "
+                                  f"{requirements.name} pins")
+        pinned.append(Requirement(requirement.name, requirement.version, tuple(found)))
+    app = Requirement(project["name"], project["version"], (app_wheel_sha256,))
+    return (PINS_HEADER + canonical(pinned) + f"\n{APP_MARKER}\n{app.line()}\n").encode()
+
+
 def _payload_files(app_dir: Path, wheels_dir: Path) -> dict[str, Path | bytes]:
-    """Archive name -> source file or content, for everything the payload carries."""
+    """Archive name -> source file or content, for everything the payload carries.
+
+    Wheels are read once, here: the sha256 the requirements pin are those of the bytes the payload holds.
+    """
     requirements = app_dir / "requirements.txt"
     if not requirements.is_file():
         raise RoadieError(f"{requirements} is missing")
     project = _project(app_dir)
-    files: dict[str, Path | bytes] = {
-        "requirements.txt": requirements.read_bytes().rstrip(b"\n") + (
-            f"\n\n{APP_MARKER}\n{project['name']}=={project['version']}\n").encode()}
+    files: dict[str, Path | bytes] = {}
     for name in APP_FILES:
         if not (app_dir / name).is_file():
             raise RoadieError(f"{app_dir / name} is missing")
@@ -282,31 +395,46 @@ def _payload_files(app_dir: Path, wheels_dir: Path) -> dict[str, Path | bytes]:
     files.update({f"app/{name}": path for name, path in package.items()})
     if not wheels_dir.is_dir():
         raise RoadieError(f"wheel directory {wheels_dir} does not exist")
+    wheels: dict[str, bytes] = {}
     for wheel in sorted(wheels_dir.glob("*.whl")):
-        files[f"wheels/{wheel.name}"] = wheel
+        if wheel.is_symlink() or not wheel.is_file():
+            raise RoadieError(f"{wheel} is not a regular file")
+        wheels[f"wheels/{wheel.name}"] = wheel.read_bytes()
     wheel_name, wheel_bytes = app_wheel(app_dir, package)
-    files[f"wheels/{wheel_name}"] = wheel_bytes
+    wheels[f"wheels/{wheel_name}"] = wheel_bytes
+    files.update(wheels)
+    files["requirements.txt"] = _pinned_requirements(requirements, project, wheels,
+                                                     hashlib.sha256(wheel_bytes).hexdigest())
     return files
 
 
-def _write_payload(files: dict[str, Path | bytes], out: Path) -> None:
+def _write_payload(files: dict[str, Path | bytes], out: Path) -> tuple[Member, ...]:
+    """Write the payload; every member it holds, with the sha256 of the bytes written."""
     directories = {"wheels"}
     for name in files:
         directories.update(str(parent) for parent in PurePosixPath(name).parents if str(parent) != ".")
     entries = sorted([(d, None) for d in directories] + list(files.items()))
+    members = []
     with open(out, "wb") as raw, \
             gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz, \
             tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
         for name, source in entries:
             if source is None:
                 tar.addfile(_tarinfo(name, mode=0o755, directory=True))
+                members.append(Member(name, "dir"))
                 continue
-            if isinstance(source, bytes):
-                tar.addfile(_tarinfo(name, len(source)), io.BytesIO(source))
-                continue
-            mode = 0o755 if source.stat().st_mode & 0o111 else 0o644
-            with open(source, "rb") as data:
-                tar.addfile(_tarinfo(name, os.fstat(data.fileno()).st_size, mode), data)
+            mode = 0o644
+            if isinstance(source, Path):
+                with open(source, "rb") as data:
+                    mode = 0o755 if os.fstat(data.fileno()).st_mode & 0o111 else 0o644
+                    source = data.read()
+            tar.addfile(_tarinfo(name, len(source), mode), io.BytesIO(source))
+            members.append(Member(name, "file", len(source), hashlib.sha256(source).hexdigest()))
+    try:
+        check_members([m.as_dict() for m in members])
+    except StageError as exc:
+        raise RoadieError(f"the payload cannot be installed as it is: {exc}") from None
+    return tuple(members)
 
 
 def _digest(path: Path) -> tuple[str, int]:
@@ -338,11 +466,11 @@ def build(out_dir: Path, release_id: str | None = None, *, app_dir: Path = APP_D
     work = Path(tempfile.mkdtemp(prefix=".build-", dir=out_dir))
     try:
         payload = work / PAYLOAD_NAME
-        _write_payload(files, payload)
+        members = _write_payload(files, payload)
         digest, size = _digest(payload)
         manifest = Manifest(release_id=release_id, git_sha=sha, dirty=dirty,
                             built_at=now.strftime("%Y-%m-%dT%H:%M:%SZ"), python=PYTHON_VERSION, platform=PLATFORM,
-                            payload_sha256=digest, payload_size=size)
+                            payload_sha256=digest, payload_size=size, members=members)
         body = manifest.to_json()
         staged = work / artifact.name
         with open(staged, "wb") as raw, \
@@ -375,13 +503,13 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
     if not isinstance(raw, dict):
         raise RoadieError(f"{where}: manifest.json is not a JSON object")
     types = {"format": int, "release_id": str, "git_sha": str, "dirty": bool, "built_at": str, "python": str,
-             "platform": str, "payload_sha256": str, "payload_size": int}
+             "platform": str, "payload_sha256": str, "payload_size": int, "members": list}
     for key, kind in types.items():
         if key not in raw:
             raise RoadieError(f"{where}: manifest.json has no {key}")
         value = raw[key]
         if type(value) is not kind:
-            wanted = {int: "an integer", str: "a string", bool: "true or false"}[kind]
+            wanted = {int: "an integer", str: "a string", bool: "true or false", list: "a list"}[kind]
             raise RoadieError(f"{where}: manifest.json {key} must be {wanted}")
     if raw["format"] != FORMAT:
         raise RoadieError(f"{where}: manifest format {raw['format']} is not supported (expected {FORMAT})")
@@ -401,21 +529,59 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise RoadieError(f"{where}: manifest.json payload_sha256 is not a sha256 hex digest")
     if raw["payload_size"] < 0:
         raise RoadieError(f"{where}: manifest.json payload_size is negative")
-    return Manifest(**{key: raw[key] for key in types})
+    try:
+        members = tuple(check_members(raw["members"]))
+    except StageError as exc:
+        raise RoadieError(f"{where}: manifest.json members: {exc}") from None
+    files = {m.path for m in members if m.type == "file"}
+    missing = [name for name in REQUIRED_IN_PAYLOAD if name not in files]
+    if missing:
+        raise RoadieError(f"{where}: manifest.json lists no file {missing[0]}")
+    return Manifest(**{key: raw[key] for key in types if key != "members"}, members=members)
 
 
-def _check_payload_members(tar: tarfile.TarFile, where: str) -> None:
-    names = set()
+_TAR_KINDS = {tarfile.SYMTYPE: "a symbolic link", tarfile.LNKTYPE: "a hard link", tarfile.CHRTYPE: "a device",
+              tarfile.BLKTYPE: "a device", tarfile.FIFOTYPE: "a FIFO"}
+
+
+def _check_payload_members(tar: tarfile.TarFile, manifest: Manifest, where: str) -> bytes:
+    """The payload holds exactly the manifest's members, each once, with their sha256; its requirements.txt."""
+    listed = {m.path: m for m in manifest.members}
+    seen: set[str] = set()
+    requirements = b""
     for member in tar:
         path = PurePosixPath(member.name)
         if path.is_absolute() or ".." in path.parts or "\\" in member.name:
             raise RoadieError(f"{where}: payload entry {member.name!r} would land outside the release directory")
         if not (member.isreg() or member.isdir()):
-            raise RoadieError(f"{where}: payload entry {member.name!r} is not a regular file or directory")
-        names.add(path.as_posix())
-    missing = [name for name in REQUIRED_IN_PAYLOAD if name not in names]
+            kind = _TAR_KINDS.get(member.type, "not a regular file or directory")
+            raise RoadieError(f"{where}: payload entry {member.name!r} is {kind}; a release holds regular files "
+                              "and directories only")
+        if member.name in seen:
+            raise RoadieError(f"{where}: payload entry {member.name!r} appears twice")
+        seen.add(member.name)
+        want = listed.get(member.name)
+        if want is None:
+            raise RoadieError(f"{where}: payload entry {member.name!r} is not in the manifest")
+        if want.type != ("dir" if member.isdir() else "file"):
+            raise RoadieError(f"{where}: payload entry {member.name!r} is not a {want.type}, as the manifest says")
+        if member.isreg():
+            if member.name == "requirements.txt" and member.size > MAX_MANIFEST:
+                raise RoadieError(f"{where}: requirements.txt is larger than {MAX_MANIFEST} bytes")
+            sha, size = hashlib.sha256(), 0
+            data = tar.extractfile(member)
+            while chunk := data.read(CHUNK):
+                sha.update(chunk)
+                size += len(chunk)
+                if member.name == "requirements.txt":
+                    requirements += chunk
+            if (sha.hexdigest(), size) != (want.sha256, want.size):
+                raise RoadieError(f"{where}: payload file {member.name} does not match its sha256 in the manifest "
+                                  "(tampered or corrupt)")
+    missing = sorted(set(listed) - seen)
     if missing:
-        raise RoadieError(f"{where}: payload has no {missing[0]}")
+        raise RoadieError(f"{where}: payload has no {missing[0]}, which the manifest lists")
+    return requirements
 
 
 def verify(artifact: Path) -> Manifest:
@@ -449,13 +615,17 @@ def verify(artifact: Path) -> Manifest:
                 if sha.hexdigest() != manifest.payload_sha256:
                     raise RoadieError(f"{where}: payload sha256 does not match the manifest (tampered or corrupt)")
                 with tarfile.open(fileobj=outer.extractfile(by_name[PAYLOAD_NAME]), mode="r:gz") as inner:
-                    _check_payload_members(inner, where)
+                    requirements = _check_payload_members(inner, manifest, where)
             while gz.read(CHUNK):  # to the end: the gzip trailer (CRC, length) of the whole artifact
                 pass
     except RoadieError:
         raise
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         raise RoadieError(f"{where}: not a readable release archive (truncated or corrupt): {_one_line(exc)}") from None
+    try:
+        check_pins(parse_requirements(requirements, require_hashes=True), list(manifest.members))
+    except StageError as exc:
+        raise RoadieError(f"{where}: {exc}") from None
     return manifest
 
 
@@ -490,10 +660,18 @@ def dependencies(artifact: Path) -> Dependencies:
     lines = files.get("requirements.txt", b"").decode("utf-8", "replace").splitlines()
     if APP_MARKER not in lines or lines.index(APP_MARKER) + 1 >= len(lines):
         raise RoadieError(f"{where}: requirements.txt does not name the app after {APP_MARKER!r}")
-    app_requirement = lines[lines.index(APP_MARKER) + 1].strip()
-    name, _, version = app_requirement.partition("==")
-    app_wheel_name = f"wheels/{re.sub(r'[-_.]+', '_', name).lower()}-{version}-py3-none-any.whl"
-    wanted = sorted({line.split("#", 1)[0].strip() for line in lines} - {"", app_requirement})
+    after = lines.index(APP_MARKER) + 1
+    try:
+        requirements = parse_requirements(files["requirements.txt"], require_hashes=True)
+        app = parse_requirement_line(lines[after], after + 1, require_hashes=True)
+    except StageError as exc:
+        raise RoadieError(f"{where}: {exc}") from None
+    if app is None:
+        raise RoadieError(f"{where}: requirements.txt does not name the app after {APP_MARKER!r}")
+    app_requirement = app.pin
+    app_wheel_name = f"wheels/{_pin_key(app.name, '')[0]}-{app.version}-py3-none-any.whl"
+    # The pins with their hashes: a dependency set is these exact wheels.
+    wanted = sorted(r.line() for r in requirements if r.pin != app_requirement)
     digest = hashlib.sha256("\n".join(wanted).encode())
     for file_name in sorted(files):
         if file_name.startswith("wheels/") and file_name != app_wheel_name:

@@ -6,14 +6,16 @@ Layout (DESIGN.md): /srv/stream/releases/<id>/ (app, venv, manifest.json), /srv/
 
 from __future__ import annotations
 
+import io
 import json
 import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 
+from roadie import remote
 from roadie.errors import RoadieError
-from roadie.release import Dependencies, check_release_id
+from roadie.release import Dependencies, Manifest, check_release_id
 from roadie.ssh import python_command
 
 BASE = PurePosixPath("/srv/stream")
@@ -25,6 +27,7 @@ ENV_FILE = BASE / "shared" / "stream.env"
 SERVICE = "stream.service"
 TASK_WRAPPER = "/usr/local/sbin/stream-task"   # roles/streaming: migrate and seed, arguments checked
 COMPLETE_MARK = ".roadie-complete"
+STAGE_PROGRAM = "stage_release.py"   # roadie/remote/: unpacks and checks a release on the host
 HEALTH_URL = "http://127.0.0.1/healthz"   # through nginx, as the balancer sees the host
 
 
@@ -85,59 +88,33 @@ def releases(conn) -> Releases:  # noqa: ANN001
     return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
 
 
-def stage(conn, artifact_path: str, release_id: str, payload_sha256: str,  # noqa: ANN001
+def stage(conn, artifact_path: str, manifest: Manifest,  # noqa: ANN001
           deps: Dependencies | None = None) -> bool:
-    """Upload-side done: check and unpack the release, give it a venv. False if already staged.
+    """Upload-side done: unpack what `manifest` (verified on the controller) lists, check it, give it a
+    venv. False if already staged.
 
+    The host program (roadie/remote/stage_release.py) gets the manifest on stdin and trusts nothing in
+    the tarball: GNU tar extracts only the listed members, the tree must match their sha256, and pip
+    installs in hash-checking mode from the release's own wheels. A refusal leaves nothing of the release.
     With `deps`, the venv is the host's shared one for that dependency set (VENVS/<key>-py<version>,
     built once, linked as the release's `venv`; the app runs from the release's own `app/`, which
     gunicorn's `chdir` and stream-task's working directory put first on sys.path). Without it, or on
-    a host without VENVS, the release builds its own venv in place, as before.
+    a host without VENVS, the release builds its own venv in place.
     """
+    release_id = check_release_id(manifest.release_id)
     target = RELEASES / release_id
     check = conn.run(f"test -f {_q(target / COMPLETE_MARK)}", hide=True, warn=True, in_stream=False)
     if check.exited == 0:
         conn.run(f"rm -f {_q(artifact_path)}", hide=True, warn=True, in_stream=False)
         return False
-    # A venv's scripts name their interpreter by absolute path, so a venv is built where it stays and
-    # never moved. The completion marks come last; a release or venv without one is rebuilt from scratch.
-    script = f"""
-set -eu
-art={_q(artifact_path)}; target={_q(target)}; venvs={_q(VENVS)}
-key={_q(deps.key if deps else "")}; app_requirement={_q(deps.app_requirement if deps else "")}
-rm -rf "$target" && mkdir -p "$target"
-trap 'rm -rf "$target" "$art"' EXIT
-tar -xzf "$art" -C "$target" manifest.json payload.tar.gz
-sum=$(sha256sum "$target/payload.tar.gz" | cut -d' ' -f1)
-if [ "$sum" != {_q(payload_sha256)} ]; then
-  echo "payload checksum mismatch: got $sum" >&2; exit 3
-fi
-tar -xzf "$target/payload.tar.gz" -C "$target" --no-same-owner
-rm -f "$target/payload.tar.gz"
-pip_install() {{
-  "$1/bin/pip" install --quiet --no-index --disable-pip-version-check --find-links "$target/wheels" -r "$2"
-}}
-if [ -n "$key" ] && [ -d "$venvs" ] && [ -w "$venvs" ]; then
-  env="$venvs/$key-py$(python3 -c 'import platform; print(platform.python_version())')"
-  if [ ! -f "$env/{COMPLETE_MARK}" ]; then
-    rm -rf "$env"
-    python3 -m venv "$env"
-    grep -vxF "$app_requirement" "$target/requirements.txt" > "$env/requirements.txt"
-    pip_install "$env" "$env/requirements.txt"
-    touch "$env/{COMPLETE_MARK}"
-  fi
-  ln -s "../../{VENVS.name}/${{env##*/}}" "$target/venv"
-  # The app is imported from its source: compile it now, the service may not write into releases.
-  "$env/bin/python" -m compileall -q "$target/app"
-else
-  python3 -m venv "$target/venv"
-  pip_install "$target/venv" "$target/requirements.txt"
-fi
-touch "$target/{COMPLETE_MARK}"
-trap - EXIT
-rm -f "$art"
-"""
-    _run(conn, f"sh -c {_q(script)}", what=f"staging {release_id}", timeout=600)
+    request = json.dumps({"artifact": str(artifact_path), "releases": str(RELEASES), "venvs": str(VENVS),
+                          "manifest": manifest.to_json().decode(), "key": deps.key if deps else "",
+                          "app_requirement": deps.app_requirement if deps else ""})
+    result = conn.run(remote.command(STAGE_PROGRAM), hide=True, warn=True, in_stream=io.StringIO(request + "\n"),
+                      timeout=600)
+    if result.exited != 0:
+        detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise RoadieError(f"{host_name(conn)}: staging {release_id} failed: {detail[0]}")
     return True
 
 

@@ -20,6 +20,7 @@ import pytest
 
 from roadie import release
 from roadie.errors import RoadieError
+from tests.unit import forge
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
 
@@ -117,10 +118,15 @@ def test_build_writes_an_artifact_with_manifest_and_payload(source, wheels, tmp_
     assert m.release_id == f"20250304050607-{head[:len(m.release_id) - 15]}"
     assert re.fullmatch(r"20250304050607-[0-9a-f]{7,40}", m.release_id)
     assert built.path == tmp_path / "out" / f"{m.release_id}.tar.gz"
-    assert (m.git_sha, m.dirty, m.built_at, m.python, m.format) == (head, False, "2025-03-04T05:06:07Z", "3.11", 1)
+    assert (m.git_sha, m.dirty, m.built_at, m.python, m.format) == (head, False, "2025-03-04T05:06:07Z", "3.11", 2)
     payload = _payload(built.path)
     assert (m.payload_size, m.payload_sha256) == (len(payload), hashlib.sha256(payload).hexdigest())
     assert json.loads(_members(built.path)["manifest.json"])["payload_sha256"] == m.payload_sha256
+    # Every payload entry is listed, with the sha256 of its bytes: what a host may install.
+    with tarfile.open(fileobj=io.BytesIO(payload), mode="r:gz") as tar:
+        entries = [(e, tar.extractfile(e).read() if e.isreg() else None) for e in tar.getmembers()]
+    assert [x.as_dict() for x in m.members] == forge.listed(entries)
+    assert json.loads(_members(built.path)["manifest.json"])["members"] == forge.listed(entries)
     assert release.verify(built.path) == m
     assert sorted(os.listdir(tmp_path / "out")) == [built.path.name]  # no temporary files left
 
@@ -137,7 +143,10 @@ def test_payload_holds_the_app_and_wheels_only_with_neutral_metadata(source, whe
             assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", release.FIXED_MTIME)
             assert m.mode == (0o755 if m.isdir() else 0o644)
         requirements = tar.extractfile("requirements.txt").read().decode()
-    assert requirements.startswith("demo==1.0\n") and requirements.endswith("\nstreamsvc==0.1.0\n")
+        app = tar.extractfile("wheels/streamsvc-0.1.0-py3-none-any.whl").read()
+    demo = (wheels / "demo-1.0-py3-none-any.whl").read_bytes()
+    assert requirements == (release.PINS_HEADER + f"demo==1.0 --hash=sha256:{forge.sha256(demo)}\n\n"
+                            f"{release.APP_MARKER}\nstreamsvc==0.1.0 --hash=sha256:{forge.sha256(app)}\n")
 
 
 def test_the_app_wheel_is_deterministic_and_installs_offline(source, tmp_path):
@@ -209,27 +218,71 @@ def test_a_symlink_in_the_app_is_refused(source, wheels, tmp_path):
         release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
 
 
+def _fake_pip(calls: list, extra: tuple[str, ...] = ()):  # noqa: ANN202
+    """pip download as a function: one wheel per line of the -r file it is given (plus `extra` wheels)."""
+    def run(command, **kwargs):  # noqa: ANN001, ANN202
+        target = Path(command[command.index("-d") + 1])
+        asked = Path(command[command.index("-r") + 1]).read_text()
+        calls.append((command, asked))
+        for line in asked.splitlines():
+            name, _, version = line.split()[0].partition("==")
+            (target / f"{name}-{version}-py3-none-any.whl").write_bytes(b"PK " + line.encode())
+        for name in extra:
+            (target / name).write_bytes(b"PK a dependency nobody pinned")
+        return subprocess.CompletedProcess(command, 0, "", "")
+    return run
+
+
 def test_wheels_are_downloaded_once_then_taken_from_the_cache(tmp_path, monkeypatch):
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("demo==1.0\n")
+    requirements.write_text("# pins\ndemo==1.0  # why\n")
     calls = []
-
-    def fake_pip(command, **kwargs):
-        calls.append(command)
-        target = Path(command[command.index("-d") + 1])
-        (target / "demo-1.0-py3-none-any.whl").write_bytes(b"PK")
-        return subprocess.CompletedProcess(command, 0, "", "")
-
-    monkeypatch.setattr(release.subprocess, "run", fake_pip)
+    monkeypatch.setattr(release.subprocess, "run", _fake_pip(calls))
     first = release.wheelhouse(requirements, tmp_path / "cache")
     second = release.wheelhouse(requirements, tmp_path / "cache")
     assert first == second and len(calls) == 1
     assert [p.name for p in first.glob("*.whl")] == ["demo-1.0-py3-none-any.whl"]
-    command = calls[0]
+    command, asked = calls[0]
     for flag in ("--only-binary=:all:", "manylinux2014_x86_64", "3.11", "cp311"):
         assert flag in command
+    assert asked == "demo==1.0\n"  # pip is given the checked pins, regenerated, nothing else of the file
+    recorded = json.loads((first / ".complete").read_text())["wheels"]
+    assert recorded == {"demo-1.0-py3-none-any.whl": forge.sha256(b"PK demo==1.0")}
     requirements.write_text("demo==2.0\n")
     assert release.wheelhouse(requirements, tmp_path / "cache") != first and len(calls) == 2
+
+
+def test_a_download_that_brings_an_unpinned_wheel_is_refused(tmp_path, monkeypatch):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("demo==1.0\n")
+    monkeypatch.setattr(release.subprocess, "run", _fake_pip([], extra=("sneaky-9.9-py3-none-any.whl",)))
+    with pytest.raises(RoadieError, match="brought sneaky-9.9-py3-none-any.whl, which no line pins"):
+        release.wheelhouse(requirements, tmp_path / "cache")
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
+def test_option_lines_in_the_app_requirements_are_refused_before_pip_runs(tmp_path, monkeypatch):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("demo==1.0\n--extra-index-url http://evil.invalid/simple\n")
+    calls = []
+    monkeypatch.setattr(release.subprocess, "run", _fake_pip(calls))
+    with pytest.raises(RoadieError, match="requirements.txt line 2 is an option line"):
+        release.wheelhouse(requirements, tmp_path / "cache")
+    assert calls == []
+
+
+def test_a_wheel_cache_changed_since_its_download_is_refused(tmp_path, monkeypatch):
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text("demo==1.0\n")
+    monkeypatch.setattr(release.subprocess, "run", _fake_pip([]))
+    cached = release.wheelhouse(requirements, tmp_path / "cache")
+    (cached / "demo-1.0-py3-none-any.whl").write_bytes(b"PK swapped in the cache")
+    with pytest.raises(RoadieError, match="demo-1.0-py3-none-any.whl changed since its download"):
+        release.wheelhouse(requirements, tmp_path / "cache")
+    (cached / "demo-1.0-py3-none-any.whl").write_bytes(b"PK demo==1.0")
+    (cached / "added-1.0-py3-none-any.whl").write_bytes(b"PK")
+    with pytest.raises(RoadieError, match="does not hold the wheels it recorded"):
+        release.wheelhouse(requirements, tmp_path / "cache")
 
 
 def test_a_failed_download_is_one_line_and_caches_nothing(tmp_path, monkeypatch):
@@ -284,7 +337,7 @@ def test_garbage_and_missing_files_are_refused(artifact, tmp_path):
 
 
 @pytest.mark.parametrize("field", ["format", "release_id", "git_sha", "dirty", "built_at", "python", "platform",
-                                   "payload_sha256", "payload_size"])
+                                   "payload_sha256", "payload_size", "members"])
 def test_a_manifest_missing_a_field_is_refused(artifact, field):
     members = _members(artifact)
     manifest = json.loads(members["manifest.json"])
@@ -303,7 +356,10 @@ def test_a_manifest_missing_a_field_is_refused(artifact, field):
     ({"git_sha": "main"}, "git_sha is not a full git commit id"),
     ({"built_at": "yesterday"}, "built_at is not a UTC time"),
     ({"python": "three"}, "python is not a Python version"),
-    ({"format": 2}, "manifest format 2 is not supported"),
+    ({"format": 1}, "manifest format 1 is not supported"),
+    ({"members": {}}, "members must be a list"),
+    ({"members": [{"path": "app/x", "type": "symlink"}]}, "members: member app/x has type 'symlink'"),
+    ({"members": [{"path": "requirements.txt", "type": "dir"}]}, "lists no file requirements.txt"),
     ({"release_id": "../r1"}, "bad release id"),
     ({"release_id": "r2"}, "manifest names release r2; the file name does not match"),
 ])
@@ -329,16 +385,90 @@ def test_missing_or_extra_members_are_refused(artifact):
 
 
 def test_a_payload_that_would_escape_the_release_directory_is_refused(artifact):
-    members = _members(artifact)
-    inner = io.BytesIO()
-    with tarfile.open(fileobj=inner, mode="w:gz") as tar:
-        for name in release.REQUIRED_IN_PAYLOAD + ["../../etc/cron.d/evil"]:
-            tar.addfile(tarfile.TarInfo(name), io.BytesIO(b""))
-    payload = inner.getvalue()
-    manifest = {**json.loads(members["manifest.json"]), "payload_sha256": hashlib.sha256(payload).hexdigest(),
-                "payload_size": len(payload)}
-    _repack(artifact, {"manifest.json": json.dumps(manifest).encode(), "payload.tar.gz": payload})
+    forge.forge(artifact, artifact, lambda entries: [*entries, forge.entry("../../etc/cron.d/evil", b"* * * * *\n")])
     _one_line_error(artifact, "would land outside the release directory")
+
+
+# What someone who rewrote the artifact after the build could add; the manifest says the new payload's sha256.
+FORGED = {
+    "an unlisted file": (lambda e: [*e, forge.entry("app/streamsvc/evil.py", b"import os\n")],
+                         "payload entry 'app/streamsvc/evil.py' is not in the manifest"),
+    "a duplicate": (lambda e: [*e, forge.entry("app/streamsvc/wsgi.py", b"import os\n")],
+                    "payload entry 'app/streamsvc/wsgi.py' appears twice"),
+    "a symlink": (lambda e: [*e, forge.entry("app/evil", kind=tarfile.SYMTYPE, link="/etc")],
+                  "payload entry 'app/evil' is a symbolic link"),
+    "a hard link": (lambda e: [*e, forge.entry("app/evil", kind=tarfile.LNKTYPE, link="app/gunicorn.conf.py")],
+                    "payload entry 'app/evil' is a hard link"),
+    "a device": (lambda e: [*e, forge.entry("app/null", kind=tarfile.CHRTYPE)], "payload entry 'app/null' is a device"),
+    "a changed file": (lambda e: forge.replaced(e, "app/streamsvc/wsgi.py", b"import os\n"),
+                       "payload file app/streamsvc/wsgi.py does not match its sha256 in the manifest"),
+    "a changed wheel": (lambda e: forge.replaced(e, "wheels/demo-1.0-py3-none-any.whl", b"PK evil"),
+                        "payload file wheels/demo-1.0-py3-none-any.whl does not match its sha256"),
+    "a missing file": (lambda e: [x for x in e if x[0].name != "app/streamsvc/wsgi.py"],
+                       "payload has no app/streamsvc/wsgi.py, which the manifest lists"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FORGED))
+def test_a_payload_that_is_not_exactly_what_its_manifest_lists_is_refused(artifact, case):
+    edit, pattern = FORGED[case]
+    forge.forge(artifact, artifact, edit)
+    _one_line_error(artifact, pattern)
+
+
+def _with_requirements(line: bytes):  # noqa: ANN202
+    def edit(entries):  # noqa: ANN001, ANN202
+        data = next(d for info, d in entries if info.name == "requirements.txt")
+        return forge.replaced(entries, "requirements.txt", data + line)
+    return edit
+
+
+@pytest.mark.parametrize(("line", "pattern"), [
+    (b"--find-links http://evil.invalid/\n", "requirements.txt line 7 is an option line"),
+    (b"  -e git+https://evil.invalid/x.git#egg=x\n", "requirements.txt line 7 is an option line"),
+    (b"-r /etc/other.txt\n", "requirements.txt line 7 is an option line"),
+    (b"https://evil.invalid/x-1.0-py3-none-any.whl\n", "requirements.txt line 7 is not a name==version pin"),
+    (b"other==1.0\n", r"requirements.txt line 7 \(other==1.0\) has no --hash=sha256 pin"),
+    (b"other==1.0 --hash=sha256:" + b"0" * 64 + b"\n", "pins other==1.0 to no wheel this release carries"),
+])
+def test_requirements_that_are_not_hash_pins_of_the_releases_wheels_are_refused(artifact, line, pattern):
+    # The whole manifest rewritten to match the payload: only the requirements check is left to refuse it.
+    forge.forge(artifact, artifact, _with_requirements(line), relist=True)
+    _one_line_error(artifact, pattern)
+
+
+def test_an_artifact_whose_manifest_matches_a_rewritten_payload_verifies(artifact):
+    # The control for the two tests above: rewriting alone, with nothing wrong added, is not what they catch.
+    forge.forge(artifact, artifact, _with_requirements(b"# a comment\n"), relist=True)
+    assert release.verify(artifact).release_id == "r1"
+
+
+# ------------------------------------------------------------------ requirements at build
+
+
+@pytest.mark.parametrize("line", ["--index-url http://evil.invalid/simple", "--find-links=/tmp/wheels", "-e .",
+                                  "-r other.txt", "-c constraints.txt", "demo>=1.0", "./demo-1.0-py3-none-any.whl",
+                                  "https://evil.invalid/demo-1.0.whl", "demo==1.0; python_version < '3'"])
+def test_app_requirements_that_are_not_exact_pins_are_refused_at_build(source, wheels, tmp_path, line):
+    (source / "requirements.txt").write_text(f"demo==1.0\n{line}\n")
+    with pytest.raises(RoadieError, match=r"app/requirements.txt: requirements.txt line 2 is (an option line|not a)"):
+        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+    assert not (tmp_path / "out" / "r1.tar.gz").exists()
+
+
+def test_a_pin_without_a_wheel_is_refused_at_build(source, wheels, tmp_path):
+    (source / "requirements.txt").write_text("demo==1.0\nmissing==2.0\n")
+    with pytest.raises(RoadieError, match=r"no wheel for missing==2.0 among the wheels of this build"):
+        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+
+
+def test_hashes_pinned_in_the_app_requirements_must_match_the_wheel(source, wheels, tmp_path):
+    demo = forge.sha256((wheels / "demo-1.0-py3-none-any.whl").read_bytes())
+    (source / "requirements.txt").write_text(f"demo==1.0 --hash=sha256:{'0' * 64}\n")
+    with pytest.raises(RoadieError, match="the wheel for demo==1.0 does not match the sha256 requirements.txt pins"):
+        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+    (source / "requirements.txt").write_text(f"demo==1.0 --hash=sha256:{demo}\n")
+    assert release.verify(release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels).path)
 
 
 # ------------------------------------------------------------------ dependency set (shared venvs)
@@ -357,6 +487,7 @@ def test_releases_that_change_only_the_app_share_a_dependency_key(source, wheels
 
 
 def test_a_changed_wheel_or_requirement_changes_the_dependency_key(source, wheels, tmp_path):
+    (wheels / "extra-2.0-py3-none-any.whl").write_bytes(b"PK shipped from the start, pinned only in r3")
     before = release.dependencies(release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels,
                                                 now=NOW).path)
     (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"PK other bytes, same name")
