@@ -35,7 +35,7 @@ CONFIG_FILES = [
     "/etc/nginx/sites-available/stream.conf", "/etc/redis/redis.conf", "/etc/redis/users.acl",
     "/etc/postgresql/15/main/pg_hba.conf", "/etc/postgresql/15/main/conf.d/50-roadie.conf",
     "/etc/systemd/system/stream.service", "/srv/stream/shared/stream.env", "/etc/passwd", "/etc/group",
-    "/var/lib/roadie/audit.log", "/var/lib/roadie/deploy.lock.json",
+    "/var/log/roadie/audit.log", "/var/lib/roadie/deploy.lock.json",
 ]
 UNITS = ["ssh", "nftables", "haproxy", "nginx", "stream", "postgresql", "redis-server"]
 SNAPSHOT_SCRIPT = r"""

@@ -23,7 +23,7 @@ from tests.lab.test_deploy import _break_health, build_variant
 
 FAB = str(ROOT / ".venv" / "bin" / "fab")
 REMOTE_LOGS = "/var/log/nginx /var/log/postgresql /var/log/redis /var/log/haproxy.log /srv/stream/shared/logs " \
-              "/var/lib/roadie/audit.log"
+              "/var/log/roadie/audit.log"
 
 
 def _secrets() -> dict[str, str]:
@@ -94,7 +94,7 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
                          hide=True, warn=True, in_stream=False).stdout.split()
         for path in files:
             remote[f"{name}:{path}"] = conn.run(f"cat {path}", hide=True, warn=True, in_stream=False).stdout
-    assert any(k.endswith("/var/lib/roadie/audit.log") for k in remote)
+    assert any(k.endswith("/var/log/roadie/audit.log") for k in remote)
     sizes = {"outputs": sum(map(len, outputs.values())), "local logs": sum(map(len, local.values())),
              "remote": sum(map(len, remote.values()))}
     hits = _hits(outputs, secrets) + _hits(local, secrets) + _hits(remote, secrets)

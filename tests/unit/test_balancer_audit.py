@@ -1,11 +1,9 @@
 """Parsing HAProxy's runtime API answers, and the audit log's append path (run locally)."""
 
-import json
 
 import pytest
-from invoke import Context
 
-from roadie import audit, balancer
+from roadie import balancer
 from roadie.errors import RoadieError
 
 HEADER = ("# pxname,svname,qcur,qmax,scur,smax,slim,stot,bin,bout,dreq,dresp,ereq,econ,eresp,wretr,wredis,"
@@ -58,16 +56,3 @@ def test_unknown_server_is_one_clear_line():
 def test_bad_names_never_reach_the_socket(name):
     with pytest.raises(RoadieError, match="bad"):
         balancer.Balancer(Canned({}), name)
-
-
-def test_audit_appends_one_json_line_locally_and_on_the_lock_host(tmp_path):
-    local = tmp_path / "local.log"
-    state = tmp_path / "state"
-    entry = audit.event("deploy", result="ok", release="r1", hosts=["stream1"], duration_s=12.34)
-    audit.record(Context(), entry, state_dir=str(state), local=local)
-    audit.record(Context(), audit.event("unlock", result="forced"), state_dir=str(state), local=local)
-    remote = [json.loads(x) for x in (state / "audit.log").read_text().splitlines()]
-    assert [e["action"] for e in remote] == ["deploy", "unlock"]
-    assert remote[0]["duration_s"] == 12.3 and remote[0]["hosts"] == ["stream1"] and remote[0]["who"]
-    assert local.read_text().count("\n") == 2
-    assert [e["action"] for e in audit.read(Context(), last=1, state_dir=str(state))] == ["unlock"]
