@@ -89,7 +89,8 @@ DEPLOY_HELP = {
     "batch": "Hosts per batch: a count or a percentage like 25% (default 1).",
     "canary": "Deploy one host alone first (default on; --no-canary to skip).",
     "min_serving": "Refuse a plan that leaves fewer hosts than this in rotation (default 1).",
-    "drain_timeout": "Seconds to wait for a drained host's sessions to end (default 60).",
+    "drain_timeout": "Most seconds to wait for a drained host's sessions to end before its restart cuts them "
+                     "(default: the stream hosts' nginx audio timeout, the longest stream they serve).",
     "health_timeout": "Seconds a host has to pass its health gate (default 60).",
     "message": "Why: recorded in the lock and the audit log.",
     "dry_run": "Print the plan; change nothing.",
@@ -110,10 +111,12 @@ def _options(batch, canary, min_serving, drain_timeout, health_timeout, message)
 @task(auto_shortflags=False, help=DEPLOY_HELP)
 @friendly
 def deploy_(c, inventory_=None, release_=None, artifact=None, build=False, batch="1", canary=True, min_serving="1",
-            drain_timeout="60", health_timeout="60", message=None, dry_run=False, yes=False, json=False):
+            drain_timeout=None, health_timeout="60", message=None, dry_run=False, yes=False, json=False):
     """Roll a release out to the stream hosts, batch by batch, behind HAProxy, with automatic rollback."""
-    options = _options(batch, canary, min_serving, drain_timeout, health_timeout, message)
-    group = deploy.Fleet.from_inventory(inventory.load(inventory_))
+    inv = inventory.load(inventory_)
+    options = _options(batch, canary, min_serving, drain_timeout or deploy.default_drain_timeout(inv),
+                       health_timeout, message)
+    group = deploy.Fleet.from_inventory(inv)
     path, manifest = _artifact(release_, artifact, build)
     report = deploy.Reporter(as_json=json)
     if not dry_run:
@@ -128,13 +131,15 @@ def deploy_(c, inventory_=None, release_=None, artifact=None, build=False, batch
                                                                     "dry_run", "yes", "json")},
                                    "to": "Release id to go back to (default: each host's previous release)."})
 @friendly
-def rollback(c, inventory_=None, to=None, batch="1", min_serving="1", drain_timeout="60", health_timeout="60",
+def rollback(c, inventory_=None, to=None, batch="1", min_serving="1", drain_timeout=None, health_timeout="60",
              message=None, dry_run=False, yes=False, json=False):
     """Roll the stream hosts back to the previous (or a named) release, with the same gates."""
-    options = _options(batch, False, min_serving, drain_timeout, health_timeout, message)
+    inv = inventory.load(inventory_)
+    options = _options(batch, False, min_serving, drain_timeout or deploy.default_drain_timeout(inv),
+                       health_timeout, message)
     if to:
         release.check_release_id(to)
-    group = deploy.Fleet.from_inventory(inventory.load(inventory_))
+    group = deploy.Fleet.from_inventory(inv)
     if not dry_run:
         _confirm(f"roll back the stream hosts to {to or 'their previous release'}", yes)
     deploy.rollback(group, options, deploy.Reporter(as_json=json), to=to, dry_run=dry_run)
@@ -227,16 +232,27 @@ def _reporter(json_: bool = False) -> deploy.Reporter:
 @task(auto_shortflags=False, help={**COMMON_HELP, "group": "Only this host or group (default all)."})
 @friendly
 def status_(c, inventory_=None, group="all", json=False):
-    """The whole fleet at a glance: services, release, HAProxy state, load, memory, disk, PostgreSQL, Redis."""
+    """Show the whole fleet at a glance and what needs attention; exit non-zero if anything does."""
     inv = inventory.load(inventory_)
-    rows = status.fleet(inv, group)
+    report = status.check(inv, group)
     if json:
-        emit_json([r.as_dict() for r in rows])
+        emit_json(report.as_dict())
     else:
-        print(table(status.HEADERS, status.table_rows(rows)))
-    bad = [r.host for r in rows if not r.healthy]
-    if bad:
-        raise Exit(f"error: {len(bad)} of {len(rows)} hosts need attention: {', '.join(bad)}", code=1)
+        print(table(status.HEADERS, status.table_rows(report.rows)))
+        for problem in report.problems:
+            print(problem.line())
+    bad = [r.host for r in report.rows if not r.healthy]
+    said = [f"{len(bad)} of {len(report.rows)} hosts need attention: {', '.join(bad)}"] if bad else []
+    if report.problems:
+        critical = sum(p.severity == status.CRITICAL for p in report.problems)
+        count = len(report.problems)
+        said.append(f"{count} problem{'s' if count != 1 else ''}" + (f" ({critical} CRITICAL)" if critical else "")
+                    + (" (in the JSON)" if json else " (above)"))
+    if said:
+        raise Exit("error: " + "; ".join(said), code=1)
+
+
+from roadie import rotation  # noqa: E402 - this section's own import (fabfile sections are edited apart)
 
 
 def _stream_balancer(inv, host_name: str):  # noqa: ANN001, ANN202
@@ -251,7 +267,7 @@ DRAIN_HELP = {"inventory": INVENTORY_HELP, "host": "The stream host.",
               "min_serving": "Refuse to leave fewer hosts than this in rotation (default 1).",
               "force": "Drain even below --min-serving.",
               "drain_timeout": "Seconds to wait for the host's sessions to end (default 60).",
-              "message": "Why: recorded in the audit log."}
+              "message": "Why: recorded on the lock host with the drain (fab status shows it) and in the audit log."}
 
 
 @task(auto_shortflags=False, help=DRAIN_HELP)
@@ -264,18 +280,22 @@ def drain(c, host, inventory_=None, min_serving="1", force=False, drain_timeout=
     with maintenance.Guarded(inv, "drain", hosts=[host], message=message or "") as change:
         drained = maintenance.drain(Balancer(change.conn), host, min_serving=options.min_serving, force=force,
                                     timeout=options.drain_timeout, report=_reporter())
+        rotation.record(change.conn, host, lock.who(), message or "")   # out on purpose: status knows
         change.detail["sessions_left"] = 0 if drained else "some"
     if not drained:
         raise Exit(f"error: {host} is out of rotation but still has sessions after {drain_timeout} s", code=1)
 
 
-@task(auto_shortflags=False, help={k: DRAIN_HELP[k] for k in ("inventory", "host", "message")})
+@task(auto_shortflags=False, help={**{k: DRAIN_HELP[k] for k in ("inventory", "host")},
+                                   "message": "Why: recorded in the audit log."})
 @friendly
 def undrain(c, host, inventory_=None, message=None):
     """Put a drained stream host back in rotation and wait until HAProxy reports it UP."""
     inv = inventory.load(inventory_)
     _stream_balancer(inv, host)
     with maintenance.Guarded(inv, "undrain", hosts=[host], message=message or "") as change:
+        # Cleared first: if the host does not come back, it is no longer out on purpose and status says so.
+        change.detail["was_drained_on_purpose"] = rotation.clear(change.conn, host)
         maintenance.undrain(Balancer(change.conn), host, timeout=60, report=_reporter())
 
 
@@ -297,7 +317,7 @@ def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving
     others = [h for h in hosts if h.name not in stream]
     for h in others:
         maintenance.service_for(h)   # an unknown service fails before the question
-    options = _options(batch, False, min_serving, 60, 60, message)
+    options = _options(batch, False, min_serving, deploy.default_drain_timeout(inv), 60, message)
     fleet_ = deploy.Fleet.from_inventory(inv) if stream_hosts else None
     if stream_hosts:
         deploy.rollout.plan("restart", [h.name for h in stream_hosts], options.batch, False, options.min_serving)
@@ -308,9 +328,9 @@ def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving
         print(f"restart: {line}")
     _confirm(f"restart {len(hosts)} hosts", yes)
     report = _reporter()
-    with maintenance.Guarded(inv, "restart", hosts=[h.name for h in hosts], message=message or ""):
+    with maintenance.Guarded(inv, "restart", hosts=[h.name for h in hosts], message=message or "") as change:
         if stream_hosts:
-            maintenance.rolling_restart(fleet_, options, report, hosts=[h.name for h in stream_hosts])
+            maintenance.rolling_restart(fleet_, options, report, hosts=[h.name for h in stream_hosts], change=change)
         if others:
             maintenance.restart_one_by_one(inv, others, report)
     print(f"restart: {len(hosts)} hosts restarted and healthy")

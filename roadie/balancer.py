@@ -118,8 +118,10 @@ class Balancer:
         self.set_state(name, "ready")
 
     def wait_drained(self, name: str, timeout: float, poll: float = 0.5,
-                     progress: Callable[[ServerState], None] | None = None) -> tuple[bool, ServerState]:
-        """Wait until the server has no sessions; returns (drained, last state) at the timeout."""
+                     progress: Callable[[ServerState], None] | None = None,
+                     stop: Callable[[], bool] | None = None) -> tuple[bool, ServerState]:
+        """Wait until the server has no sessions; returns (drained, last state) at the timeout, or as
+        soon as `stop()` says so."""
         deadline = time.monotonic() + timeout
         while True:
             state = self.server(name)
@@ -127,7 +129,7 @@ class Balancer:
                 return True, state
             if progress:
                 progress(state)
-            if time.monotonic() >= deadline:
+            if time.monotonic() >= deadline or (stop is not None and stop()):
                 return False, state
             time.sleep(poll)
 

@@ -17,7 +17,7 @@ from typing import Any, TextIO
 
 from invoke.exceptions import Exit, UnexpectedExit
 
-from roadie.errors import RoadieError
+from roadie.errors import Interrupted, RoadieError
 
 # Terminal escape sequences, removed whole: CSI (ESC [ or 8-bit 0x9b, parameters, final byte); the string
 # commands OSC, DCS, SOS, PM and APC (ESC ] P X ^ _ or 8-bit 0x9d 0x90 0x98 0x9e 0x9f) up to BEL or ST, or to
@@ -82,6 +82,8 @@ def friendly(func: Callable) -> Callable:
         try:
             with clean_output():
                 return func(*args, **kwargs)
+        except Interrupted as exc:
+            raise Exit(f"interrupted: {clean(str(exc), one_line=True)}", code=Interrupted.exit_code) from None
         except RoadieError as exc:
             raise Exit(f"error: {clean(str(exc), one_line=True)}", code=1) from None
         except KeyboardInterrupt:

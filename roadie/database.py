@@ -23,7 +23,8 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from roadie import audit, deploy, lock, ssh, stream_host
+from roadie import deploy, lock, ssh, stream_host
+from roadie.change import Change
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
@@ -634,7 +635,7 @@ def _wait_replayed(conn, lsn: str, timeout: float) -> str:  # noqa: ANN001
 
 def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options,
              rolling_restart: Callable | None = None, wait_timeout: float = 120) -> FailoverResult:
-    """Run a failover plan. Takes the deploy lock and writes the audit line itself."""
+    """Run a failover plan inside the change pipeline (lease with heartbeat, audit record, interrupts)."""
     from roadie import maintenance
 
     restart = rolling_restart or maintenance.rolling_restart
@@ -642,13 +643,18 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy
     timings: dict[str, float] = {}
     notes: list[str] = []
     fleet = deploy.Fleet.from_inventory(inv)
-    lb = ssh.connect(fleet.balancer)
-    try:
-        held = lock.acquire(lb, "db.failover", "", options.message or f"promote {plan.new_primary}")
-    except BaseException:
-        lb.close()
-        raise
-    result_text, error, outcome = "failed", "", None
+    with Change(fleet.balancer, "db.failover", hosts=[plan.old_primary, plan.new_primary, *plan.stream_hosts],
+                message=options.message or f"promote {plan.new_primary}", report=report) as change:
+        change.detail.update(old_primary=plan.old_primary, new_primary=plan.new_primary, forced=plan.force,
+                             timings=timings)
+        return _failover(inv, plan, report, options, restart, wait_timeout, change, timings, notes, started)
+
+
+def _failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options, restart: Callable,
+              wait_timeout: float, change: Change, timings: dict[str, float], notes: list[str],
+              started: float) -> FailoverResult:
+    fleet = deploy.Fleet.from_inventory(inv)
+    outcome = None
     new_conn = old_conn = None
     try:
         new_conn = ssh.connect(inv.hosts[plan.new_primary])
@@ -696,27 +702,15 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy
         for name, changed in ssh.parallel(repoint, fleet.stream):
             report(f"STREAM_DATABASE_URL: {plan.new_primary} first" + ("" if changed else " (already)"), name,
                    event="repointed")
-        outcome = restart(fleet, options, report)
+        outcome = restart(fleet, options, report, change=change)
         timings["repoint_and_restart_s"] = round(time.monotonic() - t, 2)
-        result_text = "ok"
         return FailoverResult(plan, old_conn is not None, final_lsn, promoted_lsn, time.monotonic() - started,
                               timings, notes)
-    except BaseException as exc:
-        error = str(exc) if isinstance(exc, RoadieError) else f"{type(exc).__name__}: {exc}"
-        raise
     finally:
-        try:
-            audit.record(lb, audit.event("db.failover", result=result_text,
-                                         hosts=[plan.old_primary, plan.new_primary, *plan.stream_hosts],
-                                         duration_s=time.monotonic() - started, old_primary=plan.old_primary,
-                                         new_primary=plan.new_primary, forced=plan.force, timings=timings,
-                                         error=error, message=options.message or "",
-                                         restart_ok=bool(outcome and outcome.ok)))
-        finally:
-            held.release()
-            for conn in (new_conn, old_conn, lb):
-                if conn is not None:
-                    conn.close()
+        change.detail["restart_ok"] = bool(outcome and outcome.ok)
+        for conn in (new_conn, old_conn):
+            if conn is not None:
+                conn.close()
 
 
 def inventory_change(plan: FailoverPlan, inventory_name: str) -> list[str]:

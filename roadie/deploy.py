@@ -1,9 +1,12 @@
 """Rolling deploys and rollbacks of the stream service behind HAProxy.
 
-plan -> lock -> stage on every host in parallel -> migrations once -> per batch: drain, wait for
-sessions, switch, restart, health gate, enable, check through the balancer. Any failure in a batch
-puts that batch back on its previous release and into rotation, stops the deploy and says which
-host failed which gate. The lock is held from the plan to the last audit line.
+plan -> lease (change.Change) -> stage on every host in parallel -> migrations once -> per batch: live
+capacity guard, drain, wait for sessions, switch, restart, health gate, enable, check through the balancer.
+Any failure in a batch puts that batch back on its previous release and into rotation, stops the deploy
+and says which host failed which gate and which hosts run which release. A first Ctrl-C makes the batch
+in hand safe and stops (exit 130); the lease is renewed by a heartbeat from the plan to the last audit line.
+Hosts left out of rotation by a lost command come first in the plan; hosts drained on purpose
+(`fab drain`) stay out of it.
 """
 
 from __future__ import annotations
@@ -14,12 +17,31 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import audit, lock, release, rollout, ssh, stream_host
+import yaml
+
+from roadie import release, rollout, rotation, ssh, stream_host
 from roadie.balancer import Balancer
-from roadie.errors import RoadieError
+from roadie.change import Change, stop_if_interrupted
+from roadie.errors import Interrupted, RoadieError
 from roadie.inventory import Host, Inventory
+from roadie.paths import ROOT
 
 DEFAULT_KEEP = 5
+# The longest response nginx lets a stream host send (roles/streaming): the default drain limit, so a
+# deploy waits for the longest stream the platform serves before it restarts a host.
+AUDIO_TIMEOUT_VAR = "streaming_nginx_audio_timeout"
+
+
+def default_drain_timeout(inv: Inventory, group: str = "stream") -> float:
+    """The stream hosts' nginx audio timeout: the inventory's value, else the streaming role's default."""
+    hosts = inv.groups.get(group) or ()
+    if hosts:
+        try:
+            return float(inv.host_var(hosts[0], AUDIO_TIMEOUT_VAR))
+        except (RoadieError, TypeError, ValueError):
+            pass
+    defaults = yaml.safe_load((ROOT / "roles" / "streaming" / "defaults" / "main.yml").read_text())
+    return float(defaults[AUDIO_TIMEOUT_VAR])
 
 
 class Reporter:
@@ -48,12 +70,11 @@ class Options:
     batch: str = "1"
     canary: bool = True
     min_serving: int = 1
-    drain_timeout: float = 60.0
+    drain_timeout: float = 600.0     # default_drain_timeout(inventory) when the operator names none
     health_timeout: float = 60.0
     health_passes: int = 3
     health_interval: float = 0.5
     keep: int = DEFAULT_KEEP
-    lock_ttl: int = lock.DEFAULT_TTL
     backend: str = "stream"
     message: str = ""
 
@@ -69,6 +90,8 @@ class Outcome:
     error: str = ""
     duration_s: float = 0.0
     timings: list[dict] = field(default_factory=list)
+    cut_sessions: dict[str, int] = field(default_factory=dict)   # host -> sessions a drain limit cut
+    left_out: dict[str, str] = field(default_factory=dict)       # host -> why it was not in the plan
 
 
 @dataclass
@@ -88,15 +111,37 @@ class Fleet:
 class Rollout:
     """Runs a plan against real hosts. Construct, then call `run()` inside the deploy lock."""
 
-    def __init__(self, fleet: Fleet, options: Options, report: Reporter) -> None:
+    def __init__(self, fleet: Fleet, options: Options, report: Reporter, change: Change | None = None) -> None:
         self.fleet = fleet
         self.options = options
         self.report = report
+        self.change = change
         self.conns: dict[str, ssh.HostConnection] = {}
         self.lb_conn: ssh.HostConnection | None = None
         self.balancer: Balancer | None = None
         # The release each host runs, as last read or switched to under the lock (saves a read per batch).
         self.running: dict[str, str | None] = {}
+        self.out: set[str] = set()        # hosts this command took out of rotation and has not put back
+        self.touched: set[str] = set()    # hosts of the batch in hand that were switched or restarted
+        self.cut: dict[str, int] = {}     # host -> sessions still open when its drain limit ran out
+        if change is not None:
+            change.state = self.state
+
+    def state(self) -> list[str]:
+        """What this command leaves behind, host by host (printed when a second Ctrl-C stops it)."""
+        lines = [f"{h}: OUT OF ROTATION (drained by this command)" for h in sorted(self.out)]
+        by_release: dict[str, list[str]] = {}
+        for host, rel in self.running.items():
+            by_release.setdefault(rel or "no release", []).append(host)
+        lines += [f"release {rel}: {', '.join(sorted(hosts))}" for rel, hosts in sorted(by_release.items())]
+        return lines
+
+    def split(self) -> str:
+        """'R1 on stream1; R0 on stream2, stream3': which hosts run which release now."""
+        by_release: dict[str, list[str]] = {}
+        for host in (h.name for h in self.fleet.stream):
+            by_release.setdefault(self.running.get(host) or "unknown", []).append(host)
+        return "; ".join(f"{rel} on {', '.join(hosts)}" for rel, hosts in by_release.items())
 
     # -------------------------------------------------------------- connections
     def connect(self) -> None:
@@ -136,10 +181,31 @@ class Rollout:
     # -------------------------------------------------------------- stage
     def stage(self, artifact: Path, manifest: release.Manifest) -> None:
         """Upload and unpack on every host at once; nothing is switched. Hosts install only what the
-        verified `manifest` lists (the artifact could have changed since `release.verify`)."""
+        verified `manifest` lists (the artifact could have changed since `release.verify`).
+
+        First every host is measured (stream_host.space): if one lacks room for the release, nothing is
+        uploaded anywhere. A host that runs out of space all the same is named in one line and left with
+        nothing of the release.
+        """
         release_id = manifest.release_id
         remote = str(stream_host.RELEASES / f".{release_id}.tar.gz")
         deps = release.dependencies(artifact)
+        size = artifact.stat().st_size
+        failed: list[str] = []
+
+        def measure(host: Host) -> stream_host.Space | None:
+            try:
+                return stream_host.space(self.conns[host.name], manifest, size, deps)
+            except Exception as exc:  # noqa: BLE001 - every host's failure is reported, then we stop
+                failed.append(ssh.describe_failure(host, exc))
+                return None
+
+        rooms = [found for found in ssh.parallel(measure, self.fleet.stream) if found is not None]
+        if failed:
+            raise RoadieError(f"free-space check failed, nothing uploaded: {'; '.join(failed)}")
+        short = [found.describe() for found in rooms if not found.enough]
+        if short:
+            raise RoadieError(f"not enough space for release {release_id} on {'; '.join(short)}; nothing uploaded")
 
         def one(host: Host) -> None:
             conn = self.conns[host.name]
@@ -149,8 +215,14 @@ class Rollout:
             if release_id in present.kept:
                 self.report(f"release {release_id} already staged", host.name, event="staged")
                 return
-            conn.put(str(artifact), remote)
-            stream_host.stage(conn, remote, manifest, deps)
+            try:
+                conn.put(str(artifact), remote)
+            except OSError as exc:  # paramiko's SFTP errors; a full filesystem is a bare "Failure"
+                raise RoadieError(stream_host.upload_failure(conn, manifest, size, deps, remote, exc)) from None
+            try:
+                stream_host.stage(conn, remote, manifest, deps)
+            except RoadieError as exc:
+                raise RoadieError(stream_host.staging_failure(conn, manifest, size, deps, remote, str(exc))) from None
             self.report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
 
         errors = []
@@ -168,22 +240,42 @@ class Rollout:
     # -------------------------------------------------------------- one host
     def _take_out(self, host: str) -> None:
         assert self.balancer is not None
+        self.out.add(host)
         self.balancer.drain(host)
         self.report("draining in HAProxy", host, event="drain")
-        drained, state = self.balancer.wait_drained(host, self.options.drain_timeout)
+        interrupted = (lambda: self.change.interrupted) if self.change is not None else None
+        drained, state = self.balancer.wait_drained(host, self.options.drain_timeout, stop=interrupted)
+        stop_if_interrupted(self.change, f"while {host} was draining")
         if not drained:
-            self.report(f"drain timeout after {self.options.drain_timeout:.0f} s with {state.sessions} sessions; "
-                        "going on", host, event="drain_timeout")
+            # Never silently: the count goes to the output, --json and the audit record.
+            self.cut[host] = state.sessions
+            self.report(f"drain limit of {self.options.drain_timeout:.0f} s reached with {state.sessions} sessions "
+                        f"still open: restarting cuts them", host, event="drain_timeout", sessions=state.sessions)
 
     def _put_back(self, host: str) -> None:
         assert self.balancer is not None
         self.balancer.enable(host)
         state = self.balancer.wait_up(host, timeout=self.options.health_timeout)
+        self.out.discard(host)
         self.report(f"back in rotation ({state.status})", host, event="enabled")
+
+    def _guard(self, label: str, hosts: list[str]) -> None:
+        """The live capacity guard: HAProxy's own count of serving hosts, not the plan's."""
+        assert self.balancer is not None
+        servers = self.balancer.servers()
+        serving = sorted(n for n, s in servers.items() if s.in_rotation and n not in hosts)
+        if len(serving) < self.options.min_serving:
+            out = sorted(n for n, s in servers.items() if not s.in_rotation and n not in hosts)
+            raise RoadieError(f"{label}: taking {', '.join(hosts)} out would leave {len(serving)} hosts serving "
+                              f"({', '.join(serving) or 'none'}), below --min-serving {self.options.min_serving}"
+                              + (f"; already out of rotation: {', '.join(out)}" if out else "")
+                              + "; this batch was not started")
 
     def _switch_and_gate(self, host: str, release_id: str | None) -> None:
         """Switch to `release_id` and restart; None restarts the host on the release it runs."""
         conn = self.conns[host]
+        if self.change is not None:
+            self.change.check()
         if release_id is None:
             release_id = stream_host.releases(conn).current
             if not release_id:
@@ -191,6 +283,7 @@ class Rollout:
         else:
             stream_host.switch(conn, release_id)
             self.running[host] = release_id
+        self.touched.add(host)
         stream_host.restart(conn)
         gate = stream_host.health_gate(conn, release_id, passes=self.options.health_passes,
                                        interval=self.options.health_interval, timeout=self.options.health_timeout)
@@ -200,14 +293,15 @@ class Rollout:
         """Return a host to its previous release and into rotation; the reason if that fails too."""
         conn = self.conns[host]
         try:
-            if previous:
+            if previous and host in self.touched:
                 stream_host.switch(conn, previous)
                 self.running[host] = previous
                 stream_host.restart(conn)
                 stream_host.health_gate(conn, previous, passes=1, interval=self.options.health_interval,
                                         timeout=self.options.health_timeout)
             self._put_back(host)
-            self.report(f"rolled back to {previous}", host, event="rolled_back")
+            self.report(f"rolled back to {previous}" if host in self.touched else "put back in rotation, unchanged",
+                        host, event="rolled_back")
             return ""
         except Exception as exc:  # noqa: BLE001
             message = ssh.describe_failure(conn.inventory_host, exc)
@@ -220,9 +314,14 @@ class Rollout:
         for batch in plan.batches:
             started = time.monotonic()
             label = f"batch {batch.number}/{len(plan.batches)}" + (" (canary)" if batch.canary else "")
+            stop_if_interrupted(self.change, f"before {label}; {self.split()}; resume with the same command")
+            if self.change is not None:
+                self.change.check()
+            self._guard(label, list(batch.hosts))
             self.report(f"{label}: {', '.join(batch.hosts)}; {batch.serving} hosts keep serving", event="batch")
             previous = {h: self.running[h] if h in self.running else stream_host.releases(self.conns[h]).current
                         for h in batch.hosts}
+            self.touched = set()
             timing: dict = {"batch": batch.number, "hosts": list(batch.hosts)}
             try:
                 t = time.monotonic()
@@ -240,15 +339,20 @@ class Rollout:
                 self.report(f"{label} failed: {outcome.error}; rolling this batch back", event="batch_failed")
                 back = [(h, previous[h]) for h in batch.hosts]
                 problems = [p for p in ssh.parallel(lambda item: self._rollback_host(*item), back) if p]
-                outcome.rolled_back.extend(batch.hosts)
+                outcome.rolled_back.extend(h for h in batch.hosts if h in self.touched)
                 if problems:
                     outcome.error += f"; rollback incomplete: {'; '.join(problems)}"
+                if isinstance(exc, Interrupted):
+                    raise Interrupted(f"{exc}: {label} rolled back, its hosts back in rotation; {self.split()}; "
+                                      "resume with the same command") from None
                 raise RoadieError(outcome.error) from None
             timing["total_s"] = time.monotonic() - started
             outcome.timings.append(timing)
             outcome.done_hosts.extend(batch.hosts)
             self.report(f"{label} done in {timing['total_s']:.1f} s", event="batch_done", **{
                 k: round(v, 2) for k, v in timing.items() if k.endswith("_s")})
+            if batch is not plan.batches[-1]:
+                stop_if_interrupted(self.change, f"after {label}; {self.split()}; resume with the same command")
 
     def prune(self) -> None:
         def one(host: str) -> None:
@@ -259,51 +363,77 @@ class Rollout:
         ssh.parallel(one, list(self.conns))
 
 
+def plan_order(fleet: Fleet, balancer: Balancer, drained: dict[str, rotation.Drained],
+               report: Reporter) -> tuple[list[str], dict[str, str]]:
+    """The stream hosts a rollout covers, in order, and those it leaves out with why.
+
+    Hosts drained on purpose (`fab drain`, recorded with who and why) stay out until `fab undrain`. Hosts a
+    lost command left out of rotation come first: they serve nobody, so bringing them back costs nothing.
+    """
+    servers = balancer.servers()
+    names = [h.name for h in fleet.stream]
+    left_out = {h: f"drained on purpose by {d.by}: {d.why or 'no reason given'}" for h, d in drained.items()
+                if h in names}
+    for host, why in left_out.items():
+        report(f"left out of this plan: {why} (`fab undrain {host}` brings it back)", host, event="left_out")
+    stranded = [h for h in names if h not in left_out and h in servers and not servers[h].in_rotation]
+    for host in stranded:
+        report(f"out of rotation ({servers[host].status}) and not drained on purpose: first in the plan",
+               host, event="stranded")
+    order = stranded + [h for h in names if h not in left_out and h not in stranded]
+    if not order:
+        raise RoadieError("every stream host is drained on purpose; nothing to roll out to (`fab undrain HOST`)")
+    return order, left_out
+
+
 def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Reporter,  # noqa: ANN001
            dry_run: bool = False) -> Outcome:
     """Roll a verified release artifact out to the fleet. Raises RoadieError on failure (after rollback)."""
-    plan = rollout.plan(manifest.release_id, [h.name for h in fleet.stream], options.batch, options.canary,
-                        options.min_serving)
-    for line in plan.describe():
-        report(line.strip(), event="plan")
+    rollout.plan(manifest.release_id, [h.name for h in fleet.stream], options.batch, options.canary,
+                 options.min_serving)        # a bad plan fails before any host is contacted
     outcome = Outcome(release=manifest.release_id, ok=False)
-    if dry_run:
-        report("dry run: nothing changed", event="dry_run")
-        outcome.ok = True
-        return outcome
     work = Rollout(fleet, options, report)
     started = time.monotonic()
     work.connect()
     try:
-        held = lock.acquire(work.lb_conn, "deploy", manifest.release_id, options.message, ttl=options.lock_ttl)
-        if held.replaced:
-            report(f"took over an expired lock: {held.replaced.describe()}", event="lock_takeover")
-        try:
-            work.stage(artifact, manifest)
-            held.renew(options.lock_ttl)
-            report("running migrations", fleet.stream[0].name, event="migrate")
-            stream_host.migrate(work.conns[fleet.stream[0].name], manifest.release_id)
+        assert work.balancer is not None and work.lb_conn is not None
+        order, outcome.left_out = plan_order(fleet, work.balancer, rotation.on_purpose(work.lb_conn), report)
+        plan = rollout.plan(manifest.release_id, order, options.batch, options.canary, options.min_serving)
+        for line in plan.describe():
+            report(line.strip(), event="plan")
+        if dry_run:
+            report("dry run: nothing changed", event="dry_run")
+            outcome.ok = True
+            return outcome
+        with Change(fleet.balancer, "deploy", hosts=order, release=manifest.release_id, message=options.message,
+                    report=report) as change:
+            work.change, change.state = change, work.state
             try:
+                work.stage(artifact, manifest)
+                change.check()
+                report("running migrations", order[0], event="migrate")
+                stream_host.migrate(work.conns[order[0]], manifest.release_id)
                 work.run(plan, outcome)
                 outcome.ok = True
                 work.prune()
             except RoadieError as exc:
                 outcome.error = outcome.error or str(exc)
-        except RoadieError as exc:
-            outcome.error = outcome.error or str(exc)
-        finally:
-            outcome.duration_s = time.monotonic() - started
-            audit.record(work.lb_conn, audit.event(
-                "deploy", result="ok" if outcome.ok else "failed", release=manifest.release_id,
-                hosts=[h.name for h in fleet.stream], duration_s=outcome.duration_s,
-                done=outcome.done_hosts, rolled_back=outcome.rolled_back, error=outcome.error))
-            held.release()
+                change.detail.update(done=outcome.done_hosts, rolled_back=outcome.rolled_back,
+                                     cut_sessions=work.cut, fleet=work.split())
+                if isinstance(exc, Interrupted):
+                    raise
+                raise RoadieError(f"deploy of {manifest.release_id} failed: {outcome.error}; "
+                                  f"the fleet now runs {work.split()}") from None
+            finally:
+                outcome.cut_sessions = dict(work.cut)
+                outcome.duration_s = time.monotonic() - started
+            change.detail.update(done=outcome.done_hosts, cut_sessions=work.cut, left_out=outcome.left_out)
     finally:
         work.close()
-    if not outcome.ok:
-        raise RoadieError(f"deploy of {manifest.release_id} failed: {outcome.error}")
-    report(f"deployed {manifest.release_id} to {len(outcome.done_hosts)} hosts in {outcome.duration_s:.1f} s",
-           event="done")
+    cut = "; ".join(f"{h}: {n} sessions cut" for h, n in outcome.cut_sessions.items())
+    report(f"deployed {manifest.release_id} to {len(outcome.done_hosts)} hosts in {outcome.duration_s:.1f} s"
+           + (f" ({cut})" if cut else ""), event="done", cut_sessions=outcome.cut_sessions,
+           left_out=sorted(outcome.left_out))
     return outcome
 
 
@@ -349,17 +479,21 @@ def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = 
             outcome.ok = True
             return outcome
         started = time.monotonic()
-        with lock.acquire(work.lb_conn, "rollback", to, options.message, ttl=options.lock_ttl):
+        with Change(fleet.balancer, "rollback", hosts=todo, release=to, message=options.message,
+                    report=report) as change:
+            work.change, change.state = change, work.state
             try:
                 work.run(plan, outcome)
                 outcome.ok = True
+            except Interrupted:
+                raise
             except RoadieError as exc:
                 outcome.error = outcome.error or str(exc)
             finally:
                 outcome.duration_s = time.monotonic() - started
-                audit.record(work.lb_conn, audit.event(
-                    "rollback", result="ok" if outcome.ok else "failed", release=to, hosts=todo,
-                    duration_s=outcome.duration_s, done=outcome.done_hosts, error=outcome.error))
+                change.detail.update(done=outcome.done_hosts, error=outcome.error, cut_sessions=work.cut)
+            if not outcome.ok:
+                change.result = "failed"
     finally:
         work.close()
     if not outcome.ok:

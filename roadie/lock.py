@@ -20,7 +20,9 @@ from typing import Protocol
 from roadie import ssh
 from roadie.errors import RoadieError
 
-DEFAULT_TTL = 30 * 60
+# A lease, not a long hold: every change renews it with a heartbeat (roadie/change.py), so the lock of an
+# operator who was killed or cut off lapses within this many seconds.
+DEFAULT_TTL = 90
 STATE_DIR = "/var/lib/roadie"
 
 # Runs on the lock host with python3 (every managed host has it). argv: op state_dir payload-json.

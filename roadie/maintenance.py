@@ -16,8 +16,9 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import deploy, rollout, ssh
+from roadie import deploy, rollout, rotation, ssh
 from roadie.balancer import Balancer
+from roadie.change import Change, lock_host
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 from roadie.paths import ROOT
@@ -60,22 +61,26 @@ def undrain(balancer: Balancer, host: str, *, timeout: float, report: deploy.Rep
 
 # ------------------------------------------------------------------ restarts
 def rolling_restart(fleet: deploy.Fleet, options: deploy.Options, report: deploy.Reporter,
-                    hosts: list[str] | None = None) -> deploy.Outcome:
+                    hosts: list[str] | None = None, change: Change | None = None) -> deploy.Outcome:
     """Restart stream hosts batch by batch: drain, restart, health gate on their release, enable, UP.
 
-    The caller holds the deploy lock. A host that fails its gate is restarted once more and put back if
-    it recovers; the restart stops there with one line naming the host.
+    Runs inside `change` (the caller's Guarded): its lease is checked before each step and a first
+    Ctrl-C stops after the batch in hand. Hosts drained on purpose are left out (and stay out of
+    rotation); hosts a lost command left out come first.
     """
-    names = hosts or [h.name for h in fleet.stream]
-    plan = rollout.plan("restart", names, options.batch, canary=False, min_serving=options.min_serving,
-                        action="restart")
-    for line in plan.describe():
-        report(line.strip(), event="plan")
-    work = deploy.Rollout(fleet, options, report)
+    work = deploy.Rollout(fleet, options, report, change)
     work.connect()
     outcome = deploy.Outcome(release="", ok=False)
     started = time.monotonic()
     try:
+        assert work.balancer is not None and work.lb_conn is not None
+        order, outcome.left_out = deploy.plan_order(fleet, work.balancer, rotation.on_purpose(work.lb_conn), report)
+        if hosts:
+            order = [h for h in order if h in hosts]
+        plan = rollout.plan("restart", order, options.batch, canary=False, min_serving=options.min_serving,
+                            action="restart")
+        for line in plan.describe():
+            report(line.strip(), event="plan")
         work.run(plan, outcome, restart_only=True)
         outcome.ok = True
     finally:
@@ -197,61 +202,15 @@ def mode(conn: ssh.HostConnection) -> str:
     raise RoadieError(f"{conn.inventory_host.name}: maintenance map has no mode entry; run the balancer playbook")
 
 
-# ------------------------------------------------------------------ lock + audit around a change
-class Guarded:
-    """Holds the deploy lock for one on-call change and writes its record to the fleet's audit log, ok or failed.
+# ------------------------------------------------------------------ the change pipeline, for on-call changes
+class Guarded(Change):
+    """An on-call change through the one change pipeline (roadie/change.py): lease with heartbeat, audit
+    record, interrupts. `lock=False` records without taking the lock (`fab run`).
 
         with Guarded(inv, "drain", hosts=["stream2"], message=...) as change:
             ...           # change.conn is the lock host's connection; change.detail goes into the record
-
-    `lock=False` records without taking the lock (`fab run`); `change.result` overrides ok/failed.
     """
 
     def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "",
                  lock: bool = True) -> None:
-        self.inv, self.action, self.hosts, self.message, self.release = inv, action, hosts, message, release
-        self.take_lock = lock
-        self.detail: dict = {}
-        self.result: str | None = None
-        self.conn: ssh.HostConnection | None = None
-        self._lock = None
-        self._started = 0.0
-
-    def __enter__(self) -> Guarded:
-        from roadie import lock
-
-        balancers = self.inv.groups.get("balancer") or ()
-        if not balancers:
-            raise RoadieError(f"inventory {self.inv.name} has no balancer host to hold the deploy lock")
-        self.conn = ssh.connect(self.inv.hosts[balancers[0]])
-        if self.take_lock:
-            try:
-                self._lock = lock.acquire(self.conn, self.action, self.release, self.message)
-            except BaseException:
-                self.conn.close()
-                raise
-        self._started = time.monotonic()
-        return self
-
-    def __exit__(self, exc_type, exc, tb) -> None:  # noqa: ANN001
-        from roadie import audit
-
-        try:
-            error = "" if exc is None else (str(exc) if isinstance(exc, RoadieError) else f"{exc_type.__name__}: {exc}")
-            result = "failed" if exc is not None else (self.result or "ok")
-            audit.record(self.conn, audit.event(self.action, result=result, release=self.release, hosts=self.hosts,
-                                                duration_s=time.monotonic() - self._started, message=self.message,
-                                                error=error, **self.detail))
-        except RoadieError as audit_error:
-            # The change's own failure is what the operator must see; the lost record is said too.
-            if exc is None:
-                raise
-            if isinstance(exc, RoadieError):
-                raise RoadieError(f"{exc} (and {audit_error})") from None
-            import sys
-
-            print(f"error: {audit_error}", file=sys.stderr)     # the interrupt or crash goes on as it was
-        finally:
-            if self._lock is not None:
-                self._lock.release()
-            self.conn.close()
+        super().__init__(lock_host(inv), action, hosts=hosts, message=message, release=release, take_lock=lock)

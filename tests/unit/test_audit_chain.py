@@ -250,7 +250,7 @@ def test_fab_seed_takes_the_lock_and_records(lab_lock_host, monkeypatch):
 
     def acquire(conn, operation, release="", message="", **kwargs):
         taken.append(operation)
-        return SimpleNamespace(release=lambda: taken.append("released"))
+        return SimpleNamespace(release=lambda: taken.append("released"), replaced=None, info=None, state_dir="")
 
     monkeypatch.setattr(lock, "acquire", acquire)
     monkeypatch.setattr(deploy, "seed_fleet", lambda fleet, report: taken.append("seeded"))
@@ -283,7 +283,8 @@ def test_a_failed_change_whose_record_is_refused_reports_both(tmp_path, local, m
     denied = LockHost(tmp_path / "fleet", sudo_allowed=False)
     monkeypatch.setattr(audit, "LOCAL_LOG", local)
     monkeypatch.setattr(ssh, "connect", lambda h: denied)
-    monkeypatch.setattr(lock, "acquire", lambda *a, **k: SimpleNamespace(release=lambda: None))
+    monkeypatch.setattr(lock, "acquire", lambda *a, **k: SimpleNamespace(release=lambda: None, replaced=None, info=None,
+                                                                       state_dir=""))
     with pytest.raises(RoadieError) as failed, \
             maintenance.Guarded(inventory.load("lab"), "drain", hosts=["stream2"]):
         raise RoadieError("stream2 still has 3 sessions")
