@@ -29,7 +29,9 @@ class Drained:
     at: float          # the lock host's clock (seconds since the epoch)
 
     def describe(self) -> str:
-        return f"drained by {self.by}: {self.why or 'no message'}"
+        """One line: "drained by alice@laptop: kernel upgrade"."""
+        why = " ".join(self.why.split()) or "no message"
+        return f"drained by {' '.join(self.by.split())}: {why}"
 
 
 def _name(conn: Runner) -> str:

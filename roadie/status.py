@@ -1,19 +1,25 @@
 """The whole fleet at a glance (`fab status`): one SSH round trip per host, all hosts at once.
 
-Each host runs one small Python probe (every managed host has python3) that reports what its groups
-make relevant: load, memory, disk, its services, the stream release, PostgreSQL's role and lag,
-Redis's role, memory and clients. HAProxy's view of the stream hosts comes from the runtime API.
-An unreachable host is a row that says so; the others still answer.
+Each host runs one small Python probe (roadie/remote/status_probe.py; every managed host has python3)
+that reports what its groups make relevant: load, memory, disk, its services, the stream release,
+PostgreSQL's role and lag, Redis's role, memory and clients, and on database and cache hosts how many
+clients come from the stream hosts. HAProxy's view of the stream hosts comes from the runtime API; the
+deploy lease and the hosts drained on purpose from the lock host. An unreachable host is a row that
+says so; the others still answer.
+
+`attention` turns all of that into the problems an operator must look at: a host out of rotation that
+nobody drained on purpose, mixed releases, a lapsed lease, a server DOWN, two primaries.
 """
 
 from __future__ import annotations
 
 import io
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from roadie import ssh
-from roadie.balancer import Balancer
+from roadie import lock, remote, rotation, ssh, stream_host
+from roadie.balancer import Balancer, ServerState
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
@@ -27,59 +33,8 @@ UNITS = {
 }
 REDIS_ADMIN_USER = "admin"
 REDIS_PASSWORD_VAR = "vault_redis_admin_password"  # noqa: S105 - a variable name, not a value
-
-_PROBE = r'''
-import json, os, shutil, subprocess, sys
-args = json.loads(sys.argv[1])
-secret = sys.stdin.readline().rstrip("\n")
-out = {"hostname": os.uname().nodename}
-out["load"] = list(os.getloadavg())
-mem = {}
-for line in open("/proc/meminfo"):
-    key, value = line.split(":", 1)
-    mem[key] = int(value.split()[0]) * 1024
-out["mem_total"] = mem["MemTotal"]
-out["mem_available"] = mem["MemAvailable"]
-disk = shutil.disk_usage("/")
-out["disk_total"], out["disk_used"] = disk.total, disk.used
-def run(cmd, env=None):
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=20, env=env, cwd="/")
-    return p.returncode, p.stdout.strip(), p.stderr.strip()
-units = {}
-for unit in args["units"]:
-    units[unit] = run(["systemctl", "is-active", unit])[1] or "unknown"
-out["units"] = units
-if args.get("stream"):
-    try:
-        out["release"] = os.path.basename(os.readlink("/srv/stream/current"))
-    except OSError:
-        out["release"] = None
-if args.get("postgres"):
-    sql = ("SELECT pg_is_in_recovery(), CASE WHEN pg_is_in_recovery() THEN "
-           "COALESCE(pg_wal_lsn_diff(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()), 0) ELSE "
-           "COALESCE((SELECT max(pg_wal_lsn_diff(pg_current_wal_lsn(), replay_lsn)) FROM pg_stat_replication), 0) END, "
-           "(SELECT count(*) FROM pg_stat_replication)")
-    # As postgres through sudo: the deploy user may act as postgres on database hosts, never as root.
-    code, stdout, stderr = run(["sudo", "-n", "-u", "postgres", "psql", "-XAtq", "-F", "|", "-d", "postgres",
-                                "-c", sql])
-    if code == 0 and stdout:
-        standby, lag, replicas = stdout.split("|")
-        out["pg"] = {"role": "replica" if standby == "t" else "primary", "lag_bytes": int(float(lag)),
-                     "replicas": int(replicas)}
-    else:
-        out["pg"] = {"error": (stderr.splitlines() or ["no answer"])[-1][:160]}
-if args.get("redis"):
-    env = dict(os.environ, REDISCLI_AUTH=secret)
-    code, stdout, stderr = run(["redis-cli", "--no-auth-warning", "--user", args["redis"]["user"], "-h", "127.0.0.1",
-                                "-p", str(args["redis"]["port"]), "INFO"], env=env)
-    info = dict(l.split(":", 1) for l in stdout.splitlines() if ":" in l and not l.startswith("#"))
-    if code == 0 and "role" in info:
-        out["redis"] = {"role": info["role"], "used_memory": int(info.get("used_memory", 0)),
-                        "clients": int(info.get("connected_clients", 0))}
-    else:
-        out["redis"] = {"error": ((stderr or stdout).splitlines() or ["no answer"])[-1][:160]}
-print(json.dumps(out))
-'''
+PROBE = "status_probe.py"      # roadie/remote/
+WARNING, CRITICAL = "warning", "critical"
 
 
 @dataclass
@@ -93,15 +48,25 @@ class HostStatus:
     release: str | None = None
     services: dict[str, str] = field(default_factory=dict)
     haproxy: str | None = None          # UP / DRAIN / MAINT / DOWN ... for stream hosts
+    haproxy_weight: int | None = None   # 0 when drained
+    haproxy_check: str | None = None    # the last health check (L7OK, L4CON ...)
     sessions: int | None = None
+    drained_on_purpose: str | None = None   # "drained by X: why", from `fab drain`
     load1: float | None = None
     mem_used_pct: float | None = None
     disk_used_pct: float | None = None
     pg_role: str | None = None
     pg_lag_bytes: int | None = None
+    pg_stream_clients: int | None = None     # connections from the stream hosts' addresses
     redis_role: str | None = None
     redis_memory: int | None = None
     redis_clients: int | None = None
+    redis_stream_clients: int | None = None  # clients from the stream hosts' addresses
+
+    @property
+    def out_of_rotation(self) -> bool:
+        """HAProxy sends it no new requests on purpose: drained, in maintenance, or weight 0."""
+        return bool(self.haproxy) and (self.haproxy.startswith(("DRAIN", "MAINT")) or self.haproxy_weight == 0)
 
     @property
     def healthy(self) -> bool:
@@ -112,27 +77,45 @@ class HostStatus:
         return {**asdict(self), "healthy": self.healthy}
 
 
-def _probe_args(host: Host, redis_port: int) -> dict:
+def _probe_args(host: Host, redis_port: int, stream_addresses: list[str]) -> dict:
     units = [u for g in host.groups for u in UNITS.get(g, ())]
-    return {"units": list(dict.fromkeys(units)), "stream": "stream" in host.groups,
+    data_host = "database" in host.groups or "cache" in host.groups
+    return {"units": list(dict.fromkeys(units)),
+            "stream": str(stream_host.CURRENT) if "stream" in host.groups else None,
             "postgres": "database" in host.groups,
-            "redis": {"user": REDIS_ADMIN_USER, "port": redis_port} if "cache" in host.groups else None}
+            "redis": {"user": REDIS_ADMIN_USER, "port": redis_port} if "cache" in host.groups else None,
+            "stream_addresses": stream_addresses if data_host else []}
 
 
-def probe(host: Host, inv: Inventory) -> HostStatus:
-    """Status of one host; never raises for the host's own failures."""
+def stream_addresses(inv: Inventory) -> list[str]:
+    """The stream hosts' private addresses (roadie_private_address), the ones that are IP addresses."""
+    out = []
+    for name in inv.groups.get("stream", ()):
+        value = var_or(inv, name, "roadie_private_address", None)
+        try:
+            out.append(str(ipaddress.ip_address(str(value))))
+        except ValueError:
+            continue
+    return out
+
+
+def probe(host: Host, inv: Inventory, addresses: list[str] | None = None) -> HostStatus:
+    """Status of one host; never raises for the host's own failures. `addresses`: the stream hosts'
+    (default: read from the inventory when the host is a database or cache host)."""
     row = HostStatus(host=host.name, groups=list(host.groups), reachable=False)
     secret = ""
     if "cache" in host.groups:
         secret = inv.host_var(host.name, REDIS_PASSWORD_VAR)
+    if addresses is None and ("database" in host.groups or "cache" in host.groups):
+        addresses = stream_addresses(inv)
     try:
         conn = ssh.connect(host)
     except RoadieError as exc:
         row.error = str(exc)
         return row
     try:
-        args = _probe_args(host, int(var_or(inv, host.name, "redis_port", 6379)))
-        result = conn.run(ssh.python_command(_PROBE, json.dumps(args)), hide=True, warn=True, in_stream=io.StringIO(
+        args = _probe_args(host, int(var_or(inv, host.name, "redis_port", 6379)), addresses or [])
+        result = conn.run(remote.command(PROBE, json.dumps(args)), hide=True, warn=True, in_stream=io.StringIO(
             secret + "\n"), timeout=60)
         row.reachable = True
         if result.exited != 0:
@@ -160,8 +143,10 @@ def probe(host: Host, inv: Inventory) -> HostStatus:
             continue
         if prefix == "pg":
             row.pg_role, row.pg_lag_bytes = part["role"], part["lag_bytes"]
+            row.pg_stream_clients = part.get("stream_clients")
         else:
             row.redis_role, row.redis_memory, row.redis_clients = part["role"], part["used_memory"], part["clients"]
+            row.redis_stream_clients = part.get("stream_clients")
     return row
 
 
@@ -173,41 +158,205 @@ def var_or(inv: Inventory, host: str, name: str, default: object) -> object:
         return default
 
 
-def _balancer_view(inv: Inventory) -> tuple[dict, str]:
-    """HAProxy's state of the stream backend, or an error line when the balancer cannot say."""
+Lease = tuple[lock.LockInfo | None, float]    # lock.status: the holder (None when free), the lock host's clock
+
+
+@dataclass
+class LockHostView:
+    """What the lock host (the first balancer) says: HAProxy's servers, the deploy lease, the on-purpose drains.
+
+    A part it could not read is None (servers: empty) with its error line in `errors`.
+    """
+
+    host: str = ""
+    servers: dict[str, ServerState] = field(default_factory=dict)
+    lease: Lease | None = None
+    drained: dict[str, rotation.Drained] | None = None
+    errors: list[str] = field(default_factory=list)
+    haproxy_error: str = ""
+
+
+def _cannot(host: Host, what: str, exc: BaseException) -> str:
+    said = ssh.describe_failure(host, exc)
+    return said if isinstance(exc, RoadieError) else f"cannot read {what} on {host.name}: {said}"
+
+
+def lock_host_view(inv: Inventory) -> LockHostView:
+    """One connection to the lock host; each part read on its own, so one failure does not hide the others."""
     balancers = inv.groups.get("balancer") or ()
     if not balancers:
-        return {}, ""
+        return LockHostView()
     host = inv.hosts[balancers[0]]
+    view = LockHostView(host=host.name)
     try:
-        with ssh.connect(host) as conn:
-            return Balancer(conn).servers(), ""
-    except Exception as exc:  # noqa: BLE001
-        return {}, ssh.describe_failure(host, exc)
+        conn = ssh.connect(host)
+    except Exception as exc:  # noqa: BLE001 - the view says what it could not read
+        view.haproxy_error = ssh.describe_failure(host, exc)
+        view.errors.append(f"cannot read HAProxy's state, the deploy lease or the on-purpose drains on {host.name}: "
+                           f"{view.haproxy_error}")
+        return view
+    with conn:
+        try:
+            view.servers = Balancer(conn).servers()
+        except Exception as exc:  # noqa: BLE001
+            view.haproxy_error = ssh.describe_failure(host, exc)
+            view.errors.append(_cannot(host, "HAProxy's state", exc))
+        try:
+            view.lease = lock.status(conn)
+        except Exception as exc:  # noqa: BLE001
+            view.errors.append(_cannot(host, "the deploy lease", exc))
+        try:
+            view.drained = rotation.on_purpose(conn)
+        except Exception as exc:  # noqa: BLE001
+            view.errors.append(_cannot(host, "the on-purpose drains", exc))
+    return view
+
+
+def _gather(inv: Inventory, pattern: str) -> tuple[list[HostStatus], LockHostView]:
+    hosts = inv.select(pattern)
+    addresses = stream_addresses(inv) if any({"database", "cache"} & set(h.groups) for h in hosts) else []
+    results = ssh.parallel(lambda job: job(), [lambda: lock_host_view(inv)]
+                           + [lambda h=h: probe(h, inv, addresses) for h in hosts], max_workers=32)
+    view, rows = results[0], results[1:]
+    drained = view.drained or {}
+    for row in rows:
+        if "stream" not in row.groups:
+            continue
+        state = view.servers.get(row.host)
+        if state is not None:
+            row.haproxy, row.haproxy_weight, row.haproxy_check = state.status, state.weight, state.check_status
+            row.sessions = state.sessions
+        elif view.haproxy_error:
+            row.haproxy = "unknown"
+        else:
+            row.haproxy = "not in backend"
+        if row.host in drained:
+            row.drained_on_purpose = drained[row.host].describe()
+    return rows, view
 
 
 def fleet(inv: Inventory, pattern: str = "all") -> list[HostStatus]:
     """Every selected host's row, probed in parallel, plus HAProxy's view of the stream hosts."""
-    hosts = inv.select(pattern)
-    rows_and_view = ssh.parallel(lambda job: job(), [lambda: _balancer_view(inv)]
-                                 + [lambda h=h: probe(h, inv) for h in hosts], max_workers=32)
-    (servers, lb_error), rows = rows_and_view[0], rows_and_view[1:]
-    for row in rows:
-        if "stream" not in row.groups:
+    return _gather(inv, pattern)[0]
+
+
+# ------------------------------------------------------------------ what needs attention
+@dataclass(frozen=True)
+class Problem:
+    """Something an operator must look at; `critical` when data or writes are at stake."""
+
+    severity: str          # WARNING or CRITICAL
+    host: str | None
+    text: str
+
+    def line(self) -> str:
+        """One line for the terminal: "CRITICAL: ..." or "attention: ..."."""
+        return f"{'CRITICAL' if self.severity == CRITICAL else 'attention'}: {' '.join(self.text.split())}"
+
+
+@dataclass
+class Report:
+    """`fab status`: the rows and the problems."""
+
+    rows: list[HostStatus]
+    problems: list[Problem]
+
+    def as_dict(self) -> dict:
+        return {"hosts": [r.as_dict() for r in self.rows], "problems": [asdict(p) for p in self.problems]}
+
+
+def check(inv: Inventory, pattern: str = "all") -> Report:
+    """Every selected host's row and what needs attention across them."""
+    rows, view = _gather(inv, pattern)
+    problems = attention(rows, inv, view.lease, view.drained)
+    problems += [Problem(WARNING, view.host, error) for error in view.errors]
+    return Report(rows, problems)
+
+
+def _lock_host_name(inv: Inventory) -> str:
+    balancers = inv.groups.get("balancer") or ()
+    return balancers[0] if balancers else "the lock host"
+
+
+def _holder(info: lock.LockInfo) -> str:
+    what = f"{info.operation} {info.release}".strip()
+    return f"{info.owner} for {what}"
+
+
+def _two_leaders(rows: list[HostStatus], inv: Inventory, service: str, role: str, group: str | None,
+                 prefix: str) -> Problem | None:
+    """CRITICAL when more than one host of `service` reports `role` (split brain), naming where the stream
+    hosts' connections go (`prefix`_stream_clients) and what the inventory says."""
+    leaders = [r for r in rows if r.reachable and getattr(r, f"{prefix}_role") == role]
+    if len(leaders) < 2:
+        return None
+    counts = {r.host: getattr(r, f"{prefix}_stream_clients") for r in leaders}
+    used = [f"{h} ({n} connections)" for h, n in counts.items() if n]
+    unknown = [h for h, n in counts.items() if n is None]
+    if len(used) == 1:
+        where = f"the stream hosts write to {used[0]}"
+    elif used:
+        where = f"the stream hosts write to {' and '.join(used)}: their writes are split"
+    else:
+        where = "none of them has connections from the stream hosts"
+    if unknown:
+        where += f" ({', '.join(unknown)}: connections unknown)"
+    listed = inv.groups.get(group, ()) if group else ()
+    intended = f"; the inventory's {role}: {', '.join(listed)}" if listed else ""
+    return Problem(CRITICAL, None, f"{len(leaders)} {service} hosts report role {role}: "
+                                   f"{', '.join(r.host for r in leaders)}; {where}{intended}")
+
+
+def attention(rows: list[HostStatus], inv: Inventory, lease: Lease | None,
+              drained: dict[str, rotation.Drained] | None) -> list[Problem]:
+    """What needs an operator, critical first: from the rows, the deploy lease (None: unknown) and the
+    hosts drained on purpose (None: unknown).
+
+    A stream host out of rotation is a problem unless it was drained on purpose or a change holds a
+    live lease (a deploy or restart drains hosts as it goes).
+    """
+    problems: list[Problem] = []
+    holder, now = lease if lease is not None else (None, 0.0)
+    live = holder is not None and holder.expires_at > now
+    if holder is not None and not live:
+        problems.append(Problem(WARNING, None, f"deploy lease on {_lock_host_name(inv)} held by {_holder(holder)}, "
+                                               f"lapsed {int(now - holder.expires_at)} s ago: its command is no "
+                                               f"longer renewing it"))
+    on_purpose = drained or {}
+    stream = [r for r in rows if "stream" in r.groups and r.reachable]
+    for r in (r for r in rows if "stream" in r.groups):
+        state = r.haproxy
+        if state in (None, "unknown"):
             continue
-        state = servers.get(row.host)
-        if state is not None:
-            row.haproxy = state.status
-            row.sessions = state.sessions
-        elif lb_error:
-            row.haproxy = "unknown"
-        else:
-            row.haproxy = "not in backend"
-    return rows
+        mark = on_purpose.get(r.host)
+        if state == "not in backend":
+            problems.append(Problem(WARNING, r.host, f"{r.host} is not in HAProxy's backend: it takes no traffic"))
+        elif r.out_of_rotation and mark is None and not live:
+            shown = state + (", weight 0" if r.haproxy_weight == 0 and not state.startswith(("DRAIN", "MAINT"))
+                             else "")
+            problems.append(Problem(WARNING, r.host, f"{r.host} is out of rotation (HAProxy {shown}) and was not "
+                                                     f"drained on purpose, nor does a change hold the lease: "
+                                                     f"`fab undrain {r.host}` puts it back"))
+        elif not r.out_of_rotation and mark is not None and state.startswith("UP"):
+            problems.append(Problem(WARNING, r.host, f"{r.host} is in rotation (HAProxy {state}) but recorded as "
+                                                     f"{mark.describe()}: `fab undrain {r.host}` clears the record"))
+        if state.startswith("DOWN") and not (mark is not None and r.out_of_rotation):
+            check = f", check {r.haproxy_check}" if r.haproxy_check else ""
+            problems.append(Problem(WARNING, r.host, f"{r.host} is DOWN in HAProxy ({state}{check})"))
+    releases = {r.host: r.release for r in stream}
+    if len(set(releases.values())) > 1:
+        during = f" while {_holder(holder)} holds the lease" if live else ""
+        problems.append(Problem(WARNING, None, "the stream hosts run different releases: "
+                                + " ".join(f"{h}={rel or 'none'}" for h, rel in releases.items()) + during))
+    for args in (("PostgreSQL", "primary", "database_primary", "pg"), ("Redis", "master", None, "redis")):
+        found = _two_leaders(rows, inv, *args)
+        if found:
+            problems.append(found)
+    return sorted(problems, key=lambda p: p.severity != CRITICAL)
 
 
 HEADERS = ["host", "groups", "reach", "release", "services", "haproxy", "sess", "load", "mem%", "disk%",
-           "pg", "pg lag", "redis", "redis mem", "clients", "problem"]
+           "pg", "pg lag", "redis", "redis mem", "clients", "problem / note"]
 
 
 def table_rows(rows: list[HostStatus]) -> list[list[str]]:
@@ -225,6 +374,7 @@ def table_rows(rows: list[HostStatus]) -> list[list[str]]:
             show(r.haproxy), show(r.sessions), show(r.load1), show(r.mem_used_pct), show(r.disk_used_pct),
             show(r.pg_role), human_bytes(r.pg_lag_bytes),
             show(r.redis_role), human_bytes(r.redis_memory),
-            show(r.redis_clients), r.error or ("" if r.healthy else "service not active"),
+            show(r.redis_clients),
+            r.error or ("service not active" if not r.healthy else "") or (r.drained_on_purpose or ""),
         ])
     return out
