@@ -36,7 +36,11 @@ def _ok(result: subprocess.CompletedProcess) -> str:
 
 
 def test_status_is_right_for_every_column(stack, lab_inventory, conns):
-    rows = {r["host"]: r for r in json.loads(_ok(fab("status", "--json")))}
+    for _ in range(6):      # the stream hosts open their database and cache connections (pooled, kept)
+        assert get(stack["lb"], "/tracks")[0] == 200
+    report = json.loads(_ok(fab("status", "--json")))
+    assert report["problems"] == []
+    rows = {r["host"]: r for r in report["hosts"]}
     assert set(rows) == set(lab_inventory.hosts)
     # What each stream host runs, read as root: every row must say the same.
     release = {h: _out(conns(h), "readlink /srv/stream/current").rsplit("/", 1)[-1]
@@ -54,6 +58,9 @@ def test_status_is_right_for_every_column(stack, lab_inventory, conns):
     assert rows["db1"]["pg_lag_bytes"] < 16 * 1024 * 1024 and rows["db2"]["pg_lag_bytes"] < 16 * 1024 * 1024
     assert rows["cache1"]["redis_role"] == "master" and rows["cache1"]["redis_memory"] > 0
     assert rows["cache1"]["redis_clients"] >= 1          # this probe's own connection at least
+    # Where the stream hosts' connections go (what names the live primary when two claim the role).
+    assert rows["db1"]["pg_stream_clients"] >= 1 and rows["db2"]["pg_stream_clients"] == 0
+    assert rows["cache1"]["redis_stream_clients"] >= 1
     assert rows["lb1"]["services"] == {"haproxy.service": "active"}
     text = _ok(fab("status"))
     assert text.splitlines()[0].split()[:4] == ["host", "groups", "reach", "release"]
@@ -66,7 +73,7 @@ def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
         result = fab("status", "--json")
         assert result.returncode == 1
         assert "cache1" in result.stderr.strip().splitlines()[-1]
-        rows = {r["host"]: r for r in json.loads(result.stdout)}
+        rows = {r["host"]: r for r in json.loads(result.stdout)["hosts"]}
         assert not rows["cache1"]["reachable"] and "unreachable" in rows["cache1"]["error"]
         assert all(r["reachable"] for n, r in rows.items() if n != "cache1")
         assert rows["db1"]["pg_role"] == "primary"
@@ -88,7 +95,7 @@ def test_drain_and_undrain(stack, conns):
     assert "drained: no sessions left" in out
     try:
         assert lb.server("stream2").status == "DRAIN"
-        rows = {r["host"]: r for r in json.loads(fab("status", "--json", "--group", "stream").stdout)}
+        rows = {r["host"]: r for r in json.loads(fab("status", "--json", "--group", "stream").stdout)["hosts"]}
         assert rows["stream2"]["haproxy"] == "DRAIN"
     finally:
         _ok(fab("undrain", "stream2"))
