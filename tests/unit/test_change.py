@@ -126,7 +126,6 @@ def test_an_interrupted_change_exits_130_through_the_cli(monkeypatch):
 
 def test_the_lease_file_says_who_holds_it_for_what(pipeline):
     make, _, state = pipeline
-    with make(ttl=30, heartbeat=60, release="r9", message="why"):
-        with open(f"{state}/deploy.lock.json") as handle:
-            held = json.load(handle)
+    with make(ttl=30, heartbeat=60, release="r9", message="why"), open(f"{state}/deploy.lock.json") as handle:
+        held = json.load(handle)
     assert held["operation"] == "deploy" and held["release"] == "r9" and held["message"] == "why"

@@ -1,0 +1,257 @@
+"""Every change path keeps serving (issue 14), each under client load that counts every failed request:
+long streams across a deploy, Ctrl-C and SIGKILL mid-batch, the recovery that follows, the live capacity
+guard, hosts drained on purpose, and a lease that outlives its TTL."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from roadie import audit, deploy, lock, release
+from roadie.balancer import Balancer
+from roadie.paths import ROOT
+from tests.lab.traffic import Traffic
+
+FAB = str(ROOT / ".venv" / "bin" / "fab")
+BIG = 28 * 1024 * 1024          # bytes of the long stream: far more than every buffer on its way
+
+
+def fab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL, env={**os.environ, "ROADIE_OPERATOR": "lab-tests"})
+
+
+def start_fab(*args: str) -> subprocess.Popen:
+    """fab in the background, its output read line by line (`lines`), for signals mid-command."""
+    proc = subprocess.Popen([FAB, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            stdin=subprocess.DEVNULL, env={**os.environ, "ROADIE_OPERATOR": "lab-tests"},
+                            start_new_session=True)
+    proc.lines = []                                           # type: ignore[attr-defined]
+
+    def pump() -> None:
+        for line in proc.stdout:
+            proc.lines.append(line)                           # type: ignore[attr-defined]
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(needle in line for line in proc.lines):        # type: ignore[attr-defined]
+            return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    raise AssertionError(f"no line with {needle!r} in: {''.join(proc.lines)[-3000:]}")  # type: ignore[attr-defined]
+
+
+def new_release(tmp_path: Path, tag: str) -> tuple[Path, str]:
+    app = ROOT / "build" / "variants" / tag / "app"
+    shutil.rmtree(app.parent, ignore_errors=True)
+    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    artifact = release.build(tmp_path / "out", f"{tag}-{int(time.time())}", app_dir=app).path
+    return artifact, release.verify(artifact).release_id
+
+
+def paced_download(host: str, path: str, rate: int) -> dict:
+    """GET `path` through the balancer at about `rate` bytes a second with a tiny receive buffer (so it stays
+    in flight end to end); the status, the body's length and sha256."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(60)
+    sock.connect((host, 80))
+    sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        if not chunk:
+            break
+        head += chunk
+    head, _, body = head.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    digest, length, started = hashlib.sha256(body), len(body), time.monotonic()
+    while chunk := sock.recv(8192):
+        digest.update(chunk)
+        length += len(chunk)
+        ahead = length / rate - (time.monotonic() - started)
+        if ahead > 0:
+            time.sleep(ahead)
+    sock.close()
+    assert "transfer-encoding: chunked" not in head.decode("latin-1").lower()
+    return {"status": int(lines[0].split()[1]), "length": length, "sha256": digest.hexdigest(),
+            "seconds": time.monotonic() - started}
+
+
+def releases_now(fleet: deploy.Fleet) -> dict[str, str | None]:
+    return {s.host: s.current for s in deploy.host_releases(fleet)}
+
+
+def rotation(conns) -> dict[str, str]:
+    return {name: s.status for name, s in Balancer(conns("lb1")).servers().items()}
+
+
+def last_record(conns) -> dict:
+    lines = conns("lb1").run(f"tail -n 1 {audit.LOG_PATH}", hide=True, in_stream=False).stdout.splitlines()
+    return json.loads(lines[-1])
+
+
+@pytest.fixture
+def fleet(stack):
+    return stack["fleet"]
+
+
+@pytest.fixture
+def whole(fleet, conns):
+    """Leaves the fleet whole after the test: every stream host in rotation, the lock free."""
+    yield
+    for name in ("stream1", "stream2", "stream3"):
+        Balancer(conns("lb1")).enable(name)
+    lock.force_release(conns("lb1"))
+    fab("undrain", "stream3")
+
+
+# ------------------------------------------------------------------ long streams
+@pytest.fixture
+def big_track(fleet, as_deploy):
+    """Track 1's audio replaced, on every stream host, by the same 28 MiB of bytes; `fab seed` puts the
+    reference file back afterwards."""
+    data = os.urandom(BIG)
+    local = ROOT / "build" / "big-track.wav"
+    local.write_bytes(data)
+    names = set()
+    for host in ("stream1", "stream2", "stream3"):
+        conn = as_deploy(host)
+        name = conn.run("ls /srv/stream/shared/media | grep '^tone-01-'", hide=True, in_stream=False).stdout.strip()
+        names.add(name)
+        conn.put(str(local), f"/srv/stream/shared/media/{name}")
+    assert len(names) == 1
+    yield hashlib.sha256(data).hexdigest()
+    local.unlink()
+    assert fab("seed").returncode == 0
+
+
+def test_a_long_stream_crosses_a_deploy_byte_for_byte_and_the_lease_outlives_its_ttl(stack, fleet, big_track,
+                                                                                    tmp_path, whole):
+    artifact, new_id = new_release(tmp_path, "long-stream")
+    got: dict = {}
+    # About 100 s at 280 KiB/s: well past the old 60 s drain limit and past the 90 s lease TTL.
+    reader = threading.Thread(target=lambda: got.update(paced_download(stack["lb"], "/tracks/1/audio",
+                                                                       rate=280 * 1024)))
+    with Traffic(stack["lb"]) as traffic:
+        reader.start()
+        time.sleep(2)
+        started = time.monotonic()
+        proc = start_fab("deploy", "--artifact", str(artifact), "--yes")
+        # The lease's TTL is 90 s: well after it, a second deploy is still refused (the heartbeat renews it).
+        time.sleep(max(0.0, lock.DEFAULT_TTL + 10 - (time.monotonic() - started)))
+        assert proc.poll() is None, "".join(proc.lines)[-3000:]       # still draining the long stream
+        second = fab("deploy", "--artifact", str(artifact), "--yes", timeout=120)
+        assert second.returncode == 1 and "deploy lock on lb1 is held by" in second.stderr, second.stderr
+        assert proc.wait(timeout=900) == 0, "".join(proc.lines)[-3000:]
+        reader.join(timeout=300)
+    assert got["status"] == 200 and got["length"] == BIG and got["seconds"] > 90, got
+    assert got["sha256"] == big_track                                      # byte for byte
+    assert traffic.report.failed == 0, traffic.report.failures
+    assert set(releases_now(fleet).values()) == {new_id}
+    assert "sessions cut" not in "".join(proc.lines) and "drain limit" not in "".join(proc.lines)
+
+
+def test_a_short_drain_limit_reports_the_sessions_it_cuts(stack, fleet, big_track, tmp_path, whole):
+    artifact, _ = new_release(tmp_path, "cut")
+    reader = threading.Thread(target=lambda: paced_download(stack["lb"], "/tracks/1/audio", rate=64 * 1024),
+                              daemon=True)
+    reader.start()
+    time.sleep(2)
+    result = fab("deploy", "--artifact", str(artifact), "--yes", "--drain-timeout", "3", "--json")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    cut = [e for e in events if e["event"] == "drain_timeout"]
+    assert len(cut) == 1 and cut[0]["sessions"] >= 1 and cut[0]["host"].startswith("stream"), cut
+    done = events[-1]
+    assert done["event"] == "done" and done["cut_sessions"] == {cut[0]["host"]: cut[0]["sessions"]}
+
+
+# ------------------------------------------------------------------ interrupts and a lost operator
+def test_ctrl_c_mid_batch_makes_the_batch_safe_frees_the_lock_and_exits_130(stack, fleet, conns, tmp_path, whole):
+    artifact, new_id = new_release(tmp_path, "sigint")
+    with Traffic(stack["lb"]) as traffic:
+        proc = start_fab("deploy", "--artifact", str(artifact), "--yes")
+        wait_for_line(proc, "batch 2/3")
+        os.killpg(proc.pid, signal.SIGINT)
+        code = proc.wait(timeout=300)
+    out = "".join(proc.lines)
+    assert code == 130, out[-3000:]
+    assert "batch 3/3" not in out and "resume with the same command" in out
+    assert set(rotation(conns).values()) == {"UP"}, rotation(conns)       # the batch's hosts are back
+    assert lock.status(conns("lb1"))[0] is None                             # the lock is free
+    record = last_record(conns)
+    assert record["action"] == "deploy" and record["result"] == "interrupted" and record["release"] == new_id
+    assert traffic.report.failed == 0, traffic.report.failures
+
+
+def test_a_killed_deploy_is_flagged_by_status_and_the_next_deploy_makes_the_fleet_whole(stack, fleet, conns,
+                                                                                         tmp_path, whole):
+    artifact, new_id = new_release(tmp_path, "sigkill")
+    with Traffic(stack["lb"]) as traffic:
+        proc = start_fab("deploy", "--artifact", str(artifact), "--yes")
+        wait_for_line(proc, "stream2: draining in HAProxy")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        # The lease lapses by itself within its TTL: nobody renews it any more.
+        deadline = time.monotonic() + lock.DEFAULT_TTL + 30
+        while time.monotonic() < deadline:
+            holder, now = lock.status(conns("lb1"))
+            if holder is not None and holder.expires_at < now:
+                break
+            time.sleep(2)
+        status = fab("status")
+        assert status.returncode != 0, status.stdout
+        text = status.stdout + status.stderr
+        assert "stream2" in text and "out of rotation" in text, text[-3000:]
+        assert "different releases" in text and "lapsed" in text, text[-3000:]
+        again = fab("deploy", "--artifact", str(artifact), "--yes")          # no manual step
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]
+    assert "took over a lapsed lease" in again.stdout
+    assert set(releases_now(fleet).values()) == {new_id}
+    assert set(rotation(conns).values()) == {"UP"}
+    assert fab("status").returncode == 0
+    assert traffic.report.failed == 0, traffic.report.failures
+
+
+# ------------------------------------------------------------------ the live guard and hosts drained on purpose
+def test_the_live_guard_counts_what_haproxy_serves_and_a_purposeful_drain_survives(stack, fleet, conns, tmp_path,
+                                                                                    whole):
+    drained = fab("drain", "stream3", "--message", "disk swap")
+    assert drained.returncode == 0, drained.stdout + drained.stderr
+    artifact, new_id = new_release(tmp_path, "guard")
+    before = releases_now(fleet)
+    refused = fab("deploy", "--artifact", str(artifact), "--yes", "--min-serving", "2")
+    assert refused.returncode == 1, refused.stdout[-2000:]
+    line = refused.stderr.strip().splitlines()[-1]
+    assert "below --min-serving 2" in line and "already out of rotation: stream3" in line, line
+    assert releases_now(fleet) == before                                    # nothing switched
+    with Traffic(stack["lb"]) as traffic:
+        ok = fab("deploy", "--artifact", str(artifact), "--yes")
+        assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
+        assert "left out of this plan: drained on purpose" in ok.stdout
+        restarted = fab("restart", "--group", "stream", "--yes")
+        assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-2000:]
+    assert rotation(conns)["stream3"].startswith("DRAIN"), rotation(conns)
+    now = releases_now(fleet)
+    assert now["stream1"] == now["stream2"] == new_id and now["stream3"] == before["stream3"]
+    assert traffic.report.failed == 0, traffic.report.failures
+    assert fab("undrain", "stream3").returncode == 0
+    assert fab("deploy", "--artifact", str(artifact), "--yes").returncode == 0    # whole again
+    assert set(releases_now(fleet).values()) == {new_id}
