@@ -255,3 +255,44 @@ def test_the_live_guard_counts_what_haproxy_serves_and_a_purposeful_drain_surviv
     assert fab("undrain", "stream3").returncode == 0
     assert fab("deploy", "--artifact", str(artifact), "--yes").returncode == 0    # whole again
     assert set(releases_now(fleet).values()) == {new_id}
+
+
+# ------------------------------------------------------------------ playbook changes to a serving fleet
+def _main_pids(conns, unit: str) -> dict[str, str]:
+    return {h: conns(h).run(f"systemctl show -p MainPID --value {unit}", hide=True, in_stream=False).stdout.strip()
+            for h in ("stream1", "stream2", "stream3")}
+
+
+def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(stack, fleet, big_track, conns,
+                                                                            whole):
+    from roadie import provision
+
+    stream_pids, nginx_pids = _main_pids(conns, "stream.service"), _main_pids(conns, "nginx.service")
+    # A stream setting (the env file: restarts the service) and Debian's default site back (its removal
+    # restarts nginx), applied with the stream playbook while clients play and one long download runs.
+    for host in ("stream1", "stream2", "stream3"):
+        conns(host).run("ln -sfn /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default",
+                        hide=True, in_stream=False)
+    got: dict = {}
+    reader = threading.Thread(target=lambda: got.update(paced_download(stack["lb"], "/tracks/1/audio",
+                                                                       rate=700 * 1024)))
+    try:
+        with Traffic(stack["lb"]) as traffic:
+            reader.start()
+            time.sleep(2)
+            run = provision.run("stream", "lab", extra_args=("-e", "streaming_cache_ttl=61"), echo=False)
+            reader.join(timeout=300)
+        assert run.ok, run.output[-4000:]
+        assert traffic.report.failed == 0, traffic.report.failures
+        assert got["status"] == 200 and got["length"] == BIG and got["sha256"] == big_track, got
+        # Every host was restarted (a new MainPID), one at a time behind a drain.
+        assert all(_main_pids(conns, "stream.service")[h] != stream_pids[h] for h in stream_pids)
+        assert all(_main_pids(conns, "nginx.service")[h] != nginx_pids[h] for h in nginx_pids)
+        drains = [line for line in run.output.splitlines() if "rolling_restart | Drain the host" in line]
+        assert len(drains) == 3, drains
+        assert set(rotation(conns).values()) == {"UP"}
+    finally:
+        with Traffic(stack["lb"]) as traffic:
+            back = provision.run("stream", "lab", echo=False)          # the inventory's setting again
+        assert back.ok, back.output[-4000:]
+        assert traffic.report.failed == 0, traffic.report.failures
