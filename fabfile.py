@@ -302,9 +302,12 @@ def undrain(c, host, inventory_=None, message=None):
 @task(auto_shortflags=False, help={"inventory": INVENTORY_HELP, "group": "Host or group to restart (required).",
                                    "rolling": "Always on: hosts go one batch at a time (--no-rolling is refused).",
                                    "batch": DEPLOY_HELP["batch"], "min_serving": DEPLOY_HELP["min_serving"],
+                                   "include_primary": "Also restart the PostgreSQL primary (writes pause while it "
+                                                      "restarts); without it a plan that needs the primary is refused.",
                                    "message": DEPLOY_HELP["message"], "yes": DEPLOY_HELP["yes"]})
 @friendly
-def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving="1", message=None, yes=False):
+def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving="1", include_primary=False,
+            message=None, yes=False):
     """Restart a group's service: stream hosts drain-aware in batches, others one at a time, health-checked."""
     if not group:
         raise RoadieError("name the hosts to restart with --group (a host or group)")
@@ -322,8 +325,14 @@ def restart(c, group=None, inventory_=None, rolling=True, batch="1", min_serving
     if stream_hosts:
         deploy.rollout.plan("restart", [h.name for h in stream_hosts], options.batch, False, options.min_serving)
     order = [h.name for h in maintenance.restart_order(inv, others)]
+    primaries = [h for h in order if h in inv.groups.get("database_primary", ())]
+    if primaries and not include_primary:
+        raise RoadieError(f"this restart includes the PostgreSQL primary {', '.join(primaries)}, whose restart pauses "
+                          "every write: pass --include-primary to go ahead (replicas restart first)")
+    order = [f"{h} (PRIMARY: writes pause while it restarts)" if h in primaries else h for h in order]
     plan = ([f"stream hosts, drain-aware, {options.batch} at a time: {', '.join(h.name for h in stream_hosts)}"]
-            if stream_hosts else []) + ([f"one at a time, health-checked: {', '.join(order)}"] if order else [])
+            if stream_hosts else []) + ([f"one at a time, replicas first, health-checked: {', '.join(order)}"]
+                                        if order else [])
     for line in plan:
         print(f"restart: {line}")
     _confirm(f"restart {len(hosts)} hosts", yes)

@@ -122,11 +122,26 @@ def _has_livez(stack) -> bool:
     return status_code == 200
 
 
-def test_restart_of_the_data_tier_is_one_by_one_and_health_checked(stack):
-    out = _ok(fab("restart", "--group", "cache,database", "--yes"))
+DATA_UNITS = {"cache1": "redis-server.service", "db1": "postgresql@15-main.service",
+              "db2": "postgresql@15-main.service"}
+
+
+def _main_pids(conns) -> dict[str, str]:
+    return {h: _out(conns(h), f"systemctl show -p MainPID --value {unit}") for h, unit in DATA_UNITS.items()}
+
+
+def test_restart_of_the_data_tier_is_one_by_one_health_checked_and_the_primary_needs_a_flag(stack, conns):
+    before = _main_pids(conns)
+    refused = fab("restart", "--group", "cache,database", "--yes")
+    assert refused.returncode == 1 and "--include-primary" in refused.stderr and "db1" in refused.stderr
+    assert _main_pids(conns) == before                                        # nothing restarted
+    out = _ok(fab("restart", "--group", "cache,database", "--include-primary", "--yes"))
+    assert "db1 (PRIMARY: writes pause while it restarts)" in out
     lines = [ln for ln in out.splitlines() if "restarting" in ln]
     assert [ln.split(":")[0] for ln in lines] == ["cache1", "db2", "db1"]    # the primary last
     assert out.count("healthy again") == 3
+    after = _main_pids(conns)
+    assert all(after[h] != before[h] and after[h] != "0" for h in DATA_UNITS), (before, after)
 
 
 def test_maintenance_mode(stack, conns):
