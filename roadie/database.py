@@ -544,6 +544,7 @@ class FailoverPlan:
     stream_hosts: list[str]
     max_lag: int
     force: bool
+    old_primary_address: str = ""
 
     def describe(self) -> list[str]:
         return [
@@ -552,8 +553,8 @@ class FailoverPlan:
             + (" (--force: go on anyway)" if self.force else ""),
             f"  2. stop PostgreSQL on {self.old_primary} (fast shutdown), mask its unit, write {FENCE_FILE}",
             f"  3. wait until {self.new_primary} has replayed everything {self.old_primary} wrote; pg_promote",
-            f"  4. put {self.new_primary} first in STREAM_DATABASE_URL on {', '.join(self.stream_hosts)}; "
-            "rolling restart through the drain path",
+            f"  4. put {self.new_primary} first in STREAM_DATABASE_URL on {', '.join(self.stream_hosts)} and "
+            f"remove {self.old_primary} from it; rolling restart through the drain path",
             "  5. audit line; print the inventory change to commit",
         ]
 
@@ -574,7 +575,8 @@ def plan_failover(inv: Inventory, max_lag: object = DEFAULT_MAX_LAG, force: bool
                               f"({', '.join(r.name for r in topo.replicas)})")
     address = str(inv.host_var(new.name, "roadie_private_address"))
     stream = [h.name for h in inv.group("stream")]
-    return FailoverPlan(topo.primary.name, new.name, address, stream, lag, force)
+    old_address = str(inv.host_var(topo.primary.name, "roadie_private_address"))
+    return FailoverPlan(topo.primary.name, new.name, address, stream, lag, force, old_address)
 
 
 def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: ANN001, ARG001
@@ -586,6 +588,15 @@ def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: 
     """
     out = _run(conn, f"sudo -n {stream_host.TASK_WRAPPER} use-database {shlex.quote(address)}",
                what="pointing the env file at the new primary", timeout=60)
+    return json.loads(out.stdout.strip().splitlines()[-1])["changed"]
+
+
+def forget_old_primary(conn, address: str) -> bool:  # noqa: ANN001
+    """Remove a failed-over primary from the host's env file (never its last database host), so that no
+    blip on the new primary sends writes back to it; True if it changed. Provisioning, after the
+    inventory names the new roles, writes the list again."""
+    out = _run(conn, f"sudo -n {stream_host.TASK_WRAPPER} forget-database {shlex.quote(address)}",
+               what="removing the old primary from the env file", timeout=60)
     return json.loads(out.stdout.strip().splitlines()[-1])["changed"]
 
 
@@ -695,13 +706,16 @@ def _failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deplo
         def repoint(host: Host) -> tuple[str, bool]:
             conn = ssh.connect(host)
             try:
-                return host.name, repoint_stream_host(conn, plan.new_primary_address)
+                changed = repoint_stream_host(conn, plan.new_primary_address)
+                # The old primary is no fallback: a blip on the new one must never send writes back to it.
+                forgot = bool(plan.old_primary_address) and forget_old_primary(conn, plan.old_primary_address)
+                return host.name, forgot or changed
             finally:
                 conn.close()
 
         for name, changed in ssh.parallel(repoint, fleet.stream):
-            report(f"STREAM_DATABASE_URL: {plan.new_primary} first" + ("" if changed else " (already)"), name,
-                   event="repointed")
+            report(f"STREAM_DATABASE_URL: {plan.new_primary} only, {plan.old_primary} removed"
+                   + ("" if changed else " (already)"), name, event="repointed")
         outcome = restart(fleet, options, report, change=change)
         timings["repoint_and_restart_s"] = round(time.monotonic() - t, 2)
         return FailoverResult(plan, old_conn is not None, final_lsn, promoted_lsn, time.monotonic() - started,

@@ -314,6 +314,11 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
         db1 = conns("db1")
         assert _sh(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
         assert json.loads(_sh(db1, f"cat {database.FENCE_FILE}"))["new_primary"] == "db2"
+        # The old primary is no fallback any more: no stream host's database list names it.
+        db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
+        for host in ("stream1", "stream2", "stream3"):
+            url = _sh(conns(host), "grep '^STREAM_DATABASE_URL=' /srv/stream/shared/stream.env")
+            assert f"@{db1_address}:" not in url and f",{db1_address}:" not in url, host
         timings = next(ln for ln in out.splitlines() if ln.startswith("failover: done"))
         print(f"\n{timings}\nfailover (fab, wall) {failover_s:.1f} s; plays: {writes.sent} sent, {len(writes.ok)} "
               f"answered 2xx ({before} before the failover), {len(writes.failed)} failed, {writes.retried} retried "

@@ -91,3 +91,14 @@ def test_a_file_of_another_owner_is_refused(tmp_path):
     shared, env = _env(tmp_path)
     with pytest.raises(stream_env.Refused, match="can be changed by another account"):
         stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid() + 1)
+
+
+def test_a_failed_over_primary_is_removed_from_the_list_never_the_last_host(tmp_path):
+    shared, env = _env(tmp_path)
+    assert stream_env.use_database(str(env), "10.0.0.21", owner=os.getuid()) is True
+    assert stream_env.forget_database(str(env), "10.0.0.20", owner=os.getuid()) is True
+    assert "@10.0.0.21:5432/stream?" in env.read_text() and "10.0.0.20" not in env.read_text()
+    assert stream_env.forget_database(str(env), "10.0.0.20", owner=os.getuid()) is False     # already gone
+    with pytest.raises(stream_env.Refused, match="the only database host"):
+        stream_env.forget_database(str(env), "10.0.0.21", owner=os.getuid())
+    assert "@10.0.0.21:5432/stream?" in env.read_text()

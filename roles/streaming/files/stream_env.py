@@ -1,8 +1,10 @@
-"""Rewrites the stream service's env file for `stream-task use-database` (run as root by that wrapper).
+"""Rewrites the stream service's env file for `stream-task use-database` and `forget-database` (run as root
+by that wrapper).
 
-Only reorders the hosts already in STREAM_DATABASE_URL: the new primary goes first, the others keep
-their order. An address that is not there is refused, so whoever may call the wrapper can steer the
-service between its own database hosts but never to another server. The file is replaced atomically
+Only reorders the hosts already in STREAM_DATABASE_URL (the new primary goes first, the others keep
+their order) or removes one of them (a failed-over primary), never the last. An address that is not
+there is refused, so whoever may call the wrapper can steer the service between its own database hosts
+but never to another server. The file is replaced atomically
 with its owner and mode. Plain Python, standard library only; the unit tests import it from the role.
 
 It runs as root, so it trusts no path another account could have changed: every directory from / down
@@ -15,6 +17,7 @@ import os
 import stat
 import sys
 import tempfile
+from collections.abc import Callable
 
 
 class Refused(ValueError):
@@ -28,8 +31,8 @@ def host_of(entry: str) -> str:
     return entry.rsplit(":", 1)[0] if ":" in entry else entry
 
 
-def reorder_database_url(line: str, first: str) -> str:
-    """The STREAM_DATABASE_URL line with host `first` moved to the front; the rest byte for byte."""
+def _split_url(line: str) -> tuple[str, list[str], str]:
+    """(everything before the host list, the hosts, everything after) of a STREAM_DATABASE_URL line."""
     key, sep, url = line.partition("=")
     if key.strip() != "STREAM_DATABASE_URL" or not sep:
         raise Refused("not a STREAM_DATABASE_URL line")
@@ -39,7 +42,12 @@ def reorder_database_url(line: str, first: str) -> str:
     userinfo, at, rest = rest.rpartition("@")
     cut = min([i for i in (rest.find("/"), rest.find("?")) if i >= 0] or [len(rest)])
     hostlist, tail = rest[:cut], rest[cut:]
-    hosts = [h for h in hostlist.split(",") if h]
+    return key + "=" + scheme + "://" + userinfo + at, [h for h in hostlist.split(",") if h], tail
+
+
+def reorder_database_url(line: str, first: str) -> str:
+    """The STREAM_DATABASE_URL line with host `first` moved to the front; the rest byte for byte."""
+    head, hosts, tail = _split_url(line)
     chosen = [h for h in hosts if host_of(h) == first]
     if not chosen:
         raise Refused(f"{first} is not one of the database hosts in STREAM_DATABASE_URL "
@@ -47,7 +55,19 @@ def reorder_database_url(line: str, first: str) -> str:
     hosts = chosen[:1] + [h for h in hosts if host_of(h) != first]
     if len(hosts) > 1 and "target_session_attrs=" not in tail:
         tail += ("&" if "?" in tail else "?") + "target_session_attrs=read-write"
-    return key + "=" + scheme + "://" + userinfo + at + ",".join(hosts) + tail
+    return head + ",".join(hosts) + tail
+
+
+def drop_database_host(line: str, gone: str) -> str:
+    """The STREAM_DATABASE_URL line without host `gone` (a failed-over primary that must never take writes
+    again); unchanged when it is not there. Refused when it is the only host left."""
+    head, hosts, tail = _split_url(line)
+    kept = [h for h in hosts if host_of(h) != gone]
+    if len(kept) == len(hosts):
+        return line
+    if not kept:
+        raise Refused(f"{gone} is the only database host in STREAM_DATABASE_URL; refusing to remove it")
+    return head + ",".join(kept) + tail
 
 
 def check_root_only(path: str, owner: int = 0) -> os.stat_result:
@@ -70,8 +90,8 @@ def check_root_only(path: str, owner: int = 0) -> os.stat_result:
     return st
 
 
-def use_database(path: str, first: str, owner: int = 0) -> bool:
-    """Put `first` at the front of the env file's database hosts; True if the file changed."""
+def rewrite_database_url(path: str, change: Callable[[str], str], owner: int = 0) -> bool:
+    """Apply `change` to the env file's STREAM_DATABASE_URL line; True if the file changed."""
     st = check_root_only(path, owner)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     with os.fdopen(fd) as handle:
@@ -81,7 +101,7 @@ def use_database(path: str, first: str, owner: int = 0) -> bool:
     i = next((n for n, line in enumerate(lines) if line.startswith("STREAM_DATABASE_URL=")), None)
     if i is None:
         raise Refused(f"no STREAM_DATABASE_URL line in {path}")
-    new = reorder_database_url(lines[i], first)
+    new = change(lines[i])
     if new == lines[i]:
         return False
     lines[i] = new
@@ -101,10 +121,21 @@ def use_database(path: str, first: str, owner: int = 0) -> bool:
     return True
 
 
+def use_database(path: str, first: str, owner: int = 0) -> bool:
+    """Put `first` at the front of the env file's database hosts; True if the file changed."""
+    return rewrite_database_url(path, lambda line: reorder_database_url(line, first), owner)
+
+
+def forget_database(path: str, gone: str, owner: int = 0) -> bool:
+    """Remove `gone` from the env file's database hosts; True if the file changed."""
+    return rewrite_database_url(path, lambda line: drop_database_host(line, gone), owner)
+
+
 if __name__ == "__main__":
-    if len(sys.argv) != 4 or sys.argv[1] != "use-database":
-        sys.exit("usage: stream_env.py use-database ENV_FILE ADDRESS")
+    VERBS = {"use-database": use_database, "forget-database": forget_database}
+    if len(sys.argv) != 4 or sys.argv[1] not in VERBS:
+        sys.exit("usage: stream_env.py use-database|forget-database ENV_FILE ADDRESS")
     try:
-        print(json.dumps({"changed": use_database(sys.argv[2], sys.argv[3])}))
+        print(json.dumps({"changed": VERBS[sys.argv[1]](sys.argv[2], sys.argv[3])}))
     except (Refused, OSError) as exc:
         sys.exit(f"stream-task: {exc}")
