@@ -611,15 +611,21 @@ class FailoverResult:
     notes: list[str] = field(default_factory=list)
 
 
-def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001
-    """Stop the old primary (fast), mask its unit, write the marker; the shutdown checkpoint's LSN."""
+def fence_host(conn, new_primary: str, reason: str) -> None:  # noqa: ANN001
+    """Stop PostgreSQL (fast), mask its unit and write the fence marker: the host takes no writes again
+    until an operator rebuilds it as a replica."""
     _run(conn, f"sudo -n systemctl stop {PG_UNIT}", what="stopping PostgreSQL", timeout=180)
     _run(conn, f"sudo -n systemctl mask {PG_UNIT}", what="masking the PostgreSQL unit", timeout=60)
     marker = json.dumps({"fenced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": lock.who(),
-                         "reason": "fab db.failover", "new_primary": plan.new_primary})
+                         "reason": reason, "new_primary": new_primary})
     script = ("import os, sys; p = sys.argv[1]; os.makedirs(os.path.dirname(p), exist_ok=True); "
               "open(p, 'w').write(sys.argv[2] + '\\n')")
     _run(conn, ssh.python_command(script, FENCE_FILE, marker), what="writing the fence marker")
+
+
+def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001
+    """Stop the old primary (fast), mask its unit, write the marker; the shutdown checkpoint's LSN."""
+    fence_host(conn, plan.new_primary, "fab db.failover")
     report(f"stopped, unit masked, fenced ({FENCE_FILE})", plan.old_primary, event="fenced")
     control = _run(conn, f"{AS_POSTGRES}{PG_BIN}/pg_controldata {DATA_DIR}", what="reading pg_controldata",
                    timeout=60).stdout
@@ -745,3 +751,30 @@ def inventory_change(plan: FailoverPlan, inventory_name: str) -> list[str]:
         "    ansible-playbook playbooks/database.yml   # both hosts: the primary's pg_hba learns the new replica",
         "then apply the stream tier (ansible-playbook playbooks/stream.yml) so its env files match the inventory.",
     ]
+
+
+# ------------------------------------------------------------------ a failed-over primary that comes back
+def stale_primary(records: list[dict], primaries: list[str]) -> dict | None:
+    """The last successful failover's record when its old primary is among `primaries` again."""
+    for rec in reversed(records):
+        if rec.get("action") == "db.failover" and rec.get("result") == "ok":
+            return rec if rec.get("old_primary") in primaries and rec.get("new_primary") in primaries else None
+    return None
+
+
+def fence_at_first_contact(inv: Inventory, primaries: list[str], lock_conn) -> str | None:  # noqa: ANN001
+    """When two PostgreSQL hosts claim to be primary and the fleet's audit log shows one of them was failed
+    over away from (a forced failover could not fence it), fence that one now, before anything else
+    touches it; what was done, or None when the log does not say which one is stale."""
+    from roadie import audit
+
+    rec = stale_primary(audit.parse(audit.fetch(lock_conn)), primaries)
+    if rec is None:
+        return None
+    old, new = rec["old_primary"], rec["new_primary"]
+    with ssh.connect(inv.hosts[old]) as conn:
+        fence_host(conn, new, f"fenced at first contact: failed over to {new} at {rec.get('host_ts') or rec['ts']}")
+    audit.record(lock_conn, audit.event("db.fence", result="ok", hosts=[old], old_primary=old, new_primary=new,
+                                        reason="a failed-over primary came back"))
+    return (f"{old} was failed over to {new} at {rec.get('host_ts') or rec['ts']} but came back as a primary: "
+            f"fenced it now (stopped, masked, {FENCE_FILE})")

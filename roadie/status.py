@@ -270,7 +270,26 @@ def check(inv: Inventory, pattern: str = "all") -> Report:
     rows, view = _gather(inv, pattern)
     problems = attention(rows, inv, view.lease, view.drained)
     problems += [Problem(WARNING, view.host, error) for error in view.errors]
+    primaries = [r.host for r in rows if r.reachable and r.pg_role == "primary"]
+    if len(primaries) > 1:
+        problems += _fence_stale_primary(inv, primaries)
     return Report(rows, problems)
+
+
+def _fence_stale_primary(inv: Inventory, primaries: list[str]) -> list[Problem]:
+    """Two primaries: fence the one the audit log shows was failed over away from, at first contact."""
+    from roadie import database
+    from roadie.change import lock_host
+
+    try:
+        with ssh.connect(lock_host(inv)) as conn:
+            done = database.fence_at_first_contact(inv, primaries, conn)
+    except RoadieError as exc:
+        return [Problem(CRITICAL, None, f"could not fence the stale primary: {exc}")]
+    if done is None:
+        return [Problem(CRITICAL, None, "the audit log does not say which primary is stale: fence one by hand "
+                                       "(stop and mask postgresql@15-main, see roles/postgresql/README.md)")]
+    return [Problem(CRITICAL, None, done)]
 
 
 def _lock_host_name(inv: Inventory) -> str:
