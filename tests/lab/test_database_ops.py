@@ -327,3 +327,52 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
         _restore_topology(conns)
     rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
     assert rows["db1"]["role"] == "primary" and rows["db2"]["lag_bytes"] == 0
+
+
+# ------------------------------------------------------------------ split brain
+# Every TCP packet to db1 but loopback's is answered with a reset: connections in flight break too.
+CUT = "table inet roadie_cut { chain input { type filter hook input priority -10; policy accept; " \
+      "iif lo accept; meta l4proto tcp reject with tcp reset; } }"
+
+
+def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_at_first_contact(stack, conns):
+    from roadie import lab
+
+    listener = "split-" + uuid.uuid4().hex[:8]
+    db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
+    _wait_streaming("db1", "db2")
+    # db1 is cut off: every new connection to it is refused (PostgreSQL keeps running as a primary).
+    lab.docker("exec", lab.container_name("db1"), "nft", CUT)
+    try:
+        with Writes(stack["lb"], listener) as writes:
+            time.sleep(2)
+            result = fab("db.failover", "--yes", "--force", "--message", "lab test: split brain")
+            time.sleep(3)
+        out = _ok(result)
+        assert "NOT fenced" in out or "not fenced" in out, out[-2000:]
+    finally:
+        lab.docker("exec", lab.container_name("db1"), "nft", "delete table inet roadie_cut")
+    try:
+        # db1 came back still a primary: nothing on the stream side points at it any more, and nothing was
+        # written there alone (every play it holds for this listener is on db2 too).
+        for host in ("stream1", "stream2", "stream3"):
+            url = _sh(conns(host), "grep '^STREAM_DATABASE_URL=' /srv/stream/shared/stream.env")
+            assert db1_address not in url, (host, url)
+        stored_db2 = _stored_keys(conns("db2"), listener)
+        assert set(writes.ok) <= stored_db2
+        assert _stored_keys(conns("db1"), listener) <= stored_db2
+        # The first Roadie command that reaches db1 fences it, and says there were two primaries.
+        status = fab("status")
+        assert status.returncode != 0
+        text = status.stdout + status.stderr
+        assert "CRITICAL" in text and "2 PostgreSQL hosts report role primary" in text, text[-3000:]
+        assert "db1 was failed over to db2" in text and "fenced it now" in text, text[-3000:]
+        db1 = conns("db1")
+        assert _sh(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
+        assert _sh(db1, f"systemctl is-active {database.PG_UNIT} || true").strip() != "active"
+        again = fab("status")
+        assert "2 PostgreSQL hosts report role primary" not in again.stdout + again.stderr
+    finally:
+        _restore_topology(conns)
+    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+    assert rows["db1"]["role"] == "primary" and rows["db2"]["lag_bytes"] == 0
