@@ -96,7 +96,7 @@ def lab_check(c, pattern="all"):
 # ------------------------------------------------------------------ provisioning
 
 def _provision(playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None):
-    result = provision.run(playbook, inventory_, check=check, diff=diff, limit=limit, tags=tags)
+    result = provision.run_in_change(playbook, inventory_, check=check, diff=diff, limit=limit, tags=tags)
     if not result.ok:
         failed = [h for h, c in result.recap.items() if c.get("failed") or c.get("unreachable")]
         where = f" on {', '.join(failed)}" if failed else ""

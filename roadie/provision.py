@@ -19,6 +19,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -272,3 +273,34 @@ def run(name: str = "site", inventory: str | None = None, *, check: bool = False
                 sys.stdout.flush()
     output = "".join(lines)
     return PlaybookRun(path.stem, proc.returncode, time.monotonic() - started, parse_recap(output), output)
+
+
+def run_in_change(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
+                  limit: str | None = None, tags: str | None = None,
+                  note: Callable[[str], None] = print) -> PlaybookRun:
+    """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
+    change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
+    first provisioning of a fleet, whose lock host has no deploy account yet (nothing of Roadie runs there)."""
+    import paramiko
+
+    from roadie import ssh
+    from roadie.change import Change, lock_host
+
+    inv = inventory_mod.load(inventory)
+    if check:
+        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags)
+    host = lock_host(inv)
+    try:
+        ssh.connect(host).close()
+    except paramiko.AuthenticationException:
+        note(f"provision: {host.name} has no {host.user} account yet (a first provisioning): no lease taken")
+        return run(name, inventory, diff=diff, limit=limit, tags=tags)
+    except Exception as exc:  # noqa: BLE001 - any other reason to miss the lock host stops us, one line
+        raise RoadieError(f"cannot take the deploy lock for provisioning: {ssh.describe_failure(host, exc)}") from None
+    with Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
+                + (f" --tags {tags}" if tags else "")) as change:
+        result = run(name, inventory, diff=diff, limit=limit, tags=tags)
+        change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
+        if not result.ok:
+            change.result = "failed"
+    return result
