@@ -276,7 +276,7 @@ def run(name: str = "site", inventory: str | None = None, *, check: bool = False
 
 
 def run_in_change(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
-                  limit: str | None = None, tags: str | None = None,
+                  limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
                   note: Callable[[str], None] = print) -> PlaybookRun:
     """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
     change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
@@ -288,18 +288,18 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
 
     inv = inventory_mod.load(inventory)
     if check:
-        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags)
+        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
     host = lock_host(inv)
     try:
         ssh.connect(host).close()
     except paramiko.AuthenticationException:
         note(f"provision: {host.name} has no {host.user} account yet (a first provisioning): no lease taken")
-        return run(name, inventory, diff=diff, limit=limit, tags=tags)
+        return run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
     except Exception as exc:  # noqa: BLE001 - any other reason to miss the lock host stops us, one line
         raise RoadieError(f"cannot take the deploy lock for provisioning: {ssh.describe_failure(host, exc)}") from None
     with Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
                 + (f" --tags {tags}" if tags else "")) as change:
-        result = run(name, inventory, diff=diff, limit=limit, tags=tags)
+        result = run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
         change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
         if not result.ok:
             change.result = "failed"

@@ -280,9 +280,12 @@ def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(st
         with Traffic(stack["lb"]) as traffic:
             reader.start()
             time.sleep(2)
-            run = provision.run("stream", "lab", extra_args=("-e", "streaming_cache_ttl=61"), echo=False)
+            # Through the change pipeline, as `inv provision` runs it (a serving fleet: the lease is taken).
+            run = provision.run_in_change("stream", "lab", extra_args=("-e", "streaming_cache_ttl=61"))
             reader.join(timeout=300)
         assert run.ok, run.output[-4000:]
+        record = last_record(conns)
+        assert record["action"] == "provision" and record["result"] == "ok" and record["ssh_key"], record
         assert traffic.report.failed == 0, traffic.report.failures
         assert got["status"] == 200 and got["length"] == BIG and got["sha256"] == big_track, got
         # Every host was restarted (a new MainPID), one at a time behind a drain.
@@ -293,6 +296,6 @@ def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(st
         assert set(rotation(conns).values()) == {"UP"}
     finally:
         with Traffic(stack["lb"]) as traffic:
-            back = provision.run("stream", "lab", echo=False)          # the inventory's setting again
+            back = provision.run_in_change("stream", "lab")          # the inventory's setting again
         assert back.ok, back.output[-4000:]
         assert traffic.report.failed == 0, traffic.report.failures
