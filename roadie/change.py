@@ -93,7 +93,8 @@ class Change:
         except BaseException:
             self._close()
             raise
-        if threading.current_thread() is threading.main_thread():
+        # A change that takes no lock (`fab run`) keeps Ctrl-C as it is: it has no step to make safe.
+        if self.take_lock and threading.current_thread() is threading.main_thread():
             self._old_handler = signal.signal(signal.SIGINT, self._on_sigint)
         self._started = time.monotonic()
         return self
