@@ -577,7 +577,7 @@ def db_restore_check(c, inventory_=None, backup=None, on=None, json=False):
     except RoadieError as exc:
         _db_audit(inv, "db.restore-check", "failed", error=str(exc), duration_s=time.monotonic() - started)
         raise RoadieError(f"RESTORE CHECK FAILED: {exc}") from None
-    _db_audit(inv, "db.restore-check", "ok" if check.ok else "failed", backup=check.backup, host=check.host,
+    _db_audit(inv, "db.restore-check", "ok" if check.ok else "failed", backup=check.backup, restored_on=check.host,
               restore_s=check.restore_s, problems=check.problems, duration_s=check.duration_s)
     if json:
         emit_json(check.as_dict())

@@ -180,7 +180,7 @@ def test(c, lab=True, molecule=True, down=False, k=None):
     if lab:
         try:
             lab_up(c)
-            c.run(f"{_bin('pytest')} tests/lab -m lab -q{select}")
+            c.run(f"{_bin('pytest')} tests/lab -m lab -q --durations=25{select}")
         finally:
             if down:
                 lab_down(c)
