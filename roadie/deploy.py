@@ -398,7 +398,13 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
     try:
         assert work.balancer is not None and work.lb_conn is not None
         order, outcome.left_out = plan_order(fleet, work.balancer, rotation.on_purpose(work.lb_conn), report)
-        plan = rollout.plan(manifest.release_id, order, options.batch, options.canary, options.min_serving)
+        try:
+            plan = rollout.plan(manifest.release_id, order, options.batch, options.canary, options.min_serving)
+        except RoadieError as exc:
+            if not outcome.left_out:
+                raise
+            raise RoadieError(f"{exc}; already out of rotation: {', '.join(sorted(outcome.left_out))} "
+                              "(drained on purpose); nothing changed") from None
         for line in plan.describe():
             report(line.strip(), event="plan")
         if dry_run:
@@ -422,8 +428,9 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
                                      cut_sessions=work.cut, fleet=work.split())
                 if isinstance(exc, Interrupted):
                     raise
-                raise RoadieError(f"deploy of {manifest.release_id} failed: {outcome.error}; "
-                                  f"the fleet now runs {work.split()}") from None
+                # Once a host was switched, the last line says which hosts run which release.
+                where = f"; the fleet now runs {work.split()}" if outcome.done_hosts or outcome.rolled_back else ""
+                raise RoadieError(f"deploy of {manifest.release_id} failed: {outcome.error}{where}") from None
             finally:
                 outcome.cut_sessions = dict(work.cut)
                 outcome.duration_s = time.monotonic() - started
