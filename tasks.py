@@ -95,8 +95,10 @@ def lab_check(c, pattern="all"):
 
 # ------------------------------------------------------------------ provisioning
 
-def _provision(playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None):
-    result = provision.run_in_change(playbook, inventory_, check=check, diff=diff, limit=limit, tags=tags)
+def _provision(playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None,
+               restart_primary=False):
+    result = provision.run_in_change(playbook, inventory_, check=check, diff=diff, limit=limit, tags=tags,
+                                     restart_primary=restart_primary)
     if not result.ok:
         failed = [h for h, c in result.recap.items() if c.get("failed") or c.get("unreachable")]
         where = f" on {', '.join(failed)}" if failed else ""
@@ -111,11 +113,14 @@ def _provision(playbook="site", inventory_=None, check=False, diff=False, limit=
             "check": "Dry run (ansible-playbook --check); change nothing.",
             "diff": "Show file differences.",
             "limit": "Only this host or group.",
-            "tags": "Only these tags (comma-separated)."})
+            "tags": "Only these tags (comma-separated).",
+            "restart_primary": "Let a change restart the PostgreSQL and Redis primaries (after their replicas) "
+                               "although clients are connected: it cuts their sessions."})
 @friendly
-def provision_(c, playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None):
+def provision_(c, playbook="site", inventory_=None, check=False, diff=False, limit=None, tags=None,
+               restart_primary=False):
     """Provision hosts with a playbook (default site.yml), validated before it starts."""
-    _provision(playbook, inventory_, check, diff, limit, tags)
+    _provision(playbook, inventory_, check, diff, limit, tags, restart_primary)
 
 
 # ------------------------------------------------------------------ releases

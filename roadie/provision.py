@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib
 import importlib.metadata
 import ipaddress
+import json
 import os
 import re
 import subprocess
@@ -174,10 +175,18 @@ def parse_recap(output: str) -> dict[str, dict[str, int]]:
     return recap
 
 
+# Data-tier primaries with connected clients restart (after their replicas) only with these set: the
+# restart cuts every session. `inv provision --restart-primary` sets both.
+RESTART_PRIMARY_VARS = {"postgresql_restart_primary": True, "redis_restart_primary": True}
+
+
 def command(playbook: Path, inv: inventory_mod.Inventory, *, check: bool = False, diff: bool = False,
-            limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
+            limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
+            restart_primary: bool = False) -> list[str]:
     """The ansible-playbook command line (validated arguments only)."""
     argv = [_ansible_playbook(), "-i", str(inv.source), str(playbook)]
+    if restart_primary:
+        argv += ["-e", json.dumps(RESTART_PRIMARY_VARS)]
     if check:
         argv.append("--check")
     if diff:
@@ -253,13 +262,14 @@ def check_ssh_sources(inv: inventory_mod.Inventory) -> None:
 
 def run(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
         limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
-        echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
+        restart_primary: bool = False, echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
     """Run a playbook, streaming its output; returns the recap. Validates everything first."""
     path = playbook_path(name)
     inv = inventory_mod.load(inventory)
     check_ssh_sources(inv)
     check_secrets(inv)
-    argv = command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
+    argv = command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+                   restart_primary=restart_primary)
     run_env = ansible_env(env)
     started = time.monotonic()
     lines: list[str] = []
@@ -277,29 +287,30 @@ def run(name: str = "site", inventory: str | None = None, *, check: bool = False
 
 def run_in_change(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
                   limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
-                  note: Callable[[str], None] = print) -> PlaybookRun:
+                  restart_primary: bool = False, note: Callable[[str], None] = print) -> PlaybookRun:
     """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
     change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
     first provisioning of a fleet, whose lock host has no deploy account yet (nothing of Roadie runs there)."""
-    import paramiko
-
     from roadie import ssh
     from roadie.change import Change, lock_host
 
     inv = inventory_mod.load(inventory)
     if check:
-        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
+        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+                   restart_primary=restart_primary)
     host = lock_host(inv)
     try:
         ssh.connect(host).close()
-    except paramiko.AuthenticationException:
+    except ssh.AuthenticationFailed:
         note(f"provision: {host.name} has no {host.user} account yet (a first provisioning): no lease taken")
-        return run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
+        return run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+                   restart_primary=restart_primary)
     except Exception as exc:  # noqa: BLE001 - any other reason to miss the lock host stops us, one line
         raise RoadieError(f"cannot take the deploy lock for provisioning: {ssh.describe_failure(host, exc)}") from None
     with Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
-                + (f" --tags {tags}" if tags else "")) as change:
-        result = run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args)
+                + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else "")) as change:
+        result = run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+                     restart_primary=restart_primary)
         change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
         if not result.ok:
             change.result = "failed"

@@ -59,6 +59,10 @@ def known_host_keys(path: Path, name: str) -> dict[str, paramiko.PKey]:
         return dict(cached[1].lookup(name) or {})
 
 
+class AuthenticationFailed(RoadieError):
+    """The host answered with a checked key but refused the account (for example: not provisioned yet)."""
+
+
 class HostConnection(Connection):
     """A Fabric connection to one inventory host that refuses unknown or changed host keys."""
 
@@ -94,7 +98,8 @@ class HostConnection(Connection):
         except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the host
             if sock is not None:
                 sock.close()
-            raise RoadieError(describe_failure(self.inventory_host, exc)) from None
+            error = AuthenticationFailed if isinstance(exc, paramiko.AuthenticationException) else RoadieError
+            raise error(describe_failure(self.inventory_host, exc)) from None
         finally:
             self.connect_kwargs.pop("sock", None)
 

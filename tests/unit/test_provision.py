@@ -1,5 +1,6 @@
 """Provisioning runs are validated before ansible-playbook starts; recaps are parsed."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,14 @@ def test_command_validates_limit_and_tags(tmp_path):
         provision.command(playbook, inv, limit="nosuch")
     with pytest.raises(RoadieError, match="bad tag"):
         provision.command(playbook, inv, tags="redis;reboot")
+
+
+def test_restart_primary_passes_both_data_tier_flags_as_booleans(tmp_path):
+    inv = inventory.load("lab")
+    argv = provision.command(tmp_path / "x.yml", inv, restart_primary=True)
+    assert argv[-2] == "-e"
+    assert json.loads(argv[-1]) == {"postgresql_restart_primary": True, "redis_restart_primary": True}
+    assert "-e" not in provision.command(tmp_path / "x.yml", inv)
 
 
 def test_production_needs_its_vault_before_anything_runs(monkeypatch):
