@@ -300,3 +300,71 @@ def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(st
             back = provision.run_in_change("stream", "lab")          # the inventory's setting again
         assert back.ok, back.output[-4000:]
         assert traffic.report.failed == 0, traffic.report.failures
+
+
+# ------------------------------------------------------------------ data-tier restarts
+def _pg(conns, host: str, sql: str) -> str:
+    result = conns(host).run(f"runuser -u postgres -- psql -X -At -c \"{sql}\"", hide=True, in_stream=False)
+    return result.stdout.strip()
+
+
+def _redis_pid(conns) -> str:
+    return conns("cache1").run("systemctl show -p MainPID --value redis-server.service", hide=True,
+                               in_stream=False).stdout.strip()
+
+
+def test_data_tier_restarts_go_replica_first_and_a_primary_with_clients_needs_the_flag(stack, conns, whole):
+    from roadie import provision
+
+    started = "SELECT extract(epoch FROM pg_postmaster_start_time())"
+    db1_start, db2_start, redis_pid = _pg(conns, "db1", started), _pg(conns, "db2", started), _redis_pid(conns)
+    before = _pg(conns, "db1", "SHOW shared_buffers")
+    changed = "160MB" if before != "160MB" else "144MB"
+    pg_change = ("-e", f"postgresql_shared_buffers={changed}")
+    try:
+        # A PostgreSQL setting that needs a restart, applied by CI to a serving fleet, without the flag:
+        # the replica restarts with it, the primary keeps its sessions, the run fails saying what waits.
+        with Traffic(stack["lb"]) as traffic:
+            refused = provision.run_in_change("database", "lab", extra_args=pg_change)
+        assert refused.returncode != 0
+        assert ("db1 is the PostgreSQL primary: shared_buffers wait for a restart that cuts" in refused.output
+                and "--restart-primary" in refused.output), refused.output[-3000:]
+        assert traffic.report.failed == 0, traffic.report.failures
+        assert _pg(conns, "db2", "SHOW shared_buffers") == changed and _pg(conns, "db2", started) != db2_start
+        assert _pg(conns, "db1", started) == db1_start
+        assert _pg(conns, "db1", "SELECT pending_restart FROM pg_settings WHERE name = 'shared_buffers'") == "t"
+        assert last_record(conns)["result"] == "failed"
+
+        # With --restart-primary: the primary restarts after its replica (which has nothing left to do).
+        replica_done = _pg(conns, "db2", started)
+        with Traffic(stack["lb"]) as traffic:
+            applied = provision.run_in_change("database", "lab", extra_args=pg_change, restart_primary=True)
+        assert applied.ok, applied.output[-3000:]
+        print(f"primary restart with --restart-primary: {traffic.report.failed} of {traffic.report.sent} "
+              "requests failed (announced)")
+        assert _pg(conns, "db1", "SHOW shared_buffers") == changed
+        assert float(_pg(conns, "db1", started)) > float(replica_done) and _pg(conns, "db2", started) == replica_done
+        assert "--restart-primary" in last_record(conns)["message"]
+
+        # A redis.conf change: cache1 is the primary with the stream hosts connected; it waits for the flag.
+        with Traffic(stack["lb"]) as traffic:
+            refused = provision.run_in_change("cache", "lab", extra_args=("-e", "redis_maxmemory=200mb"))
+        assert refused.returncode != 0
+        assert "cache1 is the Redis primary: its configuration changed and waits for a restart that cuts" \
+            in refused.output, refused.output[-3000:]
+        assert traffic.report.failed == 0, traffic.report.failures
+        assert _redis_pid(conns) == redis_pid
+        # Still pending on the next run, although redis.conf no longer changes.
+        again = provision.run_in_change("cache", "lab", extra_args=("-e", "redis_maxmemory=200mb"))
+        assert again.returncode != 0 and "waits for a restart" in again.output
+        applied = provision.run_in_change("cache", "lab", extra_args=("-e", "redis_maxmemory=200mb"),
+                                          restart_primary=True)
+        assert applied.ok, applied.output[-3000:]
+        assert _redis_pid(conns) != redis_pid
+        assert conns("cache1").run("test -e /run/roadie-redis-restart-pending", warn=True, hide=True,
+                                   in_stream=False).exited == 1
+    finally:
+        for playbook in ("database", "cache"):
+            back = provision.run_in_change(playbook, "lab", restart_primary=True)    # the inventory's settings
+            assert back.ok, back.output[-3000:]
+    assert _pg(conns, "db1", "SHOW shared_buffers") == before
