@@ -264,7 +264,9 @@ class Rollout:
         assert self.balancer is not None
         servers = self.balancer.servers()
         serving = sorted(n for n, s in servers.items() if s.in_rotation and n not in hosts)
-        if len(serving) < self.options.min_serving:
+        # A batch of hosts that serve nothing (a fleet's first deploy: every server DOWN) takes nothing away.
+        taking = [n for n in hosts if n in servers and servers[n].in_rotation]
+        if taking and len(serving) < self.options.min_serving:
             out = sorted(n for n, s in servers.items() if not s.in_rotation and n not in hosts)
             raise RoadieError(f"{label}: taking {', '.join(hosts)} out would leave {len(serving)} hosts serving "
                               f"({', '.join(serving) or 'none'}), below --min-serving {self.options.min_serving}"

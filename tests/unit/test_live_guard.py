@@ -29,3 +29,14 @@ def test_a_batch_that_keeps_enough_serving_goes_ahead():
     work._guard("batch 1/3", ["stream1"])           # stream2 still serves
     with pytest.raises(RoadieError, match="leave 0 hosts serving"):
         _rollout({"stream1": ("UP", 1), "stream2": ("UP", 0)}, min_serving=1)._guard("batch 1/2", ["stream1"])
+
+
+def test_a_batch_that_serves_nothing_takes_nothing_away():
+    # A fleet's first deploy: no release anywhere, so HAProxy reports every stream host DOWN.
+    cold = {"stream1": ("DOWN", 1), "stream2": ("DOWN", 1), "stream3": ("DOWN", 1)}
+    _rollout(cold, min_serving=1)._guard("batch 1/3 (canary)", ["stream1"])
+    # One host already serving the new release: the next batch may not take it, but may take a DOWN host.
+    work = _rollout({"stream1": ("UP", 1), "stream2": ("DOWN", 1), "stream3": ("DOWN", 1)}, min_serving=1)
+    work._guard("batch 2/3", ["stream2"])
+    with pytest.raises(RoadieError, match="leave 0 hosts serving"):
+        work._guard("batch 2/3", ["stream1", "stream2"])
