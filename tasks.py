@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import deploy, fleet, inventory, lab, provision, release
+from roadie import deploy, fleet, inventory, lab, molecule, provision, release
 from roadie.cli import emit_json, friendly, table
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
@@ -191,34 +192,25 @@ def test(c, lab=True, molecule=True, down=False, k=None):
                 lab_down(c)
 
 
-def _molecule_scenarios(role=None, scenario=None) -> list[tuple[str, str]]:
-    found = []
-    roles_dir = os.path.join(ROOT, "roles")
-    for name in sorted(os.listdir(roles_dir)):
-        mdir = os.path.join(roles_dir, name, "molecule")
-        if (role and name != role) or not os.path.isdir(mdir):
-            continue
-        for scen in sorted(os.listdir(mdir)):
-            if os.path.isfile(os.path.join(mdir, scen, "molecule.yml")) and (not scenario or scen == scenario):
-                found.append((name, scen))
-    return found
-
-
 @task(help={"role": "Only this role (default: every role with a molecule scenario).",
-            "scenario": "Only this scenario (default: all of the role's scenarios)."})
+            "scenario": "Only this scenario (default: all of the role's scenarios).",
+            "workers": "Scenarios run side by side (default 2; each has its own containers)."})
 @friendly
-def molecule_(c, role=None, scenario=None):
+def molecule_(c, role=None, scenario=None, workers=2):
     """Run molecule test (create, converge, idempotence, verify, destroy) for the roles."""
-    scenarios = _molecule_scenarios(role, scenario)
-    if not scenarios:
+    chosen = molecule.scenarios(Path(ROOT) / "roles", role, scenario)
+    if not chosen:
         raise Exit(f"error: no molecule scenario for role={role!r} scenario={scenario!r}", code=1)
     lab.ensure_tools()
     lab.ensure_docker()
     lab.ensure_image()
-    for name, scen in scenarios:
-        print(f"molecule: {name}/{scen}", flush=True)
-        with c.cd(os.path.join(ROOT, "roles", name)):
-            c.run(f"molecule test -s {scen}")
+    started = time.monotonic()
+    outcomes = molecule.run_all(chosen, Path(ROOT) / "roles", Path(ROOT) / "logs" / "molecule", workers=int(workers))
+    failed = [o.scenario.label for o in outcomes if not o.ok]
+    print(f"molecule: {len(outcomes) - len(failed)} of {len(outcomes)} scenarios passed in "
+          f"{time.monotonic() - started:.0f} s", flush=True)
+    if failed:
+        raise Exit(f"error: molecule failed: {', '.join(failed)}", code=1)
 
 
 @task
