@@ -486,8 +486,8 @@ def _probe(host: Host) -> tuple[Host, dict | None, str]:
         return host, None, str(exc)
     try:
         return host, _json(conn, _STATE_SQL, "reading replication state"), ""
-    except RoadieError as exc:
-        return host, None, str(exc)
+    except Exception as exc:  # noqa: BLE001 - a host that drops the session mid-read is a row, not a traceback
+        return host, None, ssh.describe_failure(host, exc)
     finally:
         conn.close()
 

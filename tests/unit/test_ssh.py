@@ -101,3 +101,19 @@ def test_a_refused_account_is_told_apart_from_an_unreachable_host(tmp_path):
     with pytest.raises(RoadieError, match="unreachable") as refused:
         ssh.connect(host)
     assert not isinstance(refused.value, ssh.AuthenticationFailed)
+
+
+def test_an_in_memory_request_is_read_in_one_piece(tmp_path):
+    # Invoke reads a non-terminal stream one byte per 10 ms loop: a 6 KB staging request took 60 s.
+    import io
+
+    known = tmp_path / "known_hosts"
+    known.write_text(_line("10.0.0.1", _key()))
+    conn = ssh.HostConnection(_host(known))
+    runner = conn.config.runners.remote(context=conn)
+    assert isinstance(runner, ssh.WholeInputRemote)
+    request = io.StringIO("x" * 6000 + "\n")
+    assert runner.read_our_stdin(request) == "x" * 6000 + "\n"
+    assert runner.read_our_stdin(request) == ""               # EOF: Invoke closes the program's stdin
+    runner.encoding = "utf-8"                                  # set by Invoke when a command runs
+    assert runner.read_our_stdin(io.BytesIO(b"secret\n")) == "secret\n"

@@ -25,6 +25,19 @@ def test_the_new_primary_goes_first_and_the_rest_is_kept():
         "@[fd00::2]:5432,[fd00::1]:5432/db?target_session_attrs=read-write")
 
 
+def test_a_host_a_failover_forgot_comes_back_first_only_from_the_roles_list():
+    # After a failover to db2 forgot db1, the failback puts db1 first again: it is one of the role's hosts.
+    forgotten = "STREAM_DATABASE_URL=postgresql://u:pw@10.0.0.21:5432/stream?connect_timeout=2"
+    back = stream_env.reorder_database_url(forgotten, "10.0.0.20", ("10.0.0.20", "10.0.0.21"))
+    assert back == ("STREAM_DATABASE_URL=postgresql://u:pw@10.0.0.20:5432,10.0.0.21:5432/stream"
+                    "?connect_timeout=2&target_session_attrs=read-write")
+    with pytest.raises(stream_env.Refused, match=r"10.9.9.9 is not one of .* or the role's \(10.0.0.20, 10.0.0.21\)"):
+        stream_env.reorder_database_url(forgotten, "10.9.9.9", ("10.0.0.20", "10.0.0.21"))
+    ipv6 = "STREAM_DATABASE_URL=postgresql://u:pw@[fd00::2]:5432/db"
+    assert stream_env.reorder_database_url(ipv6, "fd00::1", ("fd00::1",)).endswith(
+        "@[fd00::1]:5432,[fd00::2]:5432/db?target_session_attrs=read-write")
+
+
 @pytest.mark.parametrize("line, first, expected", [
     (URL, "10.9.9.9", "is not one of the database hosts"),              # never steered to another server
     (URL, "10.0.0.2", "is not one of the database hosts"),              # no prefix matches

@@ -1,10 +1,11 @@
 """Rewrites the stream service's env file for `stream-task use-database` and `forget-database` (run as root
 by that wrapper).
 
-Only reorders the hosts already in STREAM_DATABASE_URL (the new primary goes first, the others keep
-their order) or removes one of them (a failed-over primary), never the last. An address that is not
-there is refused, so whoever may call the wrapper can steer the service between its own database hosts
-but never to another server. The file is replaced atomically
+Puts a database host first in STREAM_DATABASE_URL (the others keep their order) or removes one (a
+failed-over primary), never the last. The new first host must be in the URL already or in the list of
+database hosts the role wrote into the wrapper (a host forgotten by one failover comes back with the
+failback); any other address is refused, so whoever may call the wrapper can steer the service between
+its own database hosts but never to another server. The file is replaced atomically
 with its owner and mode. Plain Python, standard library only; the unit tests import it from the role.
 
 It runs as root, so it trusts no path another account could have changed: every directory from / down
@@ -45,13 +46,18 @@ def _split_url(line: str) -> tuple[str, list[str], str]:
     return key + "=" + scheme + "://" + userinfo + at, [h for h in hostlist.split(",") if h], tail
 
 
-def reorder_database_url(line: str, first: str) -> str:
-    """The STREAM_DATABASE_URL line with host `first` moved to the front; the rest byte for byte."""
+def reorder_database_url(line: str, first: str, known: tuple[str, ...] = ()) -> str:
+    """The STREAM_DATABASE_URL line with host `first` moved to the front; the rest byte for byte. A host
+    not in the URL is added in front (with the others' port) only when it is one of `known`."""
     head, hosts, tail = _split_url(line)
     chosen = [h for h in hosts if host_of(h) == first]
+    if not chosen and first in known and hosts:
+        written = hosts[0]
+        port = written[len(f"[{host_of(written)}]" if written.startswith("[") else host_of(written)):]
+        chosen = [(f"[{first}]" if ":" in first else first) + port]
     if not chosen:
         raise Refused(f"{first} is not one of the database hosts in STREAM_DATABASE_URL "
-                      f"({', '.join(host_of(h) for h in hosts)})")
+                      f"({', '.join(host_of(h) for h in hosts)}) or the role's ({', '.join(known) or 'none'})")
     hosts = chosen[:1] + [h for h in hosts if host_of(h) != first]
     if len(hosts) > 1 and "target_session_attrs=" not in tail:
         tail += ("&" if "?" in tail else "?") + "target_session_attrs=read-write"
@@ -121,9 +127,9 @@ def rewrite_database_url(path: str, change: Callable[[str], str], owner: int = 0
     return True
 
 
-def use_database(path: str, first: str, owner: int = 0) -> bool:
+def use_database(path: str, first: str, owner: int = 0, known: tuple[str, ...] = ()) -> bool:
     """Put `first` at the front of the env file's database hosts; True if the file changed."""
-    return rewrite_database_url(path, lambda line: reorder_database_url(line, first), owner)
+    return rewrite_database_url(path, lambda line: reorder_database_url(line, first, known), owner)
 
 
 def forget_database(path: str, gone: str, owner: int = 0) -> bool:
@@ -132,10 +138,14 @@ def forget_database(path: str, gone: str, owner: int = 0) -> bool:
 
 
 if __name__ == "__main__":
-    VERBS = {"use-database": use_database, "forget-database": forget_database}
-    if len(sys.argv) != 4 or sys.argv[1] not in VERBS:
-        sys.exit("usage: stream_env.py use-database|forget-database ENV_FILE ADDRESS")
+    if len(sys.argv) == 5 and sys.argv[1] == "use-database":
+        def change(path: str, address: str) -> bool:
+            return use_database(path, address, known=tuple(a for a in sys.argv[4].split(",") if a))
+    elif len(sys.argv) == 4 and sys.argv[1] == "forget-database":
+        change = forget_database
+    else:
+        sys.exit("usage: stream_env.py use-database ENV_FILE ADDRESS KNOWN,HOSTS | forget-database ENV_FILE ADDRESS")
     try:
-        print(json.dumps({"changed": VERBS[sys.argv[1]](sys.argv[2], sys.argv[3])}))
+        print(json.dumps({"changed": change(sys.argv[2], sys.argv[3])}))
     except (Refused, OSError) as exc:
         sys.exit(f"stream-task: {exc}")
