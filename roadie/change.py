@@ -114,6 +114,9 @@ class Change:
                 result = "failed"
                 error = str(exc) if isinstance(exc, RoadieError) else f"{exc_type.__name__}: {exc}"
             extra = dict(self.detail)
+            # A command may have put its own error in the detail (a rollback's outcome): one error field.
+            error = error or str(extra.pop("error", "") or "")
+            extra.pop("error", None)
             if self.took_over is not None:
                 extra["took_over"] = self.took_over.describe()
             audit.record(self.conn, audit.event(self.action, result=result, release=self.release, hosts=self.hosts,

@@ -342,7 +342,7 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
     db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
     _wait_streaming("db1", "db2")
     # db1 is cut off: every new connection to it is refused (PostgreSQL keeps running as a primary).
-    lab.docker("exec", lab.container_name("db1"), "nft", CUT)
+    lab.docker("exec", "-i", lab.container_name("db1"), "nft", "-f", "-", input=CUT)
     try:
         with Writes(stack["lb"], listener) as writes:
             time.sleep(2)

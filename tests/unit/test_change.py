@@ -129,3 +129,15 @@ def test_the_lease_file_says_who_holds_it_for_what(pipeline):
     with make(ttl=30, heartbeat=60, release="r9", message="why"), open(f"{state}/deploy.lock.json") as handle:
         held = json.load(handle)
     assert held["operation"] == "deploy" and held["release"] == "r9" and held["message"] == "why"
+
+
+def test_an_error_the_command_put_in_the_detail_is_the_records_one_error(pipeline):
+    # A rollback records its outcome's error in the detail, then raises: one `error` field, not a TypeError.
+    make, records, _ = pipeline
+    with pytest.raises(RoadieError, match="rollback to r1 failed"), make("rollback") as change:
+        change.detail.update(done=["stream1"], error="stream2: health gate failed")
+        raise RoadieError("rollback to r1 failed: stream2: health gate failed")
+    assert records[-1]["result"] == "failed" and records[-1]["error"].startswith("rollback to r1 failed")
+    with make("rollback") as change:
+        change.detail.update(error="stream2: put back by hand")
+    assert records[-1]["error"] == "stream2: put back by hand" and records[-1]["result"] == "ok"
