@@ -295,6 +295,12 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     from roadie.change import Change, lock_host
 
     inv = inventory_mod.load(inventory)
+    # Bad input (playbook, limit, tags, secrets) is one line before the lock host is even reached.
+    path = playbook_path(name)
+    check_ssh_sources(inv)
+    check_secrets(inv)
+    command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+            restart_primary=restart_primary)
     if check:
         return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
                    restart_primary=restart_primary)

@@ -178,3 +178,20 @@ def test_a_run_with_sshd_open_to_everyone_stops_before_ansible_playbook(tmp_path
 def test_a_tag_with_a_trailing_newline_is_refused(tmp_path):
     with pytest.raises(RoadieError, match="bad tag"):
         provision.command(tmp_path / "x.yml", inventory.load("lab"), tags="redis\n")
+
+
+@pytest.mark.parametrize("kwargs, expected", [
+    ({"name": "nosuch"}, "no playbook 'nosuch'"),
+    ({"limit": "nosuchgroup"}, "unknown host or group 'nosuchgroup'"),
+    ({"tags": "a;b"}, "bad tag 'a;b'"),
+])
+def test_bad_provisioning_input_is_refused_before_the_lock_host_is_reached(monkeypatch, kwargs, expected):
+    from roadie import ssh
+
+    def never(host):
+        raise AssertionError(f"{host.name} was contacted")
+
+    monkeypatch.setattr(ssh, "connect", never)
+    monkeypatch.setattr(provision, "check_secrets", lambda inv: None)
+    with pytest.raises(RoadieError, match=expected):
+        provision.run_in_change(kwargs.pop("name", "site"), "lab", **kwargs)
