@@ -53,3 +53,67 @@ def test_a_missing_known_hosts_file_is_one_line(tmp_path):
     with pytest.raises(RoadieError, match="known_hosts file .* is missing") as caught:
         ssh.HostConnection(_host(tmp_path / "nowhere"))
     assert "\n" not in str(caught.value)
+
+
+class _RefusingServer(paramiko.ServerInterface):
+    """An SSH server that knows no account: every public key is refused."""
+
+    def get_allowed_auths(self, username):
+        return "publickey"
+
+    def check_auth_publickey(self, username, key):
+        return paramiko.AUTH_FAILED
+
+
+def test_a_refused_account_is_told_apart_from_an_unreachable_host(tmp_path):
+    # inv provision's first run of a fleet relies on this: no deploy account yet means no lease to take.
+    import socket
+    import threading
+
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    host_key, client_key = _key(), ed25519.Ed25519PrivateKey.generate()
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def serve():
+        sock, _ = listener.accept()
+        transport = paramiko.Transport(sock)
+        transport.add_server_key(host_key)
+        transport.start_server(server=_RefusingServer())
+        transport.accept(5)
+        transport.close()
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    known = tmp_path / "known_hosts"
+    known.write_text(_line(f"[127.0.0.1]:{port}", host_key))
+    key_file = tmp_path / "id_ed25519"  # the lab's kind of key, in OpenSSH's format
+    key_file.write_bytes(client_key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
+                                                  serialization.NoEncryption()))
+    host = Host(name="lb1", address="127.0.0.1", port=port, user="deploy", known_hosts=known, key_file=key_file)
+    with pytest.raises(ssh.AuthenticationFailed, match="lb1 .*authentication failed for user deploy"):
+        ssh.connect(host)
+    server.join(5)
+    listener.close()
+    # Nothing is listening any more: a plain RoadieError, not an authentication failure.
+    with pytest.raises(RoadieError, match="unreachable") as refused:
+        ssh.connect(host)
+    assert not isinstance(refused.value, ssh.AuthenticationFailed)
+
+
+def test_an_in_memory_request_is_read_in_one_piece(tmp_path):
+    # Invoke reads a non-terminal stream one byte per 10 ms loop: a 6 KB staging request took 60 s.
+    import io
+
+    known = tmp_path / "known_hosts"
+    known.write_text(_line("10.0.0.1", _key()))
+    conn = ssh.HostConnection(_host(known))
+    runner = conn.config.runners.remote(context=conn)
+    assert isinstance(runner, ssh.WholeInputRemote)
+    request = io.StringIO("x" * 6000 + "\n")
+    assert runner.read_our_stdin(request) == "x" * 6000 + "\n"
+    assert runner.read_our_stdin(request) == ""               # EOF: Invoke closes the program's stdin
+    runner.encoding = "utf-8"                                  # set by Invoke when a command runs
+    assert runner.read_our_stdin(io.BytesIO(b"secret\n")) == "secret\n"
