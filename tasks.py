@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 from invoke import Collection, Exit, task
@@ -172,15 +173,25 @@ def lint(c):
             "k": "Only tests matching this pytest -k expression."})
 def test(c, lab=True, molecule=True, down=False, k=None):
     """Run the whole test suite: lint, unit tests, molecule, then the lab tests against real hosts."""
+    started = time.monotonic()
+
+    def phase(name: str) -> None:
+        print(f"test: {name} done at {time.monotonic() - started:.0f} s", flush=True)
+
     lint(c)
+    phase("lint")
     select = f" -k {k!r}" if k else ""
     c.run(f"{_bin('pytest')} tests/unit tests/service -q{select}")
+    phase("unit and service tests")
     if molecule:
         molecule_(c)
+        phase("molecule")
     if lab:
         try:
             lab_up(c)
-            c.run(f"{_bin('pytest')} tests/lab -m lab -q --durations=25{select}")
+            phase("lab up")
+            c.run(f"{_bin('pytest')} tests/lab -m lab -q --durations=40{select}")
+            phase("lab tests")
         finally:
             if down:
                 lab_down(c)
