@@ -3,6 +3,7 @@
 import dataclasses
 import io
 import shlex
+import time
 
 import pytest
 
@@ -35,6 +36,23 @@ def provisioned(lab_inventory) -> provision.PlaybookRun:
     assert run.ok, f"site.yml failed on {failed} (see {log})"
     print(f"\nsite.yml: {run.duration_s:.0f} s, changed {sum(c['changed'] for c in run.recap.values())} tasks")
     return run
+
+
+@pytest.fixture(scope="session")
+def site_rerun(provisioned):
+    """site.yml once more on the provisioned lab, at -vvv: the idempotence test reads its recap, the
+    secret-leak test its output and every host's journal of its window (one run serves both)."""
+    started = time.time() - 1
+    run = provision.run("site", "lab", extra_args=("-vvv",), echo=False)
+    (ROOT / "logs" / "lab-site-rerun.log").write_text(run.output)
+    return SiteRun(run, started, time.time() + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SiteRun:
+    run: provision.PlaybookRun
+    started: float
+    ended: float
 
 
 @pytest.fixture(scope="session")

@@ -195,9 +195,8 @@ def test_check_mode_on_the_provisioned_lab_passes_and_changes_nothing(provisione
     assert run.changed_hosts() == {}
 
 
-def test_second_site_run_changes_nothing(provisioned):
-    run = provision.run("site", "lab", echo=False)
-    (ROOT / "logs" / "lab-site-rerun.log").write_text(run.output)
+def test_second_site_run_changes_nothing(provisioned, site_rerun):
+    run = site_rerun.run
     assert run.ok, run.output[-3000:]
     assert run.changed_hosts() == {}, f"changed on rerun: {run.changed_hosts()} (see logs/lab-site-rerun.log)"
     assert set(run.recap) == set(provisioned.recap)

@@ -1,8 +1,9 @@
 """No secret leaks: run the loud paths at high verbosity and search everything they left for every secret.
 
-Runs last in the lab session (file name): site.yml at -vvv, `fab --debug` deploy, status, a failed deploy
-(rolled back) and a failover (then the lab is put back), and collects every output, the local logs, the
-audit log on the lock host, every host's journal since the test began and the services' log files.
+Runs last in the lab session (file name): the session's site.yml rerun at -vvv, `fab --debug` deploy,
+status, a failed deploy (rolled back) and a failover (then the lab is put back), and collects every output, the local logs, the
+audit log on the lock host, every host's journal since the test began and during the rerun, and the
+services' log files.
 Each secret (every vault_* value, the vault password, the lab's SSH private key) is searched for as it
 is and in the encodings it would take in a URL or a log line; a hit fails naming the file and line.
 """
@@ -16,7 +17,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from roadie import inventory, provision, vault
+from roadie import inventory, vault
 from roadie.paths import LAB_STATE, ROOT
 from tests.lab.test_database_ops import _restore_topology, _wait_streaming
 from tests.lab.test_deploy import _break_health, build_variant
@@ -60,12 +61,13 @@ def _hits(texts: dict[str, str], secrets: dict[str, str]) -> list[str]:
     return hits
 
 
-def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_inventory, tmp_path):
+def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_inventory, site_rerun, tmp_path):
     secrets = _secrets()
     started = time.time() - 1
     outputs: dict[str, str] = {}
 
-    run = provision.run("site", "lab", extra_args=("-vvv",), echo=False)
+    # The session's site.yml rerun ran at -vvv (conftest.site_rerun); its hosts' journals are read below.
+    run = site_rerun.run
     outputs["ansible-playbook site.yml -vvv"] = run.output
     assert run.ok, run.output[-3000:]
     assert run.output.count("censored") > 0     # the no_log tasks were there, and said so
@@ -90,6 +92,9 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
         journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(started)}", hide=True, warn=True,
                            in_stream=False, timeout=120)
         remote[f"{name}:journal"] = journal.stdout
+        journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(site_rerun.started)} "
+                           f"--until @{int(site_rerun.ended) + 1}", hide=True, warn=True, in_stream=False, timeout=120)
+        remote[f"{name}:journal during site.yml -vvv"] = journal.stdout
         files = conn.run(f"find {REMOTE_LOGS} -type f -size -64M 2>/dev/null | xargs -r grep -I -l '' || true",
                          hide=True, warn=True, in_stream=False).stdout.split()
         for path in files:
