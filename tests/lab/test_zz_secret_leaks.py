@@ -1,9 +1,9 @@
 """No secret leaks: run the loud paths at high verbosity and search everything they left for every secret.
 
 Runs last in the lab session (file name): the session's site.yml rerun at -vvv, `fab --debug` deploy,
-status, a failed deploy (rolled back) and a failover (then the lab is put back), and collects every output, the local logs, the
-audit log on the lock host, every host's journal since the test began and during the rerun, and the
-services' log files.
+status, a failed deploy (rolled back) and a failover (then the lab is put back), and collects every
+output, the local logs, the audit log on the lock host, every host's journal since the test began and
+during the rerun, and the services' log files.
 Each secret (every vault_* value, the vault password, the lab's SSH private key) is searched for as it
 is and in the encodings it would take in a URL or a log line; a hit fails naming the file and line.
 """
