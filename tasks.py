@@ -233,7 +233,7 @@ def unit(c):
     c.run(f"{_bin('pytest')} tests/unit -q")
 
 
-BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout")
+BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout", "stdin")
 
 
 @task(help={"which": f"Benchmarks to run, comma-separated: {', '.join(BENCHMARKS)} or all (default: all)."})
