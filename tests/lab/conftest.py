@@ -38,21 +38,23 @@ def provisioned(lab_inventory) -> provision.PlaybookRun:
     return run
 
 
+@dataclasses.dataclass(frozen=True)
+class SiteRun:
+    """A site.yml run and its window, a second wider on each side (for journalctl --since/--until)."""
+
+    run: provision.PlaybookRun
+    started: float
+    ended: float
+
+
 @pytest.fixture(scope="session")
-def site_rerun(provisioned):
+def site_rerun(provisioned) -> SiteRun:
     """site.yml once more on the provisioned lab, at -vvv: the idempotence test reads its recap, the
     secret-leak test its output and every host's journal of its window (one run serves both)."""
     started = time.time() - 1
     run = provision.run("site", "lab", extra_args=("-vvv",), echo=False)
     (ROOT / "logs" / "lab-site-rerun.log").write_text(run.output)
     return SiteRun(run, started, time.time() + 1)
-
-
-@dataclasses.dataclass(frozen=True)
-class SiteRun:
-    run: provision.PlaybookRun
-    started: float
-    ended: float
 
 
 @pytest.fixture(scope="session")

@@ -93,7 +93,7 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
                            in_stream=False, timeout=120)
         remote[f"{name}:journal"] = journal.stdout
         journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(site_rerun.started)} "
-                           f"--until @{int(site_rerun.ended) + 1}", hide=True, warn=True, in_stream=False, timeout=120)
+                           f"--until @{int(site_rerun.ended)}", hide=True, warn=True, in_stream=False, timeout=120)
         remote[f"{name}:journal during site.yml -vvv"] = journal.stdout
         files = conn.run(f"find {REMOTE_LOGS} -type f -size -64M 2>/dev/null | xargs -r grep -I -l '' || true",
                          hide=True, warn=True, in_stream=False).stdout.split()
