@@ -54,7 +54,8 @@ class Change:
 
     def __init__(self, host: Host, action: str, *, hosts: list[str], release: str = "", message: str = "",
                  take_lock: bool = True, ttl: int = LEASE_TTL, heartbeat: float = HEARTBEAT_S,
-                 report: Callable[..., None] | None = None, state_dir: str = lock.STATE_DIR) -> None:
+                 report: Callable[..., None] | None = None, state_dir: str = lock.STATE_DIR,
+                 conn: ssh.HostConnection | None = None) -> None:
         self.host, self.action, self.hosts, self.release, self.message = host, action, hosts, release, message
         self.take_lock, self.ttl, self.heartbeat, self.state_dir = take_lock, ttl, heartbeat, state_dir
         self.report = report or (lambda message, host=None, **data: print(f"{host or action}: {message}"))
@@ -65,7 +66,9 @@ class Change:
         self.renewals = 0
         self.took_over: lock.LockInfo | None = None
         self.state: Callable[[], list[str]] = lambda: []
-        self.conn: ssh.HostConnection | None = None
+        # A caller already connected to the lock host lends its connection (one handshake fewer).
+        self._borrowed = conn
+        self.conn: ssh.HostConnection | None = conn
         self._lease: lock.Lock | None = None
         self._beat_conn: ssh.HostConnection | None = None
         self._stop = threading.Event()
@@ -79,7 +82,8 @@ class Change:
 
     # -------------------------------------------------------------- enter / exit
     def __enter__(self) -> Change:
-        self.conn = ssh.connect(self.host)
+        if self.conn is None:
+            self.conn = ssh.connect(self.host)
         try:
             if self.take_lock:
                 self._lease = lock.acquire(self.conn, self.action, self.release, self.message, ttl=self.ttl,
@@ -87,7 +91,6 @@ class Change:
                 self.took_over = self._lease.replaced
                 if self.took_over is not None:
                     self.report(f"took over a lapsed lease: {self.took_over.describe()}", event="lock_takeover")
-                self._beat_conn = ssh.connect(self.host)
                 self._thread = threading.Thread(target=self._beat, name="roadie-lease", daemon=True)
                 self._thread.start()
         except BaseException:
@@ -138,15 +141,19 @@ class Change:
 
     def _close(self) -> None:
         for conn in (self.conn, self._beat_conn):
-            if conn is not None:
+            if conn is not None and conn is not self._borrowed:
                 conn.close()
 
     # -------------------------------------------------------------- lease
     def _beat(self) -> None:
-        assert self._lease is not None and self._beat_conn is not None
-        lease = lock.Lock(self._beat_conn, self._lease.info, self._lease.state_dir)
+        assert self._lease is not None
+        lease: lock.Lock | None = None
         while not self._stop.wait(self.heartbeat):
             try:
+                if lease is None:
+                    # Its own connection, opened at the first beat: a short change never waits for it.
+                    self._beat_conn = ssh.connect(self.host)
+                    lease = lock.Lock(self._beat_conn, self._lease.info, self._lease.state_dir)
                 lease.renew(self.ttl)
                 self.renewals += 1
             except Exception as exc:  # noqa: BLE001 - any failure means the lease can no longer be trusted

@@ -414,7 +414,7 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
             outcome.ok = True
             return outcome
         with Change(fleet.balancer, "deploy", hosts=order, release=manifest.release_id, message=options.message,
-                    report=report) as change:
+                    report=report, conn=work.lb_conn) as change:
             work.change, change.state = change, work.state
             try:
                 work.stage(artifact, manifest)
@@ -489,7 +489,7 @@ def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = 
             return outcome
         started = time.monotonic()
         with Change(fleet.balancer, "rollback", hosts=todo, release=to, message=options.message,
-                    report=report) as change:
+                    report=report, conn=work.lb_conn) as change:
             work.change, change.state = change, work.state
             try:
                 work.run(plan, outcome)

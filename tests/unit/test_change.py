@@ -59,7 +59,7 @@ def test_the_heartbeat_keeps_the_lease_past_its_ttl_and_a_second_change_is_refus
         with pytest.raises(RoadieError, match="deploy lock on .* is held by"), make("rollback"):
             pass
         first.check()                                       # still ours
-        assert first.renewals >= 5
+        assert first.renewals >= 2                          # held past the TTL only by renewing it
     assert _held(state) is None                             # released at the end
     assert [r["result"] for r in records] == ["ok"]
 
@@ -77,13 +77,16 @@ def test_a_lease_that_cannot_be_renewed_stops_the_change_before_its_next_step(pi
 
 def test_a_killed_holders_lease_lapses_and_the_next_change_takes_it_over(pipeline):
     make, records, state = pipeline
-    killed = make(ttl=1, heartbeat=60)
+    killed = make(ttl=3, heartbeat=60)
     killed.__enter__()                                      # then "SIGKILL": no heartbeat, no release
     killed._stop.set()
     killed._old_handler and signal.signal(signal.SIGINT, killed._old_handler)
-    with pytest.raises(RoadieError, match="is held by"), make("rollback", ttl=1):
+    with pytest.raises(RoadieError, match="is held by"), make("rollback", ttl=3):
         pass
-    time.sleep(1.2)
+    held = _held(state)
+    assert held is not None
+    while time.time() <= held.expires_at:                   # until the lease has lapsed, no longer
+        time.sleep(0.1)
     with make("deploy") as next_one:
         assert next_one.took_over is not None and next_one.took_over.operation == "deploy"
     assert "took_over" in records[-1]
@@ -141,3 +144,21 @@ def test_an_error_the_command_put_in_the_detail_is_the_records_one_error(pipelin
     with make("rollback") as change:
         change.detail.update(error="stream2: put back by hand")
     assert records[-1]["error"] == "stream2: put back by hand" and records[-1]["result"] == "ok"
+
+
+def test_a_lent_connection_is_used_and_left_open_and_a_short_change_opens_no_other(pipeline, monkeypatch):
+    make, records, state = pipeline
+    opened = []
+    monkeypatch.setattr(change_mod.ssh, "connect", lambda host: opened.append(host) or LocalConn())
+
+    class Lent(LocalConn):
+        closed = False
+
+        def close(self) -> None:
+            self.closed = True
+
+    lent = Lent()
+    with make(ttl=30, heartbeat=60, conn=lent) as ch:
+        assert ch.conn is lent and _held(state) is not None
+    assert opened == [] and not lent.closed                 # the deploy's own connection, still its own
+    assert _held(state) is None and [r["result"] for r in records] == ["ok"]
