@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from roadie import contract
 from roadie.errors import RoadieError
 
 HELPER = "/usr/local/sbin/roadie-haproxy"     # roles/haproxy: the deploy user's checked path to the API
@@ -69,7 +70,7 @@ def _check_name(kind: str, value: str) -> str:
 class Balancer:
     """The runtime API of one HAProxy host, reached through a verified SSH connection."""
 
-    def __init__(self, conn, backend: str = "stream") -> None:  # noqa: ANN001
+    def __init__(self, conn, backend: str = contract.STREAM_BACKEND) -> None:  # noqa: ANN001
         self.conn = conn
         self.backend = _check_name("backend", backend)
 

@@ -23,21 +23,21 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from roadie import deploy, lock, ssh, stream_host
+from roadie import contract, deploy, lock, ssh, stream_host
 from roadie.change import Change
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
-BACKUP_DIR = "/var/backups/postgresql"
-BASE_DIR = f"{BACKUP_DIR}/base"
-WAL_DIR = f"{BACKUP_DIR}/wal"
+BACKUP_DIR = contract.PG_BACKUP_DIR
+BASE_DIR = contract.PG_BASE_BACKUP_DIR
+WAL_DIR = contract.PG_WAL_ARCHIVE_DIR
 COPY_DIR = "/var/lib/postgresql/restore-copy"       # on the checking host; removed after each check
 RESTORE_CHECK = "/usr/local/sbin/pg-restore-check"
 BACKUP_SERVICE = "pg-base-backup.service"
-PG_UNIT = "postgresql@15-main.service"
-PG_BIN = "/usr/lib/postgresql/15/bin"
-DATA_DIR = "/var/lib/postgresql/15/main"
-FENCE_FILE = "/var/lib/roadie/postgresql-fenced.json"   # the deploy user's state directory (common role)
+PG_UNIT = contract.PG_UNIT
+PG_BIN = contract.PG_BIN
+DATA_DIR = contract.PG_DATA_DIR
+FENCE_FILE = contract.PG_FENCE_FILE   # the deploy user's state directory (common role)
 # Database work runs as postgres (the deploy user's sudo allows that account on database hosts, never
 # root); the few root actions are the exact `systemctl` lines of the common role's sudo list.
 AS_POSTGRES = "sudo -n -u postgres "

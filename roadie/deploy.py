@@ -17,31 +17,23 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from roadie import release, rollout, rotation, ssh, stream_host
+from roadie import contract, release, rollout, rotation, ssh, stream_host
 from roadie.balancer import Balancer
 from roadie.change import Change, stop_if_interrupted
 from roadie.errors import Interrupted, RoadieError
 from roadie.inventory import Host, Inventory
-from roadie.paths import ROOT
 
 DEFAULT_KEEP = 5
-# The longest response nginx lets a stream host send (roles/streaming): the default drain limit, so a
-# deploy waits for the longest stream the platform serves before it restarts a host.
-AUDIO_TIMEOUT_VAR = "streaming_nginx_audio_timeout"
-
-
 def default_drain_timeout(inv: Inventory, group: str = "stream") -> float:
-    """The stream hosts' nginx audio timeout: the inventory's value, else the streaming role's default."""
+    """The longest response nginx lets a stream host send (the inventory's audio timeout, else the role's):
+    a deploy waits that long for the longest stream the platform serves before it restarts a host."""
     hosts = inv.groups.get(group) or ()
     if hosts:
         try:
-            return float(inv.host_var(hosts[0], AUDIO_TIMEOUT_VAR))
-        except (RoadieError, TypeError, ValueError):
+            return float(contract.host_value(inv, hosts[0], "STREAM_AUDIO_TIMEOUT"))
+        except (TypeError, ValueError):
             pass
-    defaults = yaml.safe_load((ROOT / "roles" / "streaming" / "defaults" / "main.yml").read_text())
-    return float(defaults[AUDIO_TIMEOUT_VAR])
+    return float(contract.STREAM_AUDIO_TIMEOUT)
 
 
 class Reporter:
@@ -75,7 +67,7 @@ class Options:
     health_passes: int = 3
     health_interval: float = 0.5
     keep: int = DEFAULT_KEEP
-    backend: str = "stream"
+    backend: str = contract.STREAM_BACKEND
     message: str = ""
 
 

@@ -17,13 +17,13 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from roadie import ssh
+from roadie import contract, ssh
 from roadie.errors import RoadieError
 
 # A lease, not a long hold: every change renews it with a heartbeat (roadie/change.py), so the lock of an
 # operator who was killed or cut off lapses within this many seconds.
 DEFAULT_TTL = 90
-STATE_DIR = "/var/lib/roadie"
+STATE_DIR = contract.STATE_DIR
 
 # Runs on the lock host with python3 (every managed host has it). argv: op state_dir payload-json.
 _REMOTE = r'''

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import deploy, rollout, rotation, ssh
+from roadie import contract, deploy, rollout, rotation, ssh
 from roadie.balancer import Balancer
 from roadie.change import Change, lock_host
 from roadie.errors import RoadieError
@@ -119,8 +119,10 @@ def _check_postgres(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str
 def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
     host = conn.inventory_host.name
     secret = inv.host_var(host, "vault_redis_admin_password")
+    user = shlex.quote(str(contract.host_value(inv, host, "REDIS_ADMIN_USER")))
+    port = int(contract.host_value(inv, host, "REDIS_PORT"))
     script = ('IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; '
-              'redis-cli --no-auth-warning --user admin -h 127.0.0.1 PING')
+              f'redis-cli --no-auth-warning --user {user} -h 127.0.0.1 -p {port} PING')
     result = conn.run(f"sh -c {shlex.quote(script)}", hide=True, warn=True, in_stream=io.StringIO(secret + "\n"),
                       timeout=30)
     answer = result.stdout.strip()
@@ -129,8 +131,8 @@ def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
 
 GROUP_SERVICES = {
     "balancer": Service("haproxy.service", _check_haproxy),
-    "database": Service("postgresql@15-main.service", _check_postgres),
-    "cache": Service("redis-server.service", _check_redis),
+    "database": Service(contract.PG_UNIT, _check_postgres),
+    "cache": Service(contract.REDIS_UNIT, _check_redis),
 }
 
 

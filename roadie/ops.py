@@ -9,7 +9,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import ssh, status
+from roadie import contract, ssh, status
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
@@ -81,7 +81,8 @@ def check_pattern(pattern: str) -> str:
 def cache(inv: Inventory, host: Host, pattern: str | None = None, flush: bool = False) -> CacheState:
     """INFO, key counts and (with flush) the flush itself on one cache host."""
     secret = inv.host_var(host.name, status.REDIS_PASSWORD_VAR)
-    args = {"user": status.REDIS_ADMIN_USER, "port": int(status.var_or(inv, host.name, "redis_port", 6379)),
+    args = {"user": contract.host_value(inv, host.name, "REDIS_ADMIN_USER"),
+            "port": int(contract.host_value(inv, host.name, "REDIS_PORT")),
             "pattern": pattern, "flush": flush}
     with ssh.connect(host) as conn:
         result = conn.run(ssh.python_command(_REDIS, json.dumps(args)), hide=True, warn=True,

@@ -18,7 +18,7 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from roadie import lock, remote, rotation, ssh, stream_host
+from roadie import contract, lock, remote, rotation, ssh, stream_host
 from roadie.balancer import Balancer, ServerState
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
@@ -28,10 +28,10 @@ from roadie.inventory import Host, Inventory
 UNITS = {
     "balancer": ("haproxy.service",),
     "stream": ("stream.service", "nginx.service"),
-    "database": ("postgresql@15-main.service",),
-    "cache": ("redis-server.service",),
+    "database": (contract.PG_UNIT,),
+    "cache": (contract.REDIS_UNIT,),
 }
-REDIS_ADMIN_USER = "admin"
+REDIS_ADMIN_USER = contract.REDIS_ADMIN_USER
 REDIS_PASSWORD_VAR = "vault_redis_admin_password"  # noqa: S105 - a variable name, not a value
 PROBE = "status_probe.py"      # roadie/remote/
 WARNING, CRITICAL = "warning", "critical"
@@ -114,7 +114,7 @@ def probe(host: Host, inv: Inventory, addresses: list[str] | None = None) -> Hos
         row.error = str(exc)
         return row
     try:
-        args = _probe_args(host, int(var_or(inv, host.name, "redis_port", 6379)), addresses or [])
+        args = _probe_args(host, int(contract.host_value(inv, host.name, "REDIS_PORT")), addresses or [])
         result = conn.run(remote.command(PROBE, json.dumps(args)), hide=True, warn=True, in_stream=io.StringIO(
             secret + "\n"), timeout=60)
         row.reachable = True

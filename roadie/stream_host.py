@@ -12,25 +12,24 @@ import math
 import shlex
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
 
-from roadie import remote
+from roadie import contract, remote
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.release import Dependencies, Manifest, check_release_id
 from roadie.ssh import python_command
 
-BASE = PurePosixPath("/srv/stream")
-RELEASES = BASE / "releases"
-VENVS = BASE / "venvs"     # shared venvs, one per dependency set (release.dependencies)
-CURRENT = BASE / "current"
+BASE = contract.STREAM_ROOT
+RELEASES = contract.STREAM_RELEASES
+VENVS = contract.STREAM_VENVS     # shared venvs, one per dependency set (release.dependencies)
+CURRENT = contract.STREAM_CURRENT
 PREVIOUS = BASE / "previous"
-ENV_FILE = BASE / "shared" / "stream.env"
+ENV_FILE = contract.STREAM_ENV_FILE
 SERVICE = "stream.service"
 TASK_WRAPPER = "/usr/local/sbin/stream-task"   # roles/streaming: migrate and seed, arguments checked
 COMPLETE_MARK = ".roadie-complete"
 STAGE_PROGRAM = "stage_release.py"   # roadie/remote/: unpacks and checks a release on the host
-HEALTH_URL = "http://127.0.0.1/healthz"   # through nginx, as the balancer sees the host
+HEALTH_URL = contract.HEALTH_URL   # through nginx, as the balancer sees the host
 FREE_SPACE_PROGRAM = "free_space.py"   # roadie/remote/: measures a host's room for a release, changes nothing
 # Kept free beyond a release's estimate, the larger of the two: the service and the system keep writing
 # logs while a release stages, and the venv figure below is an estimate.
