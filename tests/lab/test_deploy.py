@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -12,36 +11,9 @@ import pytest
 
 from roadie import deploy, lab, lock, release, ssh, stream_host
 from roadie.paths import ROOT
+from tests.lab.fabrun import fab, one_line_error, popen_fab
+from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic
-
-FAB = str(ROOT / ".venv" / "bin" / "fab")
-
-
-def fab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "ROADIE_OPERATOR": "lab-tests"})
-
-
-def currents(fleet) -> dict[str, str | None]:
-    return {s.host: s.current for s in deploy.host_releases(fleet)}
-
-
-def build_variant(tmp_path: Path, release_id: str, patch=None, wheels: Path | None = None) -> Path:
-    """A release built from a copy of app/ (inside the checkout, for the git sha), optionally patched."""
-    app = ROOT / "build" / "variants" / release_id / "app"
-    shutil.rmtree(app.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    if patch:
-        patch(app)
-    return release.build(tmp_path / "out", release_id, app_dir=app, wheels=wheels).path
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -63,15 +35,9 @@ def test_deploy_under_traffic_switches_every_host_with_no_failed_request(stack, 
     assert entries[-1]["release"] == new_id
 
 
-def _break_health(app: Path) -> None:
-    # The release reports a release id that is not its own: its health gate can never pass.
-    init = app / "streamsvc" / "__init__.py"
-    init.write_text(init.read_text() + "\nimport os as _os\n\n_os.environ['STREAM_RELEASE_ID'] = 'broken'\n")
-
-
 def test_broken_release_is_rolled_back_on_the_canary_with_no_failed_request(stack, fleet, tmp_path):
     before = currents(fleet)
-    artifact = build_variant(tmp_path, f"lab-broken-{int(time.time())}", _break_health)
+    artifact = build_variant(tmp_path, f"lab-broken-{int(time.time())}", break_health)
     with Traffic(stack["lb"]) as traffic:
         result = fab("deploy", "--artifact", str(artifact), "--yes", "--health-timeout", "15")
     line = one_line_error(result)
@@ -85,9 +51,8 @@ def test_broken_release_is_rolled_back_on_the_canary_with_no_failed_request(stac
 
 def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack, fleet, tmp_path):
     artifact = build_variant(tmp_path, f"lab-lost-{int(time.time())}")
-    proc = subprocess.Popen([FAB, "deploy", "--artifact", str(artifact), "--yes", "--json",
-                             "--health-timeout", "20", "--drain-timeout", "5"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_fab("deploy", "--artifact", str(artifact), "--yes", "--json", "--health-timeout", "20",
+                     "--drain-timeout", "5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stopped = False
     lines = []
     for line in proc.stdout:

@@ -24,7 +24,7 @@ import pytest
 
 from roadie import balancer, provision, ssh, stream_host
 from roadie.paths import ROOT
-from tests.lab.conftest import run_with_secret
+from tests.lab.hosts import run_with_secret
 
 VENV = ROOT / ".venv" / "bin"
 LAB = ROOT / "inventories" / "lab"

@@ -5,24 +5,14 @@ parsing, confirmation, exit codes and output are what is tested, not only the li
 """
 
 import json
-import os
-import subprocess
 import time
 
 import pytest
 
 from roadie import lab, status
 from roadie.balancer import Balancer
-from roadie.paths import ROOT
-from tests.lab.test_stack import get
-from tests.lab.traffic import Traffic
-
-FAB = str(ROOT / ".venv" / "bin" / "fab")
-
-
-def fab(*args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": "lab"})
+from tests.lab.fabrun import fab, ok
+from tests.lab.traffic import Traffic, get
 
 
 def _out(conn, command: str) -> str:
@@ -30,15 +20,10 @@ def _out(conn, command: str) -> str:
     return conn.run(command, hide=True, warn=True, in_stream=False).stdout.strip()
 
 
-def _ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
 def test_status_is_right_for_every_column(stack, lab_inventory, conns):
     for _ in range(6):      # the stream hosts open their database and cache connections (pooled, kept)
         assert get(stack["lb"], "/tracks")[0] == 200
-    report = json.loads(_ok(fab("status", "--json")))
+    report = json.loads(ok(fab("status", "--json")))
     assert report["problems"] == []
     rows = {r["host"]: r for r in report["hosts"]}
     assert set(rows) == set(lab_inventory.hosts)
@@ -62,7 +47,7 @@ def test_status_is_right_for_every_column(stack, lab_inventory, conns):
     assert rows["db1"]["pg_stream_clients"] >= 1 and rows["db2"]["pg_stream_clients"] == 0
     assert rows["cache1"]["redis_stream_clients"] >= 1
     assert rows["lb1"]["services"] == {"haproxy.service": "active"}
-    text = _ok(fab("status"))
+    text = ok(fab("status"))
     assert text.splitlines()[0].split()[:4] == ["host", "groups", "reach", "release"]
     assert all(any(line.startswith(h + " ") for line in text.splitlines()) for h in lab_inventory.hosts)
 
@@ -91,16 +76,16 @@ def test_drain_and_undrain(stack, conns):
     refused = fab("drain", "stream2", "--min-serving", "3")
     assert refused.returncode == 1 and "below --min-serving 3" in refused.stderr
     assert lb.server("stream2").status == "UP"
-    out = _ok(fab("drain", "stream2", "--message", "lab test"))
+    out = ok(fab("drain", "stream2", "--message", "lab test"))
     assert "drained: no sessions left" in out
     try:
         assert lb.server("stream2").status == "DRAIN"
         rows = {r["host"]: r for r in json.loads(fab("status", "--json", "--group", "stream").stdout)["hosts"]}
         assert rows["stream2"]["haproxy"] == "DRAIN"
     finally:
-        _ok(fab("undrain", "stream2"))
+        ok(fab("undrain", "stream2"))
     assert lb.server("stream2").in_rotation
-    actions = [e["action"] for e in json.loads(_ok(fab("audit", "--last", "2", "--json")))]
+    actions = [e["action"] for e in json.loads(ok(fab("audit", "--last", "2", "--json")))]
     assert actions == ["drain", "undrain"]
 
 
@@ -108,7 +93,7 @@ def test_rolling_restart_under_load_drops_nothing(stack, conns):
     before = {h: _out(conns(h), "systemctl show -p MainPID --value stream.service")
               for h in ("stream1", "stream2", "stream3")}
     with Traffic(stack["lb"], paths=("/tracks", "/tracks/1", "/livez" if _has_livez(stack) else "/tracks")) as t:
-        out = _ok(fab("restart", "--group", "stream", "--rolling", "--yes"))
+        out = ok(fab("restart", "--group", "stream", "--rolling", "--yes"))
     after = {h: _out(conns(h), "systemctl show -p MainPID --value stream.service")
              for h in before}
     assert all(before[h] != after[h] for h in before), (before, after)     # every host really restarted
@@ -135,7 +120,7 @@ def test_restart_of_the_data_tier_is_one_by_one_health_checked_and_the_primary_n
     refused = fab("restart", "--group", "cache,database", "--yes")
     assert refused.returncode == 1 and "--include-primary" in refused.stderr and "db1" in refused.stderr
     assert _main_pids(conns) == before                                        # nothing restarted
-    out = _ok(fab("restart", "--group", "cache,database", "--include-primary", "--yes"))
+    out = ok(fab("restart", "--group", "cache,database", "--include-primary", "--yes"))
     assert "db1 (PRIMARY: writes pause while it restarts)" in out
     lines = [ln for ln in out.splitlines() if "restarting" in ln]
     assert [ln.split(":")[0] for ln in lines] == ["cache1", "db2", "db1"]    # the primary last
@@ -145,48 +130,48 @@ def test_restart_of_the_data_tier_is_one_by_one_health_checked_and_the_primary_n
 
 
 def test_maintenance_mode(stack, conns):
-    _ok(fab("maintenance.on", "--message", "Upgrading <the> database", "--retry-after", "90", "--yes"))
+    ok(fab("maintenance.on", "--message", "Upgrading <the> database", "--retry-after", "90", "--yes"))
     try:
         code, headers, body = get(stack["lb"], "/tracks")
         assert code == 503 and headers["retry-after"] == "90" and headers["cache-control"] == "no-store"
         assert b"Upgrading &lt;the&gt; database" in body
-        assert "maintenance on" in _ok(fab("maintenance.status"))
+        assert "maintenance on" in ok(fab("maintenance.status"))
         for host in ("stream1", "stream2", "stream3"):     # the stream hosts keep running behind it
             state = _out(conns(host), "systemctl is-active stream.service")
             assert state == "active"
         assert Balancer(conns("lb1")).server("stream1").in_rotation
     finally:
-        _ok(fab("maintenance.off", "--yes"))
+        ok(fab("maintenance.off", "--yes"))
     code, _, _ = get(stack["lb"], "/tracks")
     assert code == 200
-    assert "maintenance off" in _ok(fab("maintenance.status"))
+    assert "maintenance off" in ok(fab("maintenance.status"))
 
 
 def test_cache_flush_needs_yes_and_says_what_it_flushes(stack):
     get(stack["lb"], "/tracks")      # something cached
-    info = json.loads(_ok(fab("cache.info", "--json")))[0]
+    info = json.loads(ok(fab("cache.info", "--json")))[0]
     assert info["role"] == "master" and info["keys"] >= 1
     refused = fab("cache.flush")
     assert refused.returncode == 1 and "pass --yes" in refused.stderr
     assert f"will delete {info['keys']} of {info['keys']} keys" in refused.stdout
-    assert json.loads(_ok(fab("cache.info", "--json")))[0]["keys"] == info["keys"]    # nothing changed
-    out = _ok(fab("cache.flush", "--pattern", "tracks:*", "--yes"))
+    assert json.loads(ok(fab("cache.info", "--json")))[0]["keys"] == info["keys"]    # nothing changed
+    out = ok(fab("cache.flush", "--pattern", "tracks:*", "--yes"))
     assert "deleted" in out
     code, _, _ = get(stack["lb"], "/tracks")     # refilled on demand
     assert code == 200
 
 
 def test_logs_are_host_prefixed(stack):
-    out = _ok(fab("logs", "stream1", "--lines", "5"))
+    out = ok(fab("logs", "stream1", "--lines", "5"))
     lines = out.splitlines()
     assert lines and all(ln.startswith("stream1: ") for ln in lines)
     none = fab("logs", "db1", "--grep", "no-such-line-anywhere-3f9a")
     assert none.returncode == 0
-    assert _ok(fab("logs", "lb1", "--unit", "haproxy.service", "--since", "1 hour ago", "--lines", "3"))
+    assert ok(fab("logs", "lb1", "--unit", "haproxy.service", "--since", "1 hour ago", "--lines", "3"))
 
 
 def test_disk_threshold(stack, lab_inventory):
-    out = _ok(fab("disk", "--json"))
+    out = ok(fab("disk", "--json"))
     data = json.loads(out)
     assert {f["host"] for f in data["filesystems"]} == set(lab_inventory.hosts)
     over = fab("disk", "--threshold", "0.5")
@@ -201,7 +186,7 @@ def test_run_reports_the_failing_host(stack):
     assert "stream2: FAILED exit 1" in result.stdout
     refused = fab("run", "uptime", "--group", "stream")
     assert refused.returncode == 1 and "pass --yes" in refused.stderr
-    assert _ok(fab("run", "uptime", "--group", "all", "--yes")).count("load average") == 7
+    assert ok(fab("run", "uptime", "--group", "all", "--yes")).count("load average") == 7
 
 
 @pytest.fixture(autouse=True)

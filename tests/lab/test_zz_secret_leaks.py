@@ -11,18 +11,16 @@ is and in the encodings it would take in a URL or a log line; a hit fails naming
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
 import time
 import urllib.parse
 from pathlib import Path
 
 from roadie import inventory, vault
 from roadie.paths import LAB_STATE, ROOT
-from tests.lab.test_database_ops import _restore_topology, _wait_streaming
-from tests.lab.test_deploy import _break_health, build_variant
+from tests.lab.fabrun import fab
+from tests.lab.releases import break_health, build_variant
+from tests.lab.topology import restore_topology, wait_streaming
 
-FAB = str(ROOT / ".venv" / "bin" / "fab")
 REMOTE_LOGS = "/var/log/nginx /var/log/postgresql /var/log/redis /var/log/haproxy.log /srv/stream/shared/logs " \
               "/var/log/roadie/audit.log"
 
@@ -43,8 +41,7 @@ def _secrets() -> dict[str, str]:
 
 
 def _fab(*args: str, outputs: dict, label: str, expect_ok: bool = True) -> str:
-    result = subprocess.run([FAB, "--debug", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": "lab"})
+    result = fab("--debug", *args, timeout=1200)
     outputs[f"fab {label} (stdout)"] = result.stdout
     outputs[f"fab {label} (stderr)"] = result.stderr
     assert (result.returncode == 0) == expect_ok, f"fab {label}: exit {result.returncode}: {result.stderr[-2000:]}"
@@ -75,13 +72,13 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
     _fab("deploy", "--build", "--yes", "--message", "leak test", outputs=outputs, label="deploy")
     _fab("status", outputs=outputs, label="status")
     _fab("cache.info", outputs=outputs, label="cache.info")
-    broken = build_variant(tmp_path, f"leak-broken-{int(time.time())}", _break_health)
+    broken = build_variant(tmp_path, f"leak-broken-{int(time.time())}", break_health)
     _fab("deploy", "--artifact", str(broken), "--yes", outputs=outputs, label="failed deploy", expect_ok=False)
-    _wait_streaming("db1", "db2")
+    wait_streaming("db1", "db2")
     try:
         _fab("db.failover", "--yes", "--message", "leak test", outputs=outputs, label="db.failover")
     finally:
-        _restore_topology(conns)
+        restore_topology(conns)
 
     local = {str(p.relative_to(ROOT)): p.read_text(errors="replace") for p in (ROOT / "logs").rglob("*")
              if p.is_file()}
