@@ -11,7 +11,7 @@ import pytest
 
 from roadie import deploy, lab, lock, release, ssh, stream_host
 from roadie.paths import ROOT
-from tests.lab.fabrun import fab, one_line_error, popen_fab
+from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic
 
@@ -80,16 +80,26 @@ def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack
     assert set(currents(fleet).values()) == {release.verify(artifact).release_id}
 
 
+def _holder(fleet) -> lock.LockInfo | None:
+    """Who holds the deploy lock now, read on the lock host."""
+    with ssh.connect(fleet.balancer) as conn:
+        return lock.status(conn)[0]
+
+
 def test_concurrent_deploy_is_refused_and_a_forced_unlock_is_audited(stack, fleet):
+    before = currents(fleet)
     with ssh.connect(fleet.balancer) as conn:
         lock.acquire(conn, "deploy", "other-release", "someone else's deploy", owner="alice@laptop")
     result = fab("deploy", "--artifact", str(stack["artifact"]), "--yes")
     line = one_line_error(result)
     assert "held by alice@laptop for deploy other-release" in line
+    assert currents(fleet) == before                                  # refused before any host changed
+    assert _holder(fleet).owner == "alice@laptop"                    # and alice's lock left as it was
     status = fab("lock.status")
     assert "held by alice@laptop" in status.stdout
     broken = fab("lock.release", "--force", "--message", "alice's laptop died")
     assert broken.returncode == 0 and "broken" in broken.stdout
+    assert _holder(fleet) is None
     audit = fab("audit", "--json", "--last", "1")
     entry = json.loads(audit.stdout)[0]
     assert entry["action"] == "unlock" and entry["result"] == "forced" and entry["previous_owner"] == "alice@laptop"
@@ -126,11 +136,15 @@ def test_bad_deploy_input_is_one_line_and_changes_nothing(stack, fleet, tmp_path
     assert currents(fleet) == before
 
 
-def test_rollback_returns_to_the_previous_release(stack, fleet):
+def test_rollback_returns_to_the_previous_release(stack, fleet, tmp_path):
+    before = set(currents(fleet).values())
+    assert len(before) == 1, f"the fleet runs more than one release before the test: {before}"
+    target = before.pop()
+    artifact = build_variant(tmp_path, f"lab-rollback-{int(time.time())}")
+    ok(fab("deploy", "--artifact", str(artifact), "--yes"))
     states = deploy.host_releases(fleet)
-    previous = {s.previous for s in states}
-    assert len(previous) == 1 and None not in previous
-    target = previous.pop()
+    assert {s.current for s in states} == {release.verify(artifact).release_id}
+    assert {s.previous for s in states} == {target}
     result = fab("rollback", "--yes")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert set(currents(fleet).values()) == {target}
@@ -174,8 +188,39 @@ def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(s
     assert set(currents(fleet).values()) == {f"lab-same-{stamp}-2"}
 
 
-def test_releases_keep_at_most_the_retention_count(stack, fleet):
-    for state in deploy.host_releases(fleet):
-        assert len(state.kept) <= deploy.DEFAULT_KEEP
-        assert state.current in state.kept
-    assert stream_host.RELEASES.as_posix() == "/srv/stream/releases"
+OLD_MARK = 946684800        # 2000-01-01 (epoch seconds): older than the completion mark of any real release
+
+
+def test_a_deploy_keeps_the_retention_count_and_prunes_the_oldest_releases(stack, fleet, as_deploy, conns, tmp_path):
+    stamp = int(time.time())
+    # Complete releases older than every real one, planted on each stream host as the deploy user (the
+    # account that writes release payloads): one more than the deploy keeps.
+    planted = [f"lab-old-{stamp}-{n}" for n in range(deploy.DEFAULT_KEEP + 1)]
+    plant = " && ".join(f"mkdir {stream_host.RELEASES / name} && "
+                        f"touch -d @{OLD_MARK + n} {stream_host.RELEASES / name / stream_host.COMPLETE_MARK}"
+                        for n, name in enumerate(planted))
+    artifact = build_variant(tmp_path, f"lab-keep-{stamp}")
+    new_id = release.verify(artifact).release_id
+    try:
+        for host in fleet.stream:
+            planting = as_deploy(host.name).run(plant, hide=True, warn=True, in_stream=False)
+            assert planting.exited == 0, planting.stderr
+        before = {s.host: s for s in deploy.host_releases(fleet)}
+        ok(fab("deploy", "--artifact", str(artifact), "--yes"))             # the default retention
+        for state in deploy.host_releases(fleet):
+            old = before[state.host]
+            assert old.kept[:len(planted)] == planted, old                  # the planted ones are the oldest
+            assert len(state.kept) == deploy.DEFAULT_KEEP, state
+            assert state.current == new_id and state.previous == old.current and state.previous in state.kept, state
+            removed = [r for r in old.kept if r not in state.kept]
+            # Oldest first: the oldest release went, and no newer release went while an older one stayed.
+            assert planted[0] in removed, (removed, state.kept)
+            assert set(removed) <= set(planted) or not set(planted) & set(state.kept), (removed, state.kept)
+            # Gone from the disk, not only from the list.
+            gone = conns(state.host).run(" && ".join(f"test ! -e {stream_host.RELEASES / r}" for r in removed),
+                                         hide=True, warn=True, in_stream=False)
+            assert gone.exited == 0, (state.host, removed)
+    finally:
+        leftovers = " ".join(str(stream_host.RELEASES / name) for name in planted)
+        for host in fleet.stream:
+            as_deploy(host.name).run(f"rm -rf {leftovers}", hide=True, warn=True, in_stream=False)
