@@ -5,13 +5,16 @@ parsing, confirmation, exit codes and output are what is tested, not only the li
 """
 
 import json
+import re
 import time
+import uuid
 
 import pytest
 
 from roadie import lab, status
 from roadie.balancer import Balancer
 from tests.lab.fabrun import fab, ok
+from tests.lab.hosts import redis_admin
 from tests.lab.traffic import Traffic, get
 
 
@@ -71,7 +74,7 @@ def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
         time.sleep(1)
 
 
-def test_drain_and_undrain(stack, conns):
+def test_drain_takes_a_host_out_of_rotation_and_undrain_puts_it_back(stack, conns):
     lb = Balancer(conns("lb1"))
     refused = fab("drain", "stream2", "--min-serving", "3")
     assert refused.returncode == 1 and "below --min-serving 3" in refused.stderr
@@ -129,7 +132,7 @@ def test_restart_of_the_data_tier_is_one_by_one_health_checked_and_the_primary_n
     assert all(after[h] != before[h] and after[h] != "0" for h in DATA_UNITS), (before, after)
 
 
-def test_maintenance_mode(stack, conns):
+def test_maintenance_mode_answers_503_with_the_message_until_turned_off(stack, conns):
     ok(fab("maintenance.on", "--message", "Upgrading <the> database", "--retry-after", "90", "--yes"))
     try:
         code, headers, body = get(stack["lb"], "/tracks")
@@ -147,18 +150,37 @@ def test_maintenance_mode(stack, conns):
     assert "maintenance off" in ok(fab("maintenance.status"))
 
 
-def test_cache_flush_needs_yes_and_says_what_it_flushes(stack):
-    get(stack["lb"], "/tracks")      # something cached
-    info = json.loads(ok(fab("cache.info", "--json")))[0]
-    assert info["role"] == "master" and info["keys"] >= 1
-    refused = fab("cache.flush")
-    assert refused.returncode == 1 and "pass --yes" in refused.stderr
-    assert f"will delete {info['keys']} of {info['keys']} keys" in refused.stdout
-    assert json.loads(ok(fab("cache.info", "--json")))[0]["keys"] == info["keys"]    # nothing changed
-    out = ok(fab("cache.flush", "--pattern", "tracks:*", "--yes"))
-    assert "deleted" in out
-    code, _, _ = get(stack["lb"], "/tracks")     # refilled on demand
-    assert code == 200
+def test_cache_flush_needs_yes_and_deletes_only_the_matching_keys(stack, conns, secrets):
+    cache1, password = conns("cache1"), secrets["vault_redis_admin_password"]
+
+    def redis(*argv: str) -> str:
+        """Redis on cache1 itself, as its admin user: the real key space, not what fab reports of it."""
+        return redis_admin(cache1, password, *argv)
+
+    token = uuid.uuid4().hex[:12]
+    matching = [f"tracks:lab-flush-{token}-{n}" for n in range(3)]
+    outside = f"roadie:lab-flush-{token}"
+    for key in (*matching, outside):
+        assert redis("SET", key, "planted", "EX", "600") == "OK"
+    try:
+        assert get(stack["lb"], "/tracks")[0] == 200          # the service caches the catalogue as well
+        info = json.loads(ok(fab("cache.info", "--json")))[0]
+        assert info["role"] == "master" and info["keys"] >= len(matching) + 1
+        refused = fab("cache.flush")
+        assert refused.returncode == 1 and "pass --yes" in refused.stderr
+        said = re.search(r"will delete (\d+) of (\d+) keys", refused.stdout)
+        assert said and said[1] == said[2] and int(said[1]) >= len(matching) + 1, refused.stdout
+        assert redis("EXISTS", *matching, outside) == str(len(matching) + 1)      # refused: nothing deleted
+        before = int(redis("DBSIZE"))
+        ok(fab("cache.flush", "--pattern", "tracks:*", "--yes"))
+        left = redis("--scan", "--pattern", "tracks:*").split()
+        assert left == [], left[:5]                                               # every matching key went
+        assert redis("EXISTS", outside) == "1"                                    # and only those
+        assert int(redis("DBSIZE")) <= before - len(matching)
+        assert get(stack["lb"], "/tracks")[0] == 200
+        assert redis("--scan", "--pattern", "tracks:*").split(), "the catalogue was not cached again on demand"
+    finally:
+        redis("DEL", *matching, outside)
 
 
 def test_logs_are_host_prefixed(stack):
@@ -170,7 +192,7 @@ def test_logs_are_host_prefixed(stack):
     assert ok(fab("logs", "lb1", "--unit", "haproxy.service", "--since", "1 hour ago", "--lines", "3"))
 
 
-def test_disk_threshold(stack, lab_inventory):
+def test_disk_reports_every_host_and_fails_over_the_threshold(stack, lab_inventory):
     out = ok(fab("disk", "--json"))
     data = json.loads(out)
     assert {f["host"] for f in data["filesystems"]} == set(lab_inventory.hosts)
