@@ -224,8 +224,13 @@ def test_the_live_guard_counts_what_haproxy_serves_and_a_purposeful_drain_surviv
         ok = fab("deploy", "--artifact", str(artifact), "--yes")
         assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
         assert "left out of this plan: drained on purpose" in ok.stdout
+        pids = _main_pids(conns, "stream.service")
         restarted = fab("restart", "--group", "stream", "--yes")
         assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-2000:]
+    # The restart went round the hosts in rotation (a new MainPID) and left the drained one alone.
+    after = _main_pids(conns, "stream.service")
+    assert after["stream1"] not in (pids["stream1"], "0") and after["stream2"] not in (pids["stream2"], "0"), after
+    assert after["stream3"] == pids["stream3"], (pids, after)
     assert rotation(conns)["stream3"].startswith("DRAIN"), rotation(conns)
     now = releases_now(fleet)
     assert now["stream1"] == now["stream2"] == new_id and now["stream3"] == before["stream3"]
