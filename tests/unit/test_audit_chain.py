@@ -16,7 +16,7 @@ from invoke import Context, Exit
 from roadie import audit, deploy, inventory, lock, ssh
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
-from tests.unit.test_audit_helper import EVIDENCE, KEY, helper
+from tests.unit.audit_program import EVIDENCE, KEY, helper
 
 
 class LockHost:
