@@ -34,11 +34,15 @@ def fresh_backup(stack):
     return name
 
 
-def test_backup_is_listed_with_size_and_reference(fresh_backup):
+def test_backup_is_listed_with_size_and_reference(fresh_backup, conns):
     listed = json.loads(ok(fab("db.backups", "--json")))
     mine = next(b for b in listed if b["name"] == fresh_backup)
     assert mine["size_bytes"] > 1_000_000 and mine["has_reference"]
     assert set(mine["sha256"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+    # The listing is what db1 holds: the files are there, with the checksums it shows.
+    files = " ".join(sorted(mine["sha256"]))
+    sums = checked(conns("db1"), f"cd {database.BASE_DIR}/{fresh_backup} && sha256sum {files}")
+    assert {name: digest for digest, name in (line.split() for line in sums.splitlines())} == mine["sha256"]
     assert 0 <= mine["age_s"] < 600
     assert fresh_backup in ok(fab("db.backups"))
 
