@@ -1,9 +1,11 @@
-"""The checkout's own command-line tools (fab, inv, ...) run as a user runs them, for the unit tests."""
+"""The checkout's own command-line tools (fab, inv, ...) run as a user runs them, and fab's tasks looked up by
+the names `fab --list` shows, for the unit tests."""
 
 from __future__ import annotations
 
 import os
 import subprocess
+from collections.abc import Callable
 
 from roadie.paths import ROOT
 
@@ -23,3 +25,11 @@ def assert_one_line_error(result: subprocess.CompletedProcess, expected: str) ->
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def fab_task(name: str) -> Callable:
+    """The function behind the fab task `name` (`run`, `audit`, `cache.flush`), found through the fabfile's
+    collection as fab finds it, wherever in the fabfile the task is defined."""
+    import fabfile
+
+    return fabfile.ns[name].body
