@@ -1,8 +1,6 @@
 """Lab tests run against the real lab over SSH; the session brings it up if it is not (idempotent)."""
 
 import dataclasses
-import io
-import shlex
 import time
 
 import pytest
@@ -95,12 +93,6 @@ def as_deploy(lab_inventory, provisioned):
     yield get
     for conn in opened.values():
         conn.close()
-
-
-def run_with_secret(conn, command: str, env_name: str, secret: str):
-    """Run `command` with a secret in an environment variable read from stdin: never on a command line."""
-    script = f'IFS= read -r {env_name}; export {env_name}; {command}'
-    return conn.run(f"sh -c {shlex.quote(script)}", in_stream=io.StringIO(secret + "\n"), hide=True, warn=True)
 
 
 @pytest.fixture(scope="session")

@@ -6,29 +6,15 @@ with root would, to see `fab audit` name the record.
 """
 
 import json
-import os
 import socket
 import subprocess
 
 from roadie import audit, ssh
-from roadie.paths import LAB_KEY, ROOT
-from tests.lab.test_oncall import FAB
+from roadie.paths import LAB_KEY
+from tests.lab.fabrun import fab, ok
 
 LOCK_HOST = "lb1"
 LOG = audit.LOG_PATH
-
-
-def fab(*args: str, operator: str | None = None, timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ANSIBLE_INVENTORY": "lab"}
-    if operator:
-        env["ROADIE_OPERATOR"] = operator
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env=env)
-
-
-def _ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
-    return result.stdout
 
 
 def lab_key_fingerprint() -> str:
@@ -59,11 +45,11 @@ def log_state(conns) -> str:
 def test_change_commands_are_recorded_with_the_key_sshd_accepted(stack, conns):
     key = lab_key_fingerprint()
     before = len(log_lines(conns))
-    _ok(fab("run", "true", "--group", "stream", "--yes"))
-    _ok(fab("seed"))
-    _ok(fab("drain", "stream3", "--message", "audit evidence", operator="mallory"))
-    _ok(fab("undrain", "stream3"))
-    _ok(fab("cache.flush", "--pattern", "roadie-audit-evidence:*", "--yes"))
+    ok(fab("run", "true", "--group", "stream", "--yes"))
+    ok(fab("seed"))
+    ok(fab("drain", "stream3", "--message", "audit evidence", operator="mallory"))
+    ok(fab("undrain", "stream3"))
+    ok(fab("cache.flush", "--pattern", "roadie-audit-evidence:*", "--yes"))
     lines = log_lines(conns)
     new = [json.loads(line) for line in lines[before:]]
     assert [r["action"] for r in new] == ["run", "seed", "drain", "undrain", "cache-flush"], new
@@ -78,14 +64,14 @@ def test_change_commands_are_recorded_with_the_key_sshd_accepted(stack, conns):
     # `who` is the operator's claim; the key and the sudo user are the host's evidence.
     assert new[2]["who"] == f"mallory@{socket.gethostname()}" and new[2]["ssh_key"] == key
     assert audit.check_chain(lines) is None
-    shown = json.loads(_ok(fab("audit", "--json", "--last", "5")))
+    shown = json.loads(ok(fab("audit", "--json", "--last", "5")))
     assert [r["seq"] for r in shown] == [r["seq"] for r in new] and {r["ssh_key"] for r in shown} == {key}
-    text = _ok(fab("audit", "--last", "5"))
+    text = ok(fab("audit", "--last", "5"))
     assert key in text and f"{LOCK_HOST}: {len(lines)} records, hash chain intact" in text
 
 
 def test_the_deploy_user_cannot_write_remove_or_replace_the_log(stack, conns, lab_inventory):
-    _ok(fab("run", "true", "--group", "lb1", "--yes"))               # the log exists and has a record
+    ok(fab("run", "true", "--group", "lb1", "--yes"))               # the log exists and has a record
     state = log_state(conns)
     assert state.splitlines()[:2] == ["root 755 directory 2", "root 644 regular file 1"], state
     attempts = {
@@ -131,8 +117,8 @@ BACKUP = "/root/audit.log.test-backup"
 
 def test_fab_audit_names_an_edited_or_deleted_record(stack, conns):
     for _ in range(3):
-        _ok(fab("run", "true", "--group", "lb1", "--yes"))
-    _ok(fab("audit", "--last", "1"))
+        ok(fab("run", "true", "--group", "lb1", "--yes"))
+    ok(fab("audit", "--last", "1"))
     lines = log_lines(conns)
     index = len(lines) - 2                                            # a past record, not the last
     seq = json.loads(lines[index])["seq"]
@@ -147,7 +133,7 @@ def test_fab_audit_names_an_edited_or_deleted_record(stack, conns):
         assert line.startswith(f"error: audit log on {LOCK_HOST} is broken at line {index + 1} (record {seq} "), line
         assert "edited" in line
         assert _root(conns, f"cat {BACKUP} > {LOG}").exited == 0
-        _ok(fab("audit", "--last", "1"))
+        ok(fab("audit", "--last", "1"))
         assert _root(conns, ssh.python_command(EDIT, LOG, index, "delete")).exited == 0
         deleted = fab("audit", "--last", "3")
         assert deleted.returncode == 1, deleted.stdout + deleted.stderr
@@ -157,4 +143,4 @@ def test_fab_audit_names_an_edited_or_deleted_record(stack, conns):
     finally:
         assert _root(conns, f"cat {BACKUP} > {LOG} && rm -f {BACKUP}").exited == 0
     assert log_state(conns) == state                                  # same inode's owner, mode and bytes
-    _ok(fab("audit", "--last", "1"))
+    ok(fab("audit", "--last", "1"))

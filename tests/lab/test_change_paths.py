@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -20,30 +19,11 @@ import pytest
 from roadie import audit, deploy, lock, release
 from roadie.balancer import Balancer
 from roadie.paths import ROOT
+from tests.lab.fabrun import fab, start_fab
+from tests.lab.releases import build_variant
 from tests.lab.traffic import Traffic
 
-FAB = str(ROOT / ".venv" / "bin" / "fab")
 BIG = 28 * 1024 * 1024          # bytes of the long stream: far more than every buffer on its way
-
-
-def fab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "ROADIE_OPERATOR": "lab-tests"})
-
-
-def start_fab(*args: str) -> subprocess.Popen:
-    """fab in the background, its output read line by line (`lines`), for signals mid-command."""
-    proc = subprocess.Popen([FAB, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "ROADIE_OPERATOR": "lab-tests"},
-                            start_new_session=True)
-    proc.lines = []                                           # type: ignore[attr-defined]
-
-    def pump() -> None:
-        for line in proc.stdout:
-            proc.lines.append(line)                           # type: ignore[attr-defined]
-
-    threading.Thread(target=pump, daemon=True).start()
-    return proc
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> None:
@@ -58,10 +38,7 @@ def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> 
 
 
 def new_release(tmp_path: Path, tag: str) -> tuple[Path, str]:
-    app = ROOT / "build" / "variants" / tag / "app"
-    shutil.rmtree(app.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    artifact = release.build(tmp_path / "out", f"{tag}-{int(time.time())}", app_dir=app).path
+    artifact = build_variant(tmp_path, f"{tag}-{int(time.time())}")
     return artifact, release.verify(artifact).release_id
 
 
@@ -247,8 +224,13 @@ def test_the_live_guard_counts_what_haproxy_serves_and_a_purposeful_drain_surviv
         ok = fab("deploy", "--artifact", str(artifact), "--yes")
         assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-2000:]
         assert "left out of this plan: drained on purpose" in ok.stdout
+        pids = _main_pids(conns, "stream.service")
         restarted = fab("restart", "--group", "stream", "--yes")
         assert restarted.returncode == 0, restarted.stdout[-3000:] + restarted.stderr[-2000:]
+    # The restart went round the hosts in rotation (a new MainPID) and left the drained one alone.
+    after = _main_pids(conns, "stream.service")
+    assert after["stream1"] not in (pids["stream1"], "0") and after["stream2"] not in (pids["stream2"], "0"), after
+    assert after["stream3"] == pids["stream3"], (pids, after)
     assert rotation(conns)["stream3"].startswith("DRAIN"), rotation(conns)
     now = releases_now(fleet)
     assert now["stream1"] == now["stream2"] == new_id and now["stream3"] == before["stream3"]

@@ -11,7 +11,7 @@ import pytest
 
 from roadie import provision
 from roadie.paths import ROOT
-from tests.lab.conftest import run_with_secret
+from tests.lab.hosts import psql_postgres, run_with_secret
 
 DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"
 PSQL_APP = f"psql -X -At -h {DB1} -U stream -d stream"
@@ -20,13 +20,6 @@ PSQL_APP = f"psql -X -At -h {DB1} -U stream -d stream"
 _CACHE_SPEC = importlib.util.spec_from_file_location("streamsvc_cache", ROOT / "app" / "streamsvc" / "cache.py")
 streamsvc_cache = importlib.util.module_from_spec(_CACHE_SPEC)
 _CACHE_SPEC.loader.exec_module(streamsvc_cache)
-
-
-def psql_postgres(conn, sql: str, db: str = "stream"):
-    result = conn.run(f"runuser -u postgres -- psql -X -At -d {db} -c \"{sql}\"", hide=True, warn=True,
-                      in_stream=False)
-    assert result.exited == 0, result.stderr
-    return result.stdout.strip()
 
 
 @pytest.fixture(scope="module")

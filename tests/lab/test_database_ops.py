@@ -10,71 +10,46 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import shlex
-import shutil
-import subprocess
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
 
 import pytest
-import yaml
 
-from roadie import database, inventory, provision, vault
-from roadie.paths import ROOT
-
-FAB = str(ROOT / ".venv" / "bin" / "fab")
-SWAPPED = ROOT / "inventories" / "lab-failover-tmp"   # same depth as inventories/lab: its relative paths hold
-
-
-def fab(*args: str, inventory_: str = "lab", timeout: float = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": inventory_})
-
-
-def _ok(result: subprocess.CompletedProcess) -> str:
-    assert result.returncode == 0, result.stdout + result.stderr
-    return result.stdout
-
-
-def _sh(conn, command: str) -> str:
-    result = conn.run(command, hide=True, warn=True, in_stream=False)
-    assert result.exited == 0, f"{command}: {result.stderr}"
-    return result.stdout
-
-
-def _database_hosts(conn) -> list[str]:
-    """The addresses in a stream host's STREAM_DATABASE_URL, in order (credentials never leave the host)."""
-    netloc = _sh(conn, "sed -n 's|^STREAM_DATABASE_URL=[^@]*@\\([^/]*\\)/.*|\\1|p' /srv/stream/shared/stream.env")
-    hosts = [part.rsplit(":", 1)[0] for part in netloc.strip().split(",") if part]
-    assert hosts, "no STREAM_DATABASE_URL host list in stream.env"
-    return hosts
+from roadie import database, inventory
+from tests.lab.fabrun import fab, ok
+from tests.lab.hosts import checked
+from tests.lab.topology import database_hosts, restore_topology, wait_streaming
 
 
 # ------------------------------------------------------------------ backups and restore checks
 @pytest.fixture(scope="module")
 def fresh_backup(stack):
-    out = _ok(fab("db.backup", "--yes"))
+    out = ok(fab("db.backup", "--yes"))
     line = next(ln for ln in out.splitlines() if ln.startswith("db1: backup "))
     name = line.split()[2].rstrip(":")
     print(f"\n{line}")
     return name
 
 
-def test_backup_is_listed_with_size_and_reference(fresh_backup):
-    listed = json.loads(_ok(fab("db.backups", "--json")))
+def test_backup_is_listed_with_size_and_reference(fresh_backup, conns):
+    listed = json.loads(ok(fab("db.backups", "--json")))
     mine = next(b for b in listed if b["name"] == fresh_backup)
     assert mine["size_bytes"] > 1_000_000 and mine["has_reference"]
     assert set(mine["sha256"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+    # The listing is what db1 holds: the files are there, with the checksums it shows.
+    files = " ".join(sorted(mine["sha256"]))
+    sums = checked(conns("db1"), f"cd {database.BASE_DIR}/{fresh_backup} && sha256sum {files}")
+    assert {name: digest for digest, name in (line.split() for line in sums.splitlines())} == mine["sha256"]
     assert 0 <= mine["age_s"] < 600
-    assert fresh_backup in _ok(fab("db.backups"))
+    assert fresh_backup in ok(fab("db.backups"))
 
 
 def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
     result = fab("db.restore-check", "--backup", fresh_backup, "--json")
-    check = json.loads(_ok(result))
+    check = json.loads(ok(result))
     assert check["ok"] and check["problems"] == [] and check["host"] == "db2"
     assert set(check["tables"]) == {"tracks", "plays"}
     assert check["tables"] == check["reference"]
@@ -83,8 +58,8 @@ def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
     live = database.psql(conns("db1"), "SELECT count(*) FROM tracks", "stream")
     assert int(live) == check["tables"]["tracks"]["rows"]
     # Nothing is left on the checking host.
-    assert _sh(conns("db2"), f"ls -A {database.COPY_DIR} 2>/dev/null; ls -d /var/lib/postgresql/restore-check "
-                             "2>/dev/null || true").strip() == ""
+    assert checked(conns("db2"), f"ls -A {database.COPY_DIR} 2>/dev/null; ls -d /var/lib/postgresql/restore-check "
+                                 "2>/dev/null || true").strip() == ""
     print(f"\nrestore-check of {fresh_backup} on db2: restore {check['restore_s']:.0f} s, copy "
           f"{check['copy_bytes']} bytes in {check['copy_s']:.1f} s, total {check['duration_s']:.1f} s")
 
@@ -92,9 +67,9 @@ def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
 def _damaged_copy(conn, source: str, name: str, edit: str) -> None:
     """A copy of backup `source` named `name` on db1, changed by the Python statement `edit` (cwd = the copy)."""
     base = database.BASE_DIR
-    _sh(conn, f"cp -a {base}/{source} {base}/{name}")
+    checked(conn, f"cp -a {base}/{source} {base}/{name}")
     script = f"import json, os\nos.chdir({base + '/' + name!r})\n{edit}\n"
-    _sh(conn, f"python3 -c {shlex.quote(script)}")
+    checked(conn, f"python3 -c {shlex.quote(script)}")
 
 
 FLIP_BYTE = """
@@ -140,7 +115,7 @@ json.dump(ref, open("roadie-reference.json", "w"))
         assert "recorded at backup time" in result.stderr
         print("\n" + "\n".join(ln for ln in result.stderr.splitlines() if "RESTORE CHECK FAILED" in ln))
     finally:
-        _sh(db1, "rm -rf " + " ".join(f"{database.BASE_DIR}/{n}" for n in names))
+        checked(db1, "rm -rf " + " ".join(f"{database.BASE_DIR}/{n}" for n in names))
 
 
 def test_restore_check_refuses_bad_input_before_any_host():
@@ -155,30 +130,14 @@ def test_restore_check_refuses_bad_input_before_any_host():
 
 
 # ------------------------------------------------------------------ replication
-def _replication(inv: str = "lab") -> list[dict]:
-    return json.loads(_ok(fab("db.replication", "--json", inventory_=inv)))
-
-
-def _wait_streaming(primary: str, replica: str, inv: str = "lab", timeout: float = 30) -> list[dict]:
-    deadline = time.monotonic() + timeout
-    while True:
-        rows = {r["host"]: r for r in _replication(inv)}
-        ok = (rows[primary]["role"] == "primary" and rows[replica]["role"] == "replica"
-              and rows[replica]["lag_bytes"] == 0 and rows[replica]["state"] == "streaming"
-              and any(s["slot"] == replica and s["active"] for s in rows[primary]["slots"]))
-        if ok or time.monotonic() > deadline:
-            return list(rows.values())
-        time.sleep(1)
-
-
 def test_replication_shows_the_replica_streaming_with_no_lag(stack):
-    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+    rows = {r["host"]: r for r in wait_streaming("db1", "db2")}
     assert rows["db1"]["role"] == "primary" and rows["db2"]["role"] == "replica"
     assert rows["db2"]["lag_bytes"] == 0 and rows["db2"]["lag_s"] == 0
     assert rows["db2"]["state"] == "streaming"
     slot = next(s for s in rows["db1"]["slots"] if s["slot"] == "db2")
     assert slot["active"] and slot["restart_lsn"] and slot["retained_bytes"] is not None
-    out = _ok(fab("db.replication"))
+    out = ok(fab("db.replication"))
     assert "db2" in out and "streaming" in out and "active" in out
 
 
@@ -243,64 +202,9 @@ def _stored_keys(conn, listener: str) -> set[str]:
     return set(out.split())
 
 
-def _swapped_inventory() -> str:
-    """inventories/lab with db2 the primary and db1 its replica, git-ignored, at the same directory depth."""
-    shutil.rmtree(SWAPPED, ignore_errors=True)
-    shutil.copytree(ROOT / "inventories" / "lab", SWAPPED, symlinks=True)
-    (SWAPPED / ".gitignore").write_text("*\n")
-    hosts = SWAPPED / "hosts.yml"
-    data = yaml.safe_load(hosts.read_text())
-    db = data["all"]["children"]["database"]["children"]
-    db["database_primary"], db["database_replica"] = db["database_replica"], db["database_primary"]
-    hosts.write_text(yaml.safe_dump(data, sort_keys=False))
-    swapped = inventory.load(SWAPPED)
-    assert swapped.groups["database_primary"] == ("db2",) and swapped.groups["database_replica"] == ("db1",)
-    return str(SWAPPED)
-
-
-def _unfence_and_clear(conn) -> None:
-    _sh(conn, f"systemctl unmask {database.PG_UNIT} && rm -f {database.FENCE_FILE} && "
-              f"rm -rf {database.DATA_DIR}")
-
-
-def _restore_topology(conns) -> None:
-    """The runbook: rebuild db1 as a replica of db2, fail back to db1, rebuild db2 as its replica."""
-    fenced = conns("db1").run(f"test -f {database.FENCE_FILE}", hide=True, warn=True, in_stream=False)
-    if fenced.exited != 0:
-        return   # the failover did not get as far as fencing db1: nothing to put back
-    swapped = _swapped_inventory()
-    # A copy of the lab inventory is not "the lab" to provision.run: name the lab's vault password file.
-    previous = os.environ.get("ANSIBLE_VAULT_PASSWORD_FILE")
-    os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = str(vault.LAB_VAULT_PASSWORD_FILE)
-    try:
-        # The role refuses the fenced host and says why.
-        refused = provision.run("database", swapped, limit="db1", echo=False)
-        assert not refused.ok and "db1 was fenced at" in refused.output and "by " in refused.output
-        _unfence_and_clear(conns("db1"))
-        rebuilt = provision.run("database", swapped, echo=False)
-        assert rebuilt.ok, rebuilt.output[-3000:]
-        _wait_streaming("db2", "db1", swapped)
-        _ok(fab("db.failover", "--yes", "--message", "lab test: fail back", inventory_=swapped))
-    finally:
-        shutil.rmtree(SWAPPED, ignore_errors=True)
-        if previous is None:
-            os.environ.pop("ANSIBLE_VAULT_PASSWORD_FILE", None)
-        else:
-            os.environ["ANSIBLE_VAULT_PASSWORD_FILE"] = previous
-    _unfence_and_clear(conns("db2"))
-    rebuilt = provision.run("database", "lab", echo=False)
-    assert rebuilt.ok, rebuilt.output[-3000:]
-    # The runbook's last step: the env files list both database hosts again (the failback forgot db2).
-    streams = provision.run("stream", "lab", echo=False)
-    assert streams.ok, streams.output[-3000:]
-    db2_address = inventory.load("lab").host_var("db2", "roadie_private_address")
-    for host in ("stream1", "stream2", "stream3"):
-        assert db2_address in _database_hosts(conns(host))[1:], host
-
-
 def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
     listener = "failover-" + uuid.uuid4().hex[:8]
-    _wait_streaming("db1", "db2")
+    wait_streaming("db1", "db2")
     try:
         with Writes(stack["lb"], listener) as writes:
             time.sleep(3)
@@ -310,7 +214,7 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
             failover_s = time.monotonic() - started
             done_at = time.monotonic()
             time.sleep(3)
-        out = _ok(result)
+        out = ok(result)
         assert "promoted at" in out and "move db2 to database_primary and db1 to database_replica" in out
         db2 = conns("db2")
         assert database.psql(db2, "SELECT pg_is_in_recovery()") == "f"
@@ -326,19 +230,19 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
         assert writes.failed == [], writes.failed[:5]
         # db1 is fenced: stopped, masked, marker.
         db1 = conns("db1")
-        assert _sh(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
-        assert json.loads(_sh(db1, f"cat {database.FENCE_FILE}"))["new_primary"] == "db2"
+        assert checked(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
+        assert json.loads(checked(db1, f"cat {database.FENCE_FILE}"))["new_primary"] == "db2"
         # The old primary is no fallback any more: no stream host's database list names it.
         db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
         for host in ("stream1", "stream2", "stream3"):
-            assert db1_address not in _database_hosts(conns(host)), host
+            assert db1_address not in database_hosts(conns(host)), host
         timings = next(ln for ln in out.splitlines() if ln.startswith("failover: done"))
         print(f"\n{timings}\nfailover (fab, wall) {failover_s:.1f} s; plays: {writes.sent} sent, {len(writes.ok)} "
               f"answered 2xx ({before} before the failover), {len(writes.failed)} failed, {writes.retried} retried "
               "by the service")
     finally:
-        _restore_topology(conns)
-    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+        restore_topology(conns)
+    rows = {r["host"]: r for r in wait_streaming("db1", "db2")}
     assert rows["db1"]["role"] == "primary" and rows["db2"]["lag_bytes"] == 0
 
 
@@ -360,7 +264,7 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
 
     listener = "split-" + uuid.uuid4().hex[:8]
     db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
-    _wait_streaming("db1", "db2")
+    wait_streaming("db1", "db2")
     # db1 is cut off: every new connection to it is refused (PostgreSQL keeps running as a primary).
     lab.docker("exec", "-i", lab.container_name("db1"), "nft", "-f", "-", input=CUT)
     try:
@@ -368,7 +272,7 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
             time.sleep(2)
             result = fab("db.failover", "--yes", "--force", "--message", "lab test: split brain")
             time.sleep(3)
-        out = _ok(result)
+        out = ok(result)
         assert "NOT fenced" in out or "not fenced" in out, out[-2000:]
     finally:
         lab.docker("exec", lab.container_name("db1"), "nft", "delete table inet roadie_cut")
@@ -376,7 +280,7 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
         # db1 came back still a primary: nothing on the stream side points at it any more, and nothing was
         # written there alone (every play it holds for this listener is on db2 too).
         for host in ("stream1", "stream2", "stream3"):
-            assert db1_address not in _database_hosts(conns(host)), host
+            assert db1_address not in database_hosts(conns(host)), host
         stored_db2 = _stored_keys(conns("db2"), listener)
         assert set(writes.ok) <= stored_db2
         assert _stored_keys(conns("db1"), listener) <= stored_db2
@@ -387,11 +291,11 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
         assert "CRITICAL" in text and "2 PostgreSQL hosts report role primary" in text, text[-3000:]
         assert "db1 was failed over to db2" in text and "fenced it now" in text, text[-3000:]
         db1 = conns("db1")
-        assert _sh(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
-        assert _sh(db1, f"systemctl is-active {database.PG_UNIT} || true").strip() != "active"
+        assert checked(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
+        assert checked(db1, f"systemctl is-active {database.PG_UNIT} || true").strip() != "active"
         again = fab("status")
         assert "2 PostgreSQL hosts report role primary" not in again.stdout + again.stderr
     finally:
-        _restore_topology(conns)
-    rows = {r["host"]: r for r in _wait_streaming("db1", "db2")}
+        restore_topology(conns)
+    rows = {r["host"]: r for r in wait_streaming("db1", "db2")}
     assert rows["db1"]["role"] == "primary" and rows["db2"]["lag_bytes"] == 0

@@ -2,7 +2,6 @@
 
 import io
 import json
-import os
 import shutil
 import subprocess
 import time
@@ -12,36 +11,9 @@ import pytest
 
 from roadie import deploy, lab, lock, release, ssh, stream_host
 from roadie.paths import ROOT
+from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
+from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic
-
-FAB = str(ROOT / ".venv" / "bin" / "fab")
-
-
-def fab(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, "ROADIE_OPERATOR": "lab-tests"})
-
-
-def currents(fleet) -> dict[str, str | None]:
-    return {s.host: s.current for s in deploy.host_releases(fleet)}
-
-
-def build_variant(tmp_path: Path, release_id: str, patch=None, wheels: Path | None = None) -> Path:
-    """A release built from a copy of app/ (inside the checkout, for the git sha), optionally patched."""
-    app = ROOT / "build" / "variants" / release_id / "app"
-    shutil.rmtree(app.parent, ignore_errors=True)
-    shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    if patch:
-        patch(app)
-    return release.build(tmp_path / "out", release_id, app_dir=app, wheels=wheels).path
-
-
-def one_line_error(result) -> str:
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1, result.stdout[-2000:] + result.stderr[-2000:]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert "Traceback" not in result.stdout + result.stderr
-    return lines[0]
 
 
 @pytest.fixture
@@ -63,15 +35,9 @@ def test_deploy_under_traffic_switches_every_host_with_no_failed_request(stack, 
     assert entries[-1]["release"] == new_id
 
 
-def _break_health(app: Path) -> None:
-    # The release reports a release id that is not its own: its health gate can never pass.
-    init = app / "streamsvc" / "__init__.py"
-    init.write_text(init.read_text() + "\nimport os as _os\n\n_os.environ['STREAM_RELEASE_ID'] = 'broken'\n")
-
-
 def test_broken_release_is_rolled_back_on_the_canary_with_no_failed_request(stack, fleet, tmp_path):
     before = currents(fleet)
-    artifact = build_variant(tmp_path, f"lab-broken-{int(time.time())}", _break_health)
+    artifact = build_variant(tmp_path, f"lab-broken-{int(time.time())}", break_health)
     with Traffic(stack["lb"]) as traffic:
         result = fab("deploy", "--artifact", str(artifact), "--yes", "--health-timeout", "15")
     line = one_line_error(result)
@@ -85,9 +51,8 @@ def test_broken_release_is_rolled_back_on_the_canary_with_no_failed_request(stac
 
 def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack, fleet, tmp_path):
     artifact = build_variant(tmp_path, f"lab-lost-{int(time.time())}")
-    proc = subprocess.Popen([FAB, "deploy", "--artifact", str(artifact), "--yes", "--json",
-                             "--health-timeout", "20", "--drain-timeout", "5"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = popen_fab("deploy", "--artifact", str(artifact), "--yes", "--json", "--health-timeout", "20",
+                     "--drain-timeout", "5", stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     stopped = False
     lines = []
     for line in proc.stdout:
@@ -115,16 +80,26 @@ def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack
     assert set(currents(fleet).values()) == {release.verify(artifact).release_id}
 
 
+def _holder(fleet) -> lock.LockInfo | None:
+    """Who holds the deploy lock now, read on the lock host."""
+    with ssh.connect(fleet.balancer) as conn:
+        return lock.status(conn)[0]
+
+
 def test_concurrent_deploy_is_refused_and_a_forced_unlock_is_audited(stack, fleet):
+    before = currents(fleet)
     with ssh.connect(fleet.balancer) as conn:
         lock.acquire(conn, "deploy", "other-release", "someone else's deploy", owner="alice@laptop")
     result = fab("deploy", "--artifact", str(stack["artifact"]), "--yes")
     line = one_line_error(result)
     assert "held by alice@laptop for deploy other-release" in line
+    assert currents(fleet) == before                                  # refused before any host changed
+    assert _holder(fleet).owner == "alice@laptop"                    # and alice's lock left as it was
     status = fab("lock.status")
     assert "held by alice@laptop" in status.stdout
     broken = fab("lock.release", "--force", "--message", "alice's laptop died")
     assert broken.returncode == 0 and "broken" in broken.stdout
+    assert _holder(fleet) is None
     audit = fab("audit", "--json", "--last", "1")
     entry = json.loads(audit.stdout)[0]
     assert entry["action"] == "unlock" and entry["result"] == "forced" and entry["previous_owner"] == "alice@laptop"
@@ -161,11 +136,15 @@ def test_bad_deploy_input_is_one_line_and_changes_nothing(stack, fleet, tmp_path
     assert currents(fleet) == before
 
 
-def test_rollback_returns_to_the_previous_release(stack, fleet):
+def test_rollback_returns_to_the_previous_release(stack, fleet, tmp_path):
+    before = set(currents(fleet).values())
+    assert len(before) == 1, f"the fleet runs more than one release before the test: {before}"
+    target = before.pop()
+    artifact = build_variant(tmp_path, f"lab-rollback-{int(time.time())}")
+    ok(fab("deploy", "--artifact", str(artifact), "--yes"))
     states = deploy.host_releases(fleet)
-    previous = {s.previous for s in states}
-    assert len(previous) == 1 and None not in previous
-    target = previous.pop()
+    assert {s.current for s in states} == {release.verify(artifact).release_id}
+    assert {s.previous for s in states} == {target}
     result = fab("rollback", "--yes")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert set(currents(fleet).values()) == {target}
@@ -209,8 +188,39 @@ def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(s
     assert set(currents(fleet).values()) == {f"lab-same-{stamp}-2"}
 
 
-def test_releases_keep_at_most_the_retention_count(stack, fleet):
-    for state in deploy.host_releases(fleet):
-        assert len(state.kept) <= deploy.DEFAULT_KEEP
-        assert state.current in state.kept
-    assert stream_host.RELEASES.as_posix() == "/srv/stream/releases"
+OLD_MARK = 946684800        # 2000-01-01 (epoch seconds): older than the completion mark of any real release
+
+
+def test_a_deploy_keeps_the_retention_count_and_prunes_the_oldest_releases(stack, fleet, as_deploy, conns, tmp_path):
+    stamp = int(time.time())
+    # Complete releases older than every real one, planted on each stream host as the deploy user (the
+    # account that writes release payloads): one more than the deploy keeps.
+    planted = [f"lab-old-{stamp}-{n}" for n in range(deploy.DEFAULT_KEEP + 1)]
+    plant = " && ".join(f"mkdir {stream_host.RELEASES / name} && "
+                        f"touch -d @{OLD_MARK + n} {stream_host.RELEASES / name / stream_host.COMPLETE_MARK}"
+                        for n, name in enumerate(planted))
+    artifact = build_variant(tmp_path, f"lab-keep-{stamp}")
+    new_id = release.verify(artifact).release_id
+    try:
+        for host in fleet.stream:
+            planting = as_deploy(host.name).run(plant, hide=True, warn=True, in_stream=False)
+            assert planting.exited == 0, planting.stderr
+        before = {s.host: s for s in deploy.host_releases(fleet)}
+        ok(fab("deploy", "--artifact", str(artifact), "--yes"))             # the default retention
+        for state in deploy.host_releases(fleet):
+            old = before[state.host]
+            assert old.kept[:len(planted)] == planted, old                  # the planted ones are the oldest
+            assert len(state.kept) == deploy.DEFAULT_KEEP, state
+            assert state.current == new_id and state.previous == old.current and state.previous in state.kept, state
+            removed = [r for r in old.kept if r not in state.kept]
+            # Oldest first: the oldest release went, and no newer release went while an older one stayed.
+            assert planted[0] in removed, (removed, state.kept)
+            assert set(removed) <= set(planted) or not set(planted) & set(state.kept), (removed, state.kept)
+            # Gone from the disk, not only from the list.
+            gone = conns(state.host).run(" && ".join(f"test ! -e {stream_host.RELEASES / r}" for r in removed),
+                                         hide=True, warn=True, in_stream=False)
+            assert gone.exited == 0, (state.host, removed)
+    finally:
+        leftovers = " ".join(str(stream_host.RELEASES / name) for name in planted)
+        for host in fleet.stream:
+            as_deploy(host.name).run(f"rm -rf {leftovers}", hide=True, warn=True, in_stream=False)

@@ -11,7 +11,8 @@ import shlex
 import time
 
 from roadie import release, stream_host
-from tests.lab.test_deploy import build_variant, currents, fab, one_line_error
+from tests.lab.fabrun import fab, one_line_error
+from tests.lab.releases import build_variant, currents
 
 SHORT_HOST = "stream3"
 TMPFS_SIZE = 8 * 1024 * 1024   # far below any release: artifact, payload and tree alone are over 15 MiB

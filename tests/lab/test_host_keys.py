@@ -10,6 +10,7 @@ import pytest
 from roadie import lab, provision, ssh
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
+from tests.lab.fabrun import fab
 
 # Fabric logs in as the deploy user, which the common role creates.
 pytestmark = pytest.mark.usefixtures("provisioned")
@@ -38,8 +39,7 @@ def test_changed_host_key_is_refused_by_fabric(rotated_host_key):
 
 
 def test_changed_host_key_is_refused_by_fab_cli_with_one_line(rotated_host_key):
-    result = subprocess.run([str(VENV / "fab"), "check", "--group", "stream"], cwd=ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = fab("check", "--group", "stream", timeout=120)
     assert result.returncode == 1
     assert "stream3: FAILED stream3 (10.87.0.103:22): host key changed" in result.stdout
     assert "stream1: ok" in result.stdout and "stream2: ok" in result.stdout

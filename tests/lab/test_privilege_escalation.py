@@ -17,9 +17,8 @@ import subprocess
 import pytest
 
 from roadie import provision, ssh, stream_host
-from roadie.paths import ROOT
+from tests.lab.fabrun import fab
 
-FAB = str(ROOT / ".venv" / "bin" / "fab")
 MARK = "/dev/shm/roadie-attack-uid"   # a payload that runs writes its uid here (outside any PrivateTmp)
 
 # What root runs, reads as configuration or serves, per host: must never change under an attack.
@@ -161,16 +160,14 @@ def test_a_link_at_the_maintenance_page_never_serves_a_root_file(as_deploy, conn
                    "/etc/haproxy/maintenance/page.html",
                    "mv /etc/haproxy/maintenance /etc/haproxy/m.old"):
         assert _run(deploy, f"sh -c {shlex.quote(attack)}").exited != 0, attack
-    on = subprocess.run([FAB, "maintenance.on", "--message", "attack", "--yes"], cwd=ROOT, capture_output=True,
-                        text=True, timeout=300, stdin=subprocess.DEVNULL)
+    on = fab("maintenance.on", "--message", "attack", "--yes", timeout=300)
     try:
         assert on.returncode == 0, on.stdout + on.stderr
         body = subprocess.run(["curl", "-s", f"http://{stack['lb']}/tracks"], capture_output=True, text=True,
                               timeout=30).stdout
         assert "attack" in body and "PRIVATE KEY" not in body and key.strip()[40:80] not in body
     finally:
-        off = subprocess.run([FAB, "maintenance.off", "--yes"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=300, stdin=subprocess.DEVNULL)
+        off = fab("maintenance.off", "--yes", timeout=300)
         assert off.returncode == 0, off.stdout + off.stderr
 
 

@@ -1,7 +1,6 @@
 """The whole stack through the balancer: catalogue, audio ranges, plays, failover of a stream host,
 and a hitless HAProxy reload under an in-flight audio download."""
 
-import http.client
 import json
 import threading
 import time
@@ -11,18 +10,8 @@ import pytest
 
 from roadie import deploy, provision
 from roadie.balancer import Balancer
-from tests.lab.test_data_tier import psql_postgres
-from tests.lab.traffic import Traffic, slow_download
-
-
-def get(host: str, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
-    conn = http.client.HTTPConnection(host, 80, timeout=15)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+from tests.lab.hosts import psql_postgres
+from tests.lab.traffic import Traffic, get, slow_download
 
 
 def test_catalogue_is_served_through_the_balancer(stack):

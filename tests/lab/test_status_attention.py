@@ -10,7 +10,7 @@ import json
 from roadie.balancer import Balancer
 from roadie.lock import STATE_DIR
 from roadie.remote.rotation_state import FILE as DRAINED_FILE
-from tests.lab.test_audit_evidence import _ok, fab
+from tests.lab.fabrun import fab, ok
 
 HOST = "stream3"
 LOCK_HOST = "lb1"
@@ -57,7 +57,7 @@ def test_a_host_drained_behind_roadies_back_makes_status_fail_naming_it(stack, c
 
 def test_a_host_drained_on_purpose_keeps_status_at_zero_until_undrained(stack, conns):
     lb = Balancer(conns(LOCK_HOST))
-    out = _ok(fab("drain", HOST, "--message", "x", operator=OPERATOR))
+    out = ok(fab("drain", HOST, "--message", "x", operator=OPERATOR))
     try:
         assert "drained: no sessions left" in out and lb.server(HOST).status == "DRAIN"
         record = _recorded(conns)[HOST]
@@ -66,11 +66,11 @@ def test_a_host_drained_on_purpose_keeps_status_at_zero_until_undrained(stack, c
         assert code == 0 and data["problems"] == [], data["problems"]
         row = {r["host"]: r for r in data["hosts"]}[HOST]
         assert row["haproxy"] == "DRAIN" and row["drained_on_purpose"] == f"drained by {record['by']}: x"
-        table = _ok(fab("status"))
+        table = ok(fab("status"))
         assert any(ln.startswith(HOST + " ") and ln.rstrip().endswith(f"drained by {record['by']}: x")
                    for ln in table.splitlines()), table
     finally:
-        _ok(fab("undrain", HOST))
+        ok(fab("undrain", HOST))
     assert lb.server(HOST).in_rotation
     assert HOST not in _recorded(conns)
     code, data = _status()

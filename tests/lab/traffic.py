@@ -1,4 +1,5 @@
-"""Client traffic through the balancer while something changes: every failed request is counted.
+"""Client traffic through the balancer: single requests, and background traffic while something changes
+with every failed request counted.
 
 Bounded in count and time, aimed only at the lab balancer's own address.
 """
@@ -10,6 +11,17 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+
+
+def get(host: str, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
+    """One request to the balancer (or a host) on port 80: (status, headers with lower-case names, body)."""
+    conn = http.client.HTTPConnection(host, 80, timeout=15)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
+    finally:
+        conn.close()
 
 
 @dataclass

@@ -13,7 +13,7 @@ import pytest
 from streamsvc.db import Database
 from streamsvc.wsgi import create_app
 
-from tests.service.conftest import DB_PASSWORD, free_port
+from tests.service.servers import DB_PASSWORD, free_port
 from tests.service.wsgi_client import call
 
 PLAY = {"Content-Type": "application/json"}

@@ -22,7 +22,7 @@ from streamsvc import seed
 from streamsvc.validation import MAX_ID
 from streamsvc.wsgi import create_app
 
-from tests.service.test_gunicorn import start_gunicorn
+from tests.service.gunicorn_server import start_gunicorn
 from tests.service.wsgi_client import call
 
 # Random bytes no response may contain (long enough that a chance match is impossible).

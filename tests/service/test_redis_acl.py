@@ -14,7 +14,7 @@ import redis
 from streamsvc import cache
 from streamsvc.wsgi import create_app
 
-from tests.service.conftest import REDIS_APP_USER, REDIS_DEFAULTS, Redis
+from tests.service.servers import REDIS_APP_USER, REDIS_DEFAULTS, Redis
 from tests.service.wsgi_client import call
 
 SET_SCRIPT = "return redis.call('SET', KEYS[1], ARGV[1])"

@@ -14,7 +14,7 @@ import pytest
 from streamsvc import migrate, seed
 from streamsvc.wsgi import create_app
 
-from tests.service.conftest import APP_DIR, DB_PASSWORD, REDIS_PASSWORD, free_port
+from tests.service.servers import APP_DIR, DB_PASSWORD, REDIS_PASSWORD, free_port
 from tests.service.wsgi_client import call
 
 

@@ -2,7 +2,8 @@
 hand a host. The payload is rebuilt member by member (duplicates, links, devices and long names allowed),
 and the manifest inside rewritten to match as far as the attacker chooses.
 
-Also a small committed app tree and real, installable wheels, built here: no network.
+Also a small committed app tree and real, installable wheels, built here (no network), and a release built
+from them.
 """
 
 from __future__ import annotations
@@ -16,7 +17,10 @@ import subprocess
 import tarfile
 import zipfile
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from roadie import release
 
 Entry = tuple[tarfile.TarInfo, bytes | None]
 
@@ -131,3 +135,28 @@ def committed_app(repo: Path, requirements: str = "demo==1.0\n") -> Path:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "-m", "init")
     return app
+
+
+@dataclass
+class Built:
+    """A verified release artifact of the demo app, its manifest and its dependency set."""
+
+    artifact: Path
+    manifest: release.Manifest
+    deps: release.Dependencies
+
+
+def build(repo_root: Path, release_id: str, change: Callable[[Path], None] | None = None) -> Built:
+    """Build release `release_id` of the committed demo app under `repo_root` (created on first use, with
+    its pinned demo wheel); `change` edits the app tree first."""
+    app = repo_root / "repo" / "app"
+    if not app.exists():
+        committed_app(repo_root / "repo")
+        wheels = repo_root / "wheels"
+        wheels.mkdir()
+        name, data = wheel("demo", "1.0", "VALUE = 'the wheel the build pinned'\n")
+        (wheels / name).write_bytes(data)
+    if change:
+        change(app)
+    artifact = release.build(repo_root / "out", release_id, app_dir=app, wheels=repo_root / "wheels").path
+    return Built(artifact, release.verify(artifact), release.dependencies(artifact))

@@ -5,7 +5,6 @@ parameters: its command line takes exactly `append`, so sudo's exact line cannot
 """
 
 import hashlib
-import importlib.util
 import json
 import multiprocessing
 import os
@@ -17,16 +16,7 @@ from pathlib import Path
 import pytest
 
 from roadie import audit
-from roadie.paths import ROOT
-
-HELPER_FILE = ROOT / "roles/common/files/roadie_audit.py"
-_SPEC = importlib.util.spec_from_file_location("roadie_audit", HELPER_FILE)
-helper = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(helper)
-
-KEY = "SHA256:" + "Wz6m0gkzXo5e0WIKZNeWtHeVT7c3P2d3F0hWbGq7Ojg"
-OTHER_KEY = "SHA256:" + "A" * 43
-EVIDENCE = {"sudo_user": "deploy", "ssh_key": KEY, "ssh_key_type": "ED25519", "ssh_from": "10.0.0.9"}
+from tests.unit.audit_program import EVIDENCE, HELPER_FILE, KEY, OTHER_KEY, helper
 
 
 def put(log_dir: Path, record: dict, evidence: dict = EVIDENCE) -> str:

@@ -2,7 +2,6 @@
 
 import os
 import re
-import subprocess
 import sys
 from types import SimpleNamespace
 
@@ -13,22 +12,7 @@ from invoke import Context, Exit, Result, UnexpectedExit
 
 from roadie import cli, deploy, lab, ops
 from roadie.errors import RoadieError
-from roadie.paths import ROOT
-
-VENV = ROOT / ".venv" / "bin"
-
-
-def _cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV / args[0]), *args[1:]], cwd=ROOT, capture_output=True, text=True,
-                          timeout=60, env={**os.environ, **(env or {})})
-
-
-def _assert_one_line_error(result, expected):
-    assert result.returncode == 1, result.stdout + result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("error: ") and expected in lines[0], lines[0]
-    assert "Traceback" not in result.stdout + result.stderr
+from tests.unit.cli_run import assert_one_line_error, fab_task, run_cli
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -43,16 +27,16 @@ def _assert_one_line_error(result, expected):
     (("inv", "molecule", "--role", "nosuchrole"), "no molecule scenario"),
 ])
 def test_bad_arguments(args, expected):
-    _assert_one_line_error(_cli(*args), expected)
+    assert_one_line_error(run_cli(*args), expected)
 
 
 def test_inventory_that_does_not_parse(tmp_path):
     (tmp_path / "hosts.yml").write_text("all:\n  hosts: [unclosed\n")
-    _assert_one_line_error(_cli("fab", "check", "--inventory", str(tmp_path)), f"inventory {tmp_path}")
+    assert_one_line_error(run_cli("fab", "check", "--inventory", str(tmp_path)), f"inventory {tmp_path}")
 
 
 def test_inventory_from_environment(tmp_path):
-    result = _cli("fab", "hosts", "--json", env={"ANSIBLE_INVENTORY": "production"})
+    result = run_cli("fab", "hosts", "--json", env={"ANSIBLE_INVENTORY": "production"})
     assert result.returncode == 0
     assert '"db1.production.stream.internal"' in result.stdout
 
@@ -167,8 +151,6 @@ def test_exit_messages_and_failed_commands_pass_clean():
 
 
 def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, capsys):
-    import fabfile
-
     class Journal:
         """A connection whose journalctl answers hostile lines on stdout and stderr."""
 
@@ -184,7 +166,7 @@ def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, c
             return SimpleNamespace(exited=0)
 
     monkeypatch.setattr(ops.ssh, "connect", lambda host: Journal())
-    fabfile.logs(Context(), "stream1")
+    fab_task("logs")(Context(), "stream1")
     out, errs = capsys.readouterr()
     assert out.splitlines() == [f"stream1: Jan 01 stream[1]: {cli.clean(HOSTILE)}", "stream1: Jan 01 stream[1]: next"]
     assert errs == "warning\n"

@@ -29,7 +29,6 @@ from roadie.errors import RoadieError
 from roadie.inventory import Host
 from roadie.remote import free_space, stage_release
 from tests.unit import forge
-from tests.unit.test_stage_release import _build
 
 MiB = 1024 * 1024
 PROGRAM = Path(free_space.__file__)
@@ -39,7 +38,7 @@ STAGE_SOURCE = shlex.quote(remote.source(stream_host.STAGE_PROGRAM))
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):  # noqa: ANN201
-    return _build(tmp_path_factory.mktemp("build"), "r1")
+    return forge.build(tmp_path_factory.mktemp("build"), "r1")
 
 
 def _wheel_bytes(artifact: Path) -> int:

@@ -5,8 +5,8 @@ import pytest
 from roadie import deploy, inventory, maintenance, ops, status
 from roadie.balancer import Balancer
 from roadie.errors import RoadieError
-from tests.unit.test_balancer_audit import STAT, Canned
-from tests.unit.test_cli import _assert_one_line_error, _cli
+from tests.unit.cli_run import assert_one_line_error, run_cli
+from tests.unit.haproxy_canned import STAT, Canned
 
 
 def test_drain_refuses_to_go_below_min_serving():
@@ -107,7 +107,7 @@ def test_status_table_marks_unreachable_and_inactive_hosts():
     (("fab", "status", "--group", "nosuch"), "unknown host or group 'nosuch'"),
 ])
 def test_bad_oncall_arguments_touch_no_host(args, expected):
-    _assert_one_line_error(_cli(*args), expected)
+    assert_one_line_error(run_cli(*args), expected)
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -117,4 +117,4 @@ def test_bad_oncall_arguments_touch_no_host(args, expected):
     (("fab", "drain", "stream1", "--drain-timeout", "soon"), "bad number"),
 ])
 def test_numbers_are_checked_before_any_host(args, expected):
-    _assert_one_line_error(_cli(*args), expected)
+    assert_one_line_error(run_cli(*args), expected)

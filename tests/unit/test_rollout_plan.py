@@ -24,7 +24,7 @@ def test_canary_goes_alone_then_batches_of_the_requested_size():
     assert sum(len(b.hosts) for b in plan.batches) == 12
 
 
-def test_no_canary():
+def test_without_a_canary_the_first_batch_is_full_size():
     plan = rollout.plan("r1", hosts(4), batch=2, canary=False)
     assert [b.hosts for b in plan.batches] == [("stream1", "stream2"), ("stream3", "stream4")]
     assert not any(b.canary for b in plan.batches)
@@ -37,7 +37,7 @@ def test_batch_size_from_count_or_percentage(spec, total, size):
 
 
 @pytest.mark.parametrize("spec", ["0", "0%", "101%", "-1", "two", "1.5", ""])
-def test_bad_batch_specs(spec):
+def test_bad_batch_specs_are_refused(spec):
     with pytest.raises(RoadieError, match="--batch"):
         rollout.batch_size(spec, 10)
 
@@ -51,15 +51,25 @@ def test_capacity_guard_refuses_plans_below_min_serving():
     assert min(b.serving for b in plan.batches) >= 2
 
 
-def test_every_step_keeps_min_serving():
+@pytest.mark.parametrize("batch, size_of", [("1", lambda n: 1), ("2", lambda n: min(2, n)),
+                                             ("25%", lambda n: max(1, n // 4)), ("50%", lambda n: max(1, n // 2))])
+def test_every_step_keeps_min_serving(batch, size_of):
+    refused = []
     for n in range(2, 25):
-        for batch in ("1", "2", "25%", "50%"):
-            try:
-                plan = rollout.plan("r", hosts(n), batch=batch, min_serving=1)
-            except RoadieError:
-                continue
-            assert all(b.serving >= 1 for b in plan.batches)
-            assert [h for b in plan.batches for h in b.hosts] == hosts(n)
+        size = size_of(n)
+        if n - size < 1:
+            # Batches that would take every host out at once are refused, never planned.
+            with pytest.raises(RoadieError, match="below --min-serving 1"):
+                rollout.plan("r", hosts(n), batch=batch, min_serving=1)
+            refused.append(n)
+            continue
+        plan = rollout.plan("r", hosts(n), batch=batch, min_serving=1)
+        assert all(b.serving >= 1 for b in plan.batches)
+        assert [h for b in plan.batches for h in b.hosts] == hosts(n)
+        assert plan.batches[0].hosts == ("stream1",) and plan.batches[0].canary
+        assert max(len(b.hosts) for b in plan.batches) == size
+    # Only two hosts in batches of two leave nobody serving.
+    assert refused == ([2] if batch == "2" else [])
 
 
 def test_single_host_needs_min_serving_zero():
@@ -69,7 +79,7 @@ def test_single_host_needs_min_serving_zero():
     assert [b.hosts for b in plan.batches] == [("stream1",)] and not plan.batches[0].canary
 
 
-def test_duplicate_and_empty_host_lists():
+def test_duplicate_and_empty_host_lists_are_refused():
     with pytest.raises(RoadieError, match="twice"):
         rollout.plan("r1", ["a", "a"])
     with pytest.raises(RoadieError, match="no hosts"):

@@ -16,8 +16,6 @@ import shutil
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from types import SimpleNamespace
 
@@ -102,30 +100,9 @@ class Host:
         return message
 
 
-@dataclass
-class Built:
-    artifact: Path
-    manifest: release.Manifest
-    deps: release.Dependencies
-
-
-def _build(repo_root: Path, release_id: str, change: Callable[[Path], None] | None = None) -> Built:
-    app = repo_root / "repo" / "app"
-    if not app.exists():
-        forge.committed_app(repo_root / "repo")
-        wheels = repo_root / "wheels"
-        wheels.mkdir()
-        name, data = forge.wheel("demo", "1.0", "VALUE = 'the wheel the build pinned'\n")
-        (wheels / name).write_bytes(data)
-    if change:
-        change(app)
-    artifact = release.build(repo_root / "out", release_id, app_dir=app, wheels=repo_root / "wheels").path
-    return Built(artifact, release.verify(artifact), release.dependencies(artifact))
-
-
 @pytest.fixture(scope="module")
-def built(tmp_path_factory) -> Built:
-    return _build(tmp_path_factory.mktemp("build"), "r1")
+def built(tmp_path_factory) -> forge.Built:
+    return forge.build(tmp_path_factory.mktemp("build"), "r1")
 
 
 @pytest.fixture
@@ -399,7 +376,7 @@ def test_the_next_release_with_the_same_dependencies_reuses_the_shared_venv(buil
     def change(app: Path) -> None:
         (app / "streamsvc" / "wsgi.py").write_text("def create_app():\n    return 'r2'\n")
 
-    second = _build(repo_root, "r2", change)
+    second = forge.build(repo_root, "r2", change)
     assert second.deps.key == built.deps.key
     env = staged.releases / "r1" / "venv"
     inode = env.resolve().stat().st_ino

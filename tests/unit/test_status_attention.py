@@ -13,7 +13,7 @@ from roadie.inventory import Host, Inventory
 from roadie.lock import LockInfo
 from roadie.remote import status_probe
 from roadie.rotation import Drained
-from tests.unit.test_balancer_audit import STAT, Canned
+from tests.unit.haproxy_canned import STAT, Canned
 
 NOW = 1_700_000_000.0
 STREAM = ("stream1", "stream2", "stream3")

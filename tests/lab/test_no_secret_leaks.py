@@ -1,9 +1,11 @@
 """No secret leaks: run the loud paths at high verbosity and search everything they left for every secret.
 
-Runs last in the lab session (file name): the session's site.yml rerun at -vvv, `fab --debug` deploy,
-status, a failed deploy (rolled back) and a failover (then the lab is put back), and collects every
-output, the local logs, the audit log on the lock host, every host's journal since the test began and
-during the rerun, and the services' log files.
+The test makes what it searches itself, so it proves the same wherever it runs in the session: the
+session's site.yml rerun at -vvv (conftest's `site_rerun`) and, with `fab --debug`, a deploy, status,
+cache.info, a cache flush, a restart of the cache, a seed, a base backup and its restore check, client
+requests through the balancer (a catalogue read, a play, a 404), a failed deploy (rolled back) and a
+failover (then the lab is put back). It collects every output, the local logs, the audit log on the lock
+host, every host's journal since the test began and during the rerun, and the services' log files.
 Each secret (every vault_* value, the vault password, the lab's SSH private key) is searched for as it
 is and in the encodings it would take in a URL or a log line; a hit fails naming the file and line.
 """
@@ -11,18 +13,17 @@ is and in the encodings it would take in a URL or a log line; a hit fails naming
 from __future__ import annotations
 
 import base64
-import os
-import subprocess
+import json
 import time
 import urllib.parse
-from pathlib import Path
 
 from roadie import inventory, vault
 from roadie.paths import LAB_STATE, ROOT
-from tests.lab.test_database_ops import _restore_topology, _wait_streaming
-from tests.lab.test_deploy import _break_health, build_variant
+from tests.lab.fabrun import fab
+from tests.lab.releases import break_health, build_variant
+from tests.lab.topology import SWAPPED, restore_topology, wait_streaming
+from tests.lab.traffic import get
 
-FAB = str(ROOT / ".venv" / "bin" / "fab")
 REMOTE_LOGS = "/var/log/nginx /var/log/postgresql /var/log/redis /var/log/haproxy.log /srv/stream/shared/logs " \
               "/var/log/roadie/audit.log"
 
@@ -42,12 +43,19 @@ def _secrets() -> dict[str, str]:
     return forms
 
 
-def _fab(*args: str, outputs: dict, label: str, expect_ok: bool = True) -> str:
-    result = subprocess.run([FAB, "--debug", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200,
-                            stdin=subprocess.DEVNULL, env={**os.environ, "ANSIBLE_INVENTORY": "lab"})
+def _redacted(text: str, secrets: dict[str, str]) -> str:
+    """`text` with every secret form replaced by its name: what a failure message may show."""
+    for name, value in sorted(secrets.items(), key=lambda item: -len(item[1])):
+        text = text.replace(value, f"<{name}>")
+    return text
+
+
+def _fab(*args: str, outputs: dict, secrets: dict[str, str], label: str, expect_ok: bool = True) -> str:
+    result = fab("--debug", *args, timeout=1200)
     outputs[f"fab {label} (stdout)"] = result.stdout
     outputs[f"fab {label} (stderr)"] = result.stderr
-    assert (result.returncode == 0) == expect_ok, f"fab {label}: exit {result.returncode}: {result.stderr[-2000:]}"
+    assert (result.returncode == 0) == expect_ok, \
+        f"fab {label}: exit {result.returncode}: {_redacted(result.stderr[-2000:], secrets)}"
     return result.stdout
 
 
@@ -66,22 +74,39 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
     started = time.time() - 1
     outputs: dict[str, str] = {}
 
+    def loud(*args: str, label: str, expect_ok: bool = True) -> str:
+        return _fab(*args, outputs=outputs, secrets=secrets, label=label, expect_ok=expect_ok)
+
     # The session's site.yml rerun ran at -vvv (conftest.site_rerun); its hosts' journals are read below.
     run = site_rerun.run
     outputs["ansible-playbook site.yml -vvv"] = run.output
-    assert run.ok, run.output[-3000:]
+    assert run.ok, _redacted(run.output[-3000:], secrets)
     assert run.output.count("censored") > 0     # the no_log tasks were there, and said so
 
-    _fab("deploy", "--build", "--yes", "--message", "leak test", outputs=outputs, label="deploy")
-    _fab("status", outputs=outputs, label="status")
-    _fab("cache.info", outputs=outputs, label="cache.info")
-    broken = build_variant(tmp_path, f"leak-broken-{int(time.time())}", _break_health)
-    _fab("deploy", "--artifact", str(broken), "--yes", outputs=outputs, label="failed deploy", expect_ok=False)
-    _wait_streaming("db1", "db2")
+    loud("deploy", "--build", "--yes", "--message", "leak test", label="deploy")
+    loud("status", label="status")
+    loud("cache.info", label="cache.info")
+    loud("cache.flush", "--pattern", "roadie-leak-test:*", "--yes", "--message", "leak test", label="cache.flush")
+    loud("restart", "--group", "cache", "--yes", "--message", "leak test", label="restart cache")
+    loud("seed", label="seed")
+    # What the stream service and the web tier log for clients: a read, a write, a miss.
+    assert get(stack["lb"], "/tracks")[0] == 200
+    assert get(stack["lb"], "/plays", {"Content-Type": "application/json"}, "POST",
+               json.dumps({"track_id": 1, "listener_id": "leak-test"}).encode())[0] == 201
+    assert get(stack["lb"], "/tracks/999999")[0] == 404
+    loud("db.backup", "--yes", "--message", "leak test", label="db.backup")
+    loud("db.restore-check", label="db.restore-check")
+    broken = build_variant(tmp_path, f"leak-broken-{int(time.time())}", break_health)
+    loud("deploy", "--artifact", str(broken), "--yes", label="failed deploy", expect_ok=False)
+    wait_streaming("db1", "db2")
     try:
-        _fab("db.failover", "--yes", "--message", "leak test", outputs=outputs, label="db.failover")
+        loud("db.failover", "--yes", "--message", "leak test", label="db.failover")
     finally:
-        _restore_topology(conns)
+        restore_topology(conns)
+    # The round trip leaves the lab inventory as it was: db1 the primary, db2 its replica, no swapped copy.
+    lab = inventory.load("lab")
+    assert lab.groups["database_primary"] == ("db1",) and lab.groups["database_replica"] == ("db2",)
+    assert not SWAPPED.exists()
 
     local = {str(p.relative_to(ROOT)): p.read_text(errors="replace") for p in (ROOT / "logs").rglob("*")
              if p.is_file()}
@@ -108,11 +133,18 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
     assert not hits, "secrets leaked:\n" + "\n".join(hits[:50])
 
 
-def test_the_search_finds_a_planted_secret(tmp_path):
-    """The scan itself can fail: a secret written to a log is found, named by file and line."""
+def test_the_search_finds_a_planted_secret():
+    """The scan itself can fail: a secret written to a log, as it is or encoded, is found and named by file and
+    line."""
     secrets = _secrets()
     name, value = next(iter(secrets.items()))
-    found = _hits({"planted.log": f"line one\nDATABASE_URL=postgresql://u:{value}@db1/x\n"}, secrets)
-    assert found and found[0].startswith("planted.log:2: contains ")
-    assert inventory.load("lab")      # the lab inventory still loads after the failover round trip
-    assert Path(vault.LAB_VAULT_FILE).is_file()
+    planted = ("line one\n"
+               f"DATABASE_URL=postgresql://u:{value}@db1/x\n"
+               f"next=https://lb1/login?password={urllib.parse.quote(value, safe='')}\n"
+               f"Authorization: Basic {base64.b64encode(value.encode()).decode()}\n")
+    found = _hits({"planted.log": planted}, secrets)
+    assert f"planted.log:2: contains {name}" in found
+    assert f"planted.log:3: contains {name} (url-encoded)" in found
+    assert f"planted.log:4: contains {name} (base64)" in found
+    assert not [hit for hit in found if hit.startswith("planted.log:1:")]
+    assert value not in _redacted(planted, secrets)              # what a failure message may show hides it
