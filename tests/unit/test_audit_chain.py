@@ -236,7 +236,7 @@ def test_fab_run_records_the_command_and_every_hosts_result(lab_lock_host, monke
                "stream3": ssh.HostResult("stream3", False, None, error="stream3 (10.0.0.3:22): unreachable")}
     monkeypatch.setattr(ssh, "run_parallel", lambda hosts, command, timeout: results)
     with pytest.raises(Exit, match="2 of 3 hosts failed"):
-        _fab().run.body(Context(), "systemctl is-active stream", group="stream", inventory_="lab", yes=True)
+        _fab().oncall.run.body(Context(), "systemctl is-active stream", group="stream", inventory_="lab", yes=True)
     assert lab_lock_host.connected == ["lb1"] and lab_lock_host.closed
     rec = json.loads((lab_lock_host.log_dir / "audit.log").read_text())
     assert rec["action"] == "run" and rec["command"] == "systemctl is-active stream" and rec["result"] == "failed"
@@ -254,7 +254,7 @@ def test_fab_seed_takes_the_lock_and_records(lab_lock_host, monkeypatch):
 
     monkeypatch.setattr(lock, "acquire", acquire)
     monkeypatch.setattr(deploy, "seed_fleet", lambda fleet, report: taken.append("seeded"))
-    _fab().seed.body(Context(), inventory_="lab")
+    _fab().deploy.seed.body(Context(), inventory_="lab")
     assert taken == ["seed", "seeded", "released"]
     rec = json.loads((lab_lock_host.log_dir / "audit.log").read_text())
     assert (rec["action"], rec["result"], rec["hosts"]) == ("seed", "ok", ["stream1", "stream2", "stream3"])
@@ -262,13 +262,13 @@ def test_fab_seed_takes_the_lock_and_records(lab_lock_host, monkeypatch):
 
 def test_fab_audit_fails_with_one_line_naming_the_broken_record(lab_lock_host, local, capsys):
     lines = make_log(lab_lock_host, local)
-    _fab().audit_.body(Context(), inventory_="lab", last="2")
+    _fab().oncall.audit.body(Context(), inventory_="lab", last="2")
     out = capsys.readouterr().out
     assert KEY in out and "lb1: 5 records, hash chain intact" in out
     (lab_lock_host.log_dir / "audit.log").write_text("\n".join([lines[0], _edit(lines[1], result="failed"),
                                                                 *lines[2:]]) + "\n")
     with pytest.raises(Exit) as failed:
-        _fab().audit_.body(Context(), inventory_="lab", last="20", json=True)
+        _fab().oncall.audit.body(Context(), inventory_="lab", last="20", json=True)
     assert failed.value.code == 1
     assert failed.value.message.startswith("error: audit log on lb1 is broken at line 2 (record 2 ")
     assert "\n" not in failed.value.message

@@ -167,7 +167,7 @@ def test_exit_messages_and_failed_commands_pass_clean():
 
 
 def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, capsys):
-    import fabfile
+    from fabfile import oncall
 
     class Journal:
         """A connection whose journalctl answers hostile lines on stdout and stderr."""
@@ -184,7 +184,7 @@ def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, c
             return SimpleNamespace(exited=0)
 
     monkeypatch.setattr(ops.ssh, "connect", lambda host: Journal())
-    fabfile.logs(Context(), "stream1")
+    oncall.logs(Context(), "stream1")
     out, errs = capsys.readouterr()
     assert out.splitlines() == [f"stream1: Jan 01 stream[1]: {cli.clean(HOSTILE)}", "stream1: Jan 01 stream[1]: next"]
     assert errs == "warning\n"
