@@ -1,4 +1,4 @@
-"""Glue between the thin CLIs (tasks.py, fabfile.py) and the roadie package.
+"""Glue between the thin CLIs (tasks.py, fabfile/) and the roadie package.
 
 What a task prints passes `clean` on the way out: strings read off a host (journal lines, audit records,
 lock holders, release names, command output, error text) reach the operator's terminal without control
@@ -13,6 +13,7 @@ import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, TextIO
 
 from invoke.exceptions import Exit, UnexpectedExit
@@ -140,3 +141,40 @@ def human_bytes(n: float | None) -> str:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
     return "-"
+
+
+def human_age(seconds: float) -> str:
+    """An age in the largest unit that keeps it readable: 90 -> '90 s', 600 -> '10 min', 7200 -> '2 h'."""
+    seconds = int(seconds)
+    if seconds < 120:
+        return f"{seconds} s"
+    if seconds < 7200:
+        return f"{seconds // 60} min"
+    if seconds < 172800:
+        return f"{seconds // 3600} h"
+    return f"{seconds // 86400} d"
+
+
+def confirm(what: str, yes: bool) -> None:
+    """Ask the operator to type 'yes' before a change (--yes skips the question); a RoadieError otherwise."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise RoadieError(f"{what}: pass --yes to confirm (no terminal to ask on)")
+    answer = input(f"{what}? type 'yes' to go on: ").strip()
+    if answer != "yes":
+        raise RoadieError("not confirmed; nothing changed")
+
+
+@dataclass
+class Terminal:
+    """What a command in roadie/ says to the operator while it runs, and how it asks before it changes
+    anything: lines go to stdout (host-prefixed when a host is given); `--yes` answers the question."""
+
+    yes: bool = False
+
+    def say(self, text: str, host: str | None = None) -> None:
+        print(prefixed(host, text) if host else text)
+
+    def confirm(self, what: str) -> None:
+        confirm(what, self.yes)

@@ -3,7 +3,7 @@
 Everything here goes through the same pieces as `fab deploy`: the HAProxy runtime API (balancer.py),
 the rollout planner and its capacity guard (rollout.py), the batch runner with its health gate and
 rollback (deploy.Rollout), the deploy lock and the audit log. Callers take the lock; these functions
-assume it is held.
+assume it is held, but for turn_on and turn_off (`fab maintenance.on/off`), which take it themselves.
 """
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from __future__ import annotations
 import io
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import contract, deploy, rollout, rotation, ssh
+from roadie import contract, deploy, inventory, rollout, rotation, ssh
 from roadie.balancer import Balancer
 from roadie.change import Change, lock_host
+from roadie.cli import Terminal
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 from roadie.paths import ROOT
@@ -202,6 +203,40 @@ def mode(conn: ssh.HostConnection) -> str:
         if len(parts) >= 3 and parts[1] == "mode":
             return parts[2]
     raise RoadieError(f"{conn.inventory_host.name}: maintenance map has no mode entry; run the balancer playbook")
+
+
+def turn_on(inventory_name: str | None, message: str, retry_after: int, terminal: Terminal) -> None:
+    """`fab maintenance.on`: say what clients will get, ask, then serve the page from every balancer."""
+    inv = inventory.load(inventory_name)
+    balancers = inv.group("balancer")
+    page = render_page(message, retry_after)
+    terminal.say(f"maintenance: every request to {', '.join(h.name for h in balancers)} will get 503 "
+                 f"(Retry-After {retry_after}) with the page from templates/maintenance.html.j2")
+    terminal.confirm("turn maintenance mode on")
+    with Guarded(inv, "maintenance-on", hosts=[h.name for h in balancers], message=message):
+        for host in balancers:
+            with ssh.connect(host) as conn:
+                how = set_mode(conn, True, page, retry_after)
+                terminal.say(f"maintenance on (page {how})", host.name)
+
+
+def turn_off(inventory_name: str | None, terminal: Terminal) -> None:
+    """`fab maintenance.off`: ask, then stop serving the page from every balancer."""
+    inv = inventory.load(inventory_name)
+    balancers = inv.group("balancer")
+    terminal.confirm("turn maintenance mode off")
+    with Guarded(inv, "maintenance-off", hosts=[h.name for h in balancers]):
+        for host in balancers:
+            with ssh.connect(host) as conn:
+                set_mode(conn, False)
+                terminal.say("maintenance off", host.name)
+
+
+def modes(inventory_name: str | None) -> Iterator[tuple[str, str]]:
+    """(balancer, 'on' or 'off') for each balancer, as each one answers."""
+    for host in inventory.load(inventory_name).group("balancer"):
+        with ssh.connect(host) as conn:
+            yield host.name, mode(conn)
 
 
 # ------------------------------------------------------------------ the change pipeline, for on-call changes

@@ -9,7 +9,8 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import contract, ssh, status
+from roadie import contract, inventory, maintenance, ssh, status
+from roadie.cli import Terminal
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
@@ -90,6 +91,38 @@ def cache(inv: Inventory, host: Host, pattern: str | None = None, flush: bool = 
     if result.exited != 0:
         raise RoadieError(f"{host.name}: {(result.stderr.strip().splitlines() or ['redis probe failed'])[-1]}")
     return CacheState(host=host.name, **json.loads(result.stdout.strip().splitlines()[-1]))
+
+
+def cache_states(inventory_name: str | None, group: str) -> list[CacheState]:
+    """`fab cache.info`: every selected cache host's Redis, in parallel."""
+    inv = inventory.load(inventory_name)
+    return ssh.parallel(lambda h: cache(inv, h), inv.select(group))
+
+
+def masters(hosts: list[Host], states: list[CacheState]) -> list[tuple[Host, CacheState]]:
+    """The hosts whose Redis is a master (replicas refuse a flush), with their states; none is a RoadieError."""
+    found = [(h, s) for h, s in zip(hosts, states, strict=True) if s.role == "master"]
+    if not found:
+        raise RoadieError(f"no Redis master among {', '.join(h.name for h in hosts)}; nothing to flush")
+    return found
+
+
+def flush_cache(inventory_name: str | None, group: str, pattern: str, *, message: str | None,
+                terminal: Terminal) -> None:
+    """`fab cache.flush`: count the matching keys on each master, say how many will go, ask, then delete
+    them inside the change pipeline, host by host."""
+    pattern = check_pattern(pattern)
+    inv = inventory.load(inventory_name)
+    hosts = inv.select(group)
+    found = masters(hosts, ssh.parallel(lambda h: cache(inv, h, pattern), hosts))
+    for h, s in found:
+        terminal.say(f"will delete {s.matching} of {s.keys} keys matching {pattern!r}", h.name)
+    terminal.confirm(f"flush {sum(s.matching or 0 for _, s in found)} keys")
+    with maintenance.Guarded(inv, "cache-flush", hosts=[h.name for h, _ in found], message=message or "") as change:
+        for h, _ in found:
+            done = cache(inv, h, pattern, flush=True)
+            change.detail[f"flushed_{h.name}"] = done.flushed
+            terminal.say(f"deleted {done.flushed} keys; {done.keys_after} left", h.name)
 
 
 # ------------------------------------------------------------------ logs

@@ -12,7 +12,7 @@ from invoke import Context, Exit, Result, UnexpectedExit
 
 from roadie import cli, deploy, lab, ops
 from roadie.errors import RoadieError
-from tests.unit.cli_run import assert_one_line_error, fab_task, run_cli
+from tests.unit.cli_run import assert_one_line_error, run_cli
 
 
 @pytest.mark.parametrize("args, expected", [
@@ -151,6 +151,8 @@ def test_exit_messages_and_failed_commands_pass_clean():
 
 
 def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, capsys):
+    from fabfile import oncall
+
     class Journal:
         """A connection whose journalctl answers hostile lines on stdout and stderr."""
 
@@ -166,7 +168,7 @@ def test_fab_logs_prints_a_hosts_journal_without_terminal_control(monkeypatch, c
             return SimpleNamespace(exited=0)
 
     monkeypatch.setattr(ops.ssh, "connect", lambda host: Journal())
-    fab_task("logs")(Context(), "stream1")
+    oncall.logs(Context(), "stream1")
     out, errs = capsys.readouterr()
     assert out.splitlines() == [f"stream1: Jan 01 stream[1]: {cli.clean(HOSTILE)}", "stream1: Jan 01 stream[1]: next"]
     assert errs == "warning\n"
