@@ -7,6 +7,7 @@ import ast
 import io
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -18,8 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import database, lock, netpolicy, remote, stream_host
-from roadie.remote import fence_marker, list_backups, list_releases
+from roadie import database, lock, netpolicy, ops, remote, stream_host
+from roadie.remote import disk_usage, fence_marker, list_backups, list_releases
 
 PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name != "__init__.py")
 
@@ -60,7 +61,7 @@ def test_every_program_is_standard_library_only_and_runs_as_a_script(name):
 def test_every_program_a_module_names_is_there():
     named = [lock.PROGRAM, stream_host.LIST_PROGRAM, stream_host.HEALTH_PROGRAM, stream_host.PRUNE_PROGRAM,
              stream_host.STAGE_PROGRAM, stream_host.FREE_SPACE_PROGRAM, database.LIST_BACKUPS_PROGRAM,
-             database.FENCE_PROGRAM, netpolicy.PROBE_PROGRAM]
+             database.FENCE_PROGRAM, ops.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
     assert set(named) <= set(PROGRAMS)
     with pytest.raises(ValueError, match="no host program"):
         remote.source("../ssh.py")
@@ -206,6 +207,92 @@ def test_the_fence_marker_is_written_with_its_directory_and_replaced(tmp_path):
     assert path.read_text() == '{"by": "b"}\n'
     fence_marker.write(str(path), "x")
     assert path.read_text() == "x\n"
+
+
+# ---------------------------------------------------------------- redis_cache.py, against a real redis-server
+ADMIN, PASSWORD = "admin", "throw-away-Pa55"  # noqa: S105 - a throw-away server's
+
+
+def _redis_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int]:
+    server = shutil.which("redis-server")
+    if not server:
+        pytest.fail("redis-server is not installed (Debian package redis-server)")
+    port = _closed_port()
+    proc = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly",
+                             "no", "--dir", str(tmp_path), "--user", "default", "off",
+                             "--user", ADMIN, "on", f">{PASSWORD}", "~*", "&*", "+@all", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        if _redis(port, "PING").stdout.strip() == "PONG":
+            return proc, port
+        time.sleep(0.05)
+    proc.kill()
+    pytest.fail("redis-server did not answer")
+
+
+def _redis(port: int, *words: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["redis-cli", "--no-auth-warning", "--user", ADMIN, "-p", str(port), *words],
+                          capture_output=True, text=True, check=False, timeout=30,
+                          env=dict(os.environ, REDISCLI_AUTH=PASSWORD))
+
+
+@pytest.fixture
+def redis_port(tmp_path):
+    proc, port = _redis_server(tmp_path)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+
+
+def _cache(port: int, password: str = PASSWORD, **args: object) -> subprocess.CompletedProcess:
+    request = {"user": ADMIN, "port": port, "pattern": None, "flush": False, **args}
+    return _run(ops.REDIS_PROGRAM, json.dumps(request), stdin=password + "\n")
+
+
+def test_the_cache_probe_counts_and_flushes_only_the_matching_keys(redis_port):
+    # More matching keys than one UNLINK takes (500), and one that does not match.
+    keys = [word for i in range(1201) for word in (f"tracks:{i}", "x")]
+    assert _redis(redis_port, "MSET", *keys, "session:1", "x").stdout.strip() == "OK"
+    looked = _cache(redis_port, pattern="tracks:*")
+    assert looked.returncode == 0, looked.stderr
+    state = ops.CacheState(host="cache1", **json.loads(looked.stdout))
+    assert (state.role, state.keys, state.matching, state.flushed) == ("master", 1202, 1201, None)
+    flushed = json.loads(_cache(redis_port, pattern="tracks:*", flush=True).stdout)
+    assert (flushed["flushed"], flushed["keys_after"]) == (1201, 1)
+    assert _redis(redis_port, "DBSIZE").stdout.strip() == "1"
+    assert json.loads(_cache(redis_port, pattern="*", flush=True).stdout)["keys_after"] == 0
+
+
+def test_the_cache_probe_refuses_a_wrong_password_and_a_flush_on_a_replica(redis_port, tmp_path):
+    wrong = _cache(redis_port, password="wrong")  # noqa: S106 - a wrong password on purpose
+    assert wrong.returncode == 1 and wrong.stderr.strip().startswith("redis-cli INFO: ")
+    assert "WRONGPASS" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    replica_dir = tmp_path / "replica"
+    replica_dir.mkdir()
+    proc, port = _redis_server(replica_dir, "--replicaof", "127.0.0.1", str(_closed_port()))
+    try:
+        refused = _cache(port, pattern="*", flush=True)
+        assert refused.returncode == 1 and refused.stderr.strip() == "this Redis is a replica; flush its master"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- disk_usage.py
+def test_disk_usage_reports_real_filesystems_once(tmp_path):
+    mounts = tmp_path / "mounts"
+    mounts.write_text(f"/dev/sda1 {tmp_path} ext4 rw 0 0\n"
+                      "proc /proc proc rw 0 0\n"
+                      f"/dev/sda1 {tmp_path} ext4 rw,bind 0 0\n"
+                      f"/dev/sdb1 {tmp_path}/gone ext4 rw 0 0\n")
+    found = disk_usage.usage(str(mounts))
+    assert [row["mount"] for row in found] == [str(tmp_path)]
+    st = os.statvfs(tmp_path)
+    assert found[0]["total"] == st.f_blocks * st.f_frsize
+    assert 0 <= found[0]["pct"] <= 100
+    done = _run(ops.DISK_PROGRAM)
+    assert done.returncode == 0, done.stderr
+    assert all(set(row) == {"mount", "total", "used", "avail", "pct"} for row in json.loads(done.stdout))
 
 
 # ---------------------------------------------------------------- reach_probe.py
