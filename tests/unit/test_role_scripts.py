@@ -1,0 +1,260 @@
+"""The shell helpers roles install from files/ and the settings files their templates render.
+
+Each settings file is rendered here from its role's defaults and vars, as the template module does, and
+read by bash the way the helper reads it: the values must be the ones the role decides, whatever
+characters they hold. The postgresql role's helpers then run for real, as root runs them, against a
+throw-away PostgreSQL 15 cluster on a unix socket (the Debian package postgresql-15, as tests/service
+needs): a base backup, its reference, retention, a restore check to the restore point and the settings
+checker. Only the settings path differs from the installed scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import jinja2
+import pytest
+import yaml
+
+from roadie import remote
+from roadie.paths import ROOT
+
+ROLES = ROOT / "roles"
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+HOSTILE = ["tracks", "public.plays", "it's a \"t\"", "$(id)", "a b", "x;y"]
+
+
+def _env(undefined: type[jinja2.Undefined]) -> jinja2.Environment:
+    env = jinja2.Environment(  # noqa: S701 - shell settings, not HTML
+        undefined=undefined, trim_blocks=True, keep_trailing_newline=True)
+    env.filters["quote"] = lambda value: shlex.quote(str(value))
+    env.filters["normpath"] = os.path.normpath
+    env.filters["comment"] = lambda text: "#\n# " + text + "\n#"
+    env.filters["regex_replace"] = lambda value, pattern, replacement: re.sub(pattern, replacement, value)
+    return env
+
+
+def role_vars(role: str, **overrides: object) -> dict:
+    """The role's defaults and vars, `overrides` applied, each templated value resolved from the others.
+
+    A value that needs what only a play has (facts, groups, the vault) stays as it is: no settings file
+    uses one."""
+    found: dict = {}
+    for part in ("defaults", "vars"):
+        found.update(yaml.safe_load((ROLES / role / part / "main.yml").read_text()))
+    found.update(overrides)
+    lenient = _env(jinja2.Undefined)
+    for _ in range(10):
+        changed = False
+        for name, value in list(found.items()):
+            if isinstance(value, str) and "{{" in value:
+                try:
+                    resolved = lenient.from_string(value).render(found)
+                except (jinja2.TemplateError, TypeError, ValueError):
+                    continue
+                changed |= resolved != value
+                found[name] = resolved
+        if not changed:
+            return found
+    raise AssertionError(f"the variables of {role} do not resolve")
+
+
+def render(role: str, template: str, variables: dict) -> str:
+    path = ROLES / role / "templates" / template
+    return _env(jinja2.StrictUndefined).from_string(path.read_text()).render(
+        {"ansible_managed": "Ansible managed", **variables})
+
+
+def read_settings(text: str, tmp_path: Path, *names: str) -> dict[str, str | list[str]]:
+    """What bash sees after `. settings`: each name's value, an array (a name ending in _TABLES) as a list."""
+    path = tmp_path / "settings.conf"
+    path.write_text(text)
+    script = f"set -eu\n. {shlex.quote(str(path))}\n" + "".join(
+        f'printf "%s\\0" "{name}" "${{#{name}[@]}}" "${{{name}[@]}}"\n' if name.endswith("_TABLES")
+        else f'printf "%s\\0" "{name}" 1 "${{{name}}}"\n' for name in names)
+    out = subprocess.run(["bash", "-c", script], capture_output=True, text=True, check=True, timeout=30).stdout
+    fields, found = out.split("\0")[:-1], {}
+    while fields:
+        name, count = fields[0], int(fields[1])
+        values, fields = fields[2:2 + count], fields[2 + count:]
+        found[name] = values if name.endswith("_TABLES") else values[0]
+    return found
+
+
+# ---------------------------------------------------------------- postgresql: what the settings say
+def test_the_backup_settings_are_the_roles_values_whatever_the_table_names(tmp_path):
+    variables = role_vars("postgresql", postgresql_app_database="stream", postgresql_backup_key_tables=HOSTILE,
+                          postgresql_restore_check_dir="/var/lib/postgresql//restore-check/")
+    found = read_settings(render("postgresql", "etc/roadie/pg-backup.conf.j2", variables), tmp_path,
+                          "PG_BIN", "PG_PORT", "BACKUP_BASE_DIR", "WAL_ARCHIVE_DIR", "BACKUP_KEEP",
+                          "BACKUP_CHECKPOINT", "BACKUP_KEY_DATABASE", "BACKUP_KEY_TABLES", "TABLE_CHECKSUM_SQL",
+                          "RESTORE_CHECK_DIR", "RESTORE_CHECK_PORT")
+    defaults = yaml.safe_load((ROLES / "postgresql" / "defaults" / "main.yml").read_text())
+    internal = yaml.safe_load((ROLES / "postgresql" / "vars" / "main.yml").read_text())
+    assert found == {
+        "PG_BIN": "/usr/lib/postgresql/15/bin", "PG_PORT": str(internal["__postgresql_port"]),
+        "BACKUP_BASE_DIR": defaults["postgresql_backup_dir"] + "/base",
+        "WAL_ARCHIVE_DIR": defaults["postgresql_backup_dir"] + "/wal",
+        "BACKUP_KEEP": str(defaults["postgresql_backup_keep"]),
+        "BACKUP_CHECKPOINT": defaults["postgresql_backup_checkpoint"], "BACKUP_KEY_DATABASE": "stream",
+        "BACKUP_KEY_TABLES": HOSTILE, "TABLE_CHECKSUM_SQL": internal["__postgresql_table_checksum_sql"],
+        "RESTORE_CHECK_DIR": "/var/lib/postgresql/restore-check",
+        "RESTORE_CHECK_PORT": str(defaults["postgresql_restore_check_port"]),
+    }
+    assert read_settings(render("postgresql", "etc/roadie/pg-backup.conf.j2",
+                                {**variables, "postgresql_backup_key_tables": []}),
+                         tmp_path, "BACKUP_KEY_TABLES") == {"BACKUP_KEY_TABLES": []}
+
+
+def test_the_settings_checker_reads_the_roles_bin_dir(tmp_path):
+    found = read_settings(render("postgresql", "etc/roadie/pg-conf-check.conf.j2", role_vars("postgresql")),
+                          tmp_path, "PG_BIN")
+    assert found == {"PG_BIN": str(PG_BIN)}
+
+
+# ---------------------------------------------------------------- postgresql: the helpers, for real
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class Cluster:
+    """A throw-away cluster run by postgres (socket only), archiving WAL, and the role's helpers beside it."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.port = _free_port()
+        self.sock = base / "sock"
+        self.backups = base / "backups"
+        self.bin = base / "sbin"
+        self.etc = base / "etc"
+
+    def path(self, *parts: str) -> Path:
+        return self.base.joinpath(*parts)
+
+    def as_postgres(self, *argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["runuser", "-u", "postgres", "--", *argv], cwd="/", capture_output=True, text=True,
+                              check=True, timeout=120)
+
+    def sql(self, query: str, database: str = "stream") -> str:
+        return self.as_postgres(str(PG_BIN / "psql"), "-XAtq", "-v", "ON_ERROR_STOP=1", "-h", str(self.sock),
+                                "-p", str(self.port), "-d", database, "-c", query).stdout.strip()
+
+    def helper(self, name: str, *args: str) -> subprocess.CompletedProcess:
+        """Run a helper as root runs it (it switches to postgres itself where it should)."""
+        env = dict(os.environ, PGHOST=str(self.sock))   # the cluster's socket, not Debian's default
+        return subprocess.run([str(self.bin / name), *args], cwd="/", capture_output=True, text=True, env=env,
+                              check=False, timeout=300)
+
+    def install(self, settings: dict[str, str]) -> None:
+        """The helpers from files/, reading their settings here instead of /etc/roadie; root's, 0755/0644."""
+        for directory in (self.bin, self.etc):
+            directory.mkdir(mode=0o755)
+        for name in ("pg-base-backup", "pg-restore-check", "pg-conf-check"):
+            text = (ROLES / "postgresql" / "files" / name).read_text()
+            for settings_name in settings:
+                text = text.replace(f"/etc/roadie/{settings_name}", str(self.etc / settings_name))
+            (self.bin / name).write_text(text)
+            (self.bin / name).chmod(0o755)
+        for settings_name, text in settings.items():
+            (self.etc / settings_name).write_text(text)
+            (self.etc / settings_name).chmod(0o644)
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Cluster]:
+    if os.geteuid() != 0 or not (PG_BIN / "postgres").exists() or not shutil.which("runuser"):
+        pytest.fail("needs root, runuser and PostgreSQL 15 (Debian package postgresql-15), as tests/service does")
+    base = Path(tempfile.mkdtemp(prefix="roadie-pg-helpers-"))
+    pg = Cluster(base)
+    try:
+        os.chmod(base, 0o755)  # noqa: S103 - postgres must reach its directories and the helpers
+        shutil.chown(base, "postgres", "postgres")
+        for directory in (pg.sock, pg.backups, pg.backups / "base", pg.backups / "wal"):
+            directory.mkdir(mode=0o700)
+            shutil.chown(directory, "postgres", "postgres")
+        pg.as_postgres(str(PG_BIN / "initdb"), "-D", str(pg.path("data")), "-U", "postgres", "--auth=trust",
+                       "-E", "UTF8", "--locale=C", "--no-sync")
+        options = (f"-p {pg.port} -k {pg.sock} -c listen_addresses='' -c fsync=off -c wal_level=replica "
+                   f"-c archive_mode=on -c archive_command='cp %p {pg.backups}/wal/%f' -c max_wal_senders=4")
+        pg.as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(pg.path("data")), "-l", str(pg.path("postgres.log")),
+                       "-w", "-t", "60", "-o", options, "start")
+        try:
+            pg.sql("CREATE DATABASE stream", "postgres")
+            pg.sql("CREATE TABLE tracks (id int PRIMARY KEY, title text); "
+                   "INSERT INTO tracks SELECT i, 'track ' || i FROM generate_series(1, 100) i; "
+                   "CREATE TABLE plays (track int, at timestamptz); "
+                   "INSERT INTO plays SELECT i % 7, now() FROM generate_series(1, 40) i")
+            variables = role_vars("postgresql", postgresql_app_database="stream",
+                                  postgresql_backup_dir=str(pg.backups), __postgresql_port=pg.port,
+                                  postgresql_backup_keep=2, postgresql_backup_key_tables=["tracks", "public.plays"],
+                                  postgresql_restore_check_dir=str(pg.path("restore-check")),
+                                  postgresql_restore_check_port=_free_port())
+            pg.install({"pg-backup.conf": render("postgresql", "etc/roadie/pg-backup.conf.j2", variables),
+                        "pg-conf-check.conf": render("postgresql", "etc/roadie/pg-conf-check.conf.j2", variables)})
+            yield pg
+        finally:
+            pg.as_postgres(str(PG_BIN / "pg_ctl"), "-D", str(pg.path("data")), "-m", "immediate", "-w", "stop")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _backups(pg: Cluster) -> list[dict]:
+    done = subprocess.run(["sh", "-c", remote.command("list_backups.py", pg.backups / "base")], capture_output=True,
+                          text=True, check=True, timeout=60)
+    return json.loads(done.stdout)
+
+
+def test_a_base_backup_records_its_reference_and_restores_to_it(cluster):
+    done = cluster.helper("pg-base-backup")
+    assert done.returncode == 0, done.stderr
+    [backup] = _backups(cluster)
+    assert backup["has_reference"] and re.fullmatch(r"[0-9A-F]{24}", backup["start_wal"])
+    assert set(backup["sha256"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
+    folder = cluster.backups / "base" / backup["name"]
+    assert os.stat(folder).st_uid == os.stat(cluster.base).st_uid   # written by postgres, not root
+    reference = json.loads((folder / "roadie-reference.json").read_text())
+    assert reference["database"] == "stream" and reference["restore_point"] == f"roadie-{backup['name']}"
+    assert {name: table["rows"] for name, table in reference["tables"].items()} == {"tracks": 100,
+                                                                                   "public.plays": 40}
+    cluster.sql("INSERT INTO tracks SELECT i, 'later' FROM generate_series(101, 150) i")
+    checked = cluster.helper("pg-restore-check", "-b", backup["name"], "-r", "-j")
+    assert checked.returncode == 0, checked.stderr
+    restored = json.loads(checked.stdout)
+    assert restored["tables"] == reference["tables"] and restored["restore_point"] == reference["restore_point"]
+    assert not cluster.path("restore-check").exists()
+    immediate = cluster.helper("pg-restore-check", "-i", "-d", "stream", "SELECT count(*) FROM tracks")
+    assert (immediate.returncode, immediate.stdout.strip()) == (0, "100"), immediate.stderr
+
+
+def test_backups_beyond_the_kept_number_are_removed(cluster):
+    for _ in range(3):
+        time.sleep(1.1)   # backups are named by the second
+        done = cluster.helper("pg-base-backup")
+        assert done.returncode == 0, done.stderr
+    kept = _backups(cluster)
+    assert len(kept) == 2
+    oldest_wal = kept[0]["start_wal"]
+    archived = [name for name in os.listdir(cluster.backups / "wal") if re.fullmatch(r"[0-9A-F]{24}", name)]
+    assert archived and min(archived) >= oldest_wal
+
+
+def test_the_settings_checker_accepts_a_valid_fragment_and_names_a_bad_one(cluster, tmp_path):
+    good, bad = tmp_path / "good.conf", tmp_path / "bad.conf"
+    good.write_text("shared_buffers = 64MB\nwork_mem = 8MB\n")
+    bad.write_text("shared_buffers = banana\n")
+    assert cluster.helper("pg-conf-check", str(good)).returncode == 0
+    refused = cluster.helper("pg-conf-check", str(bad))
+    assert refused.returncode == 1 and "shared_buffers" in refused.stderr
+    assert cluster.helper("pg-conf-check").returncode == 2
