@@ -51,7 +51,9 @@ def role_vars(role: str, **overrides: object) -> dict:
     uses one."""
     found: dict = {}
     for part in ("defaults", "vars"):
-        found.update(yaml.safe_load((ROLES / role / part / "main.yml").read_text()))
+        path = ROLES / role / part / "main.yml"
+        if path.exists():
+            found.update(yaml.safe_load(path.read_text()))
     found.update(overrides)
     lenient = _env(jinja2.Undefined)
     for _ in range(10):
@@ -258,3 +260,52 @@ def test_the_settings_checker_accepts_a_valid_fragment_and_names_a_bad_one(clust
     refused = cluster.helper("pg-conf-check", str(bad))
     assert refused.returncode == 1 and "shared_buffers" in refused.stderr
     assert cluster.helper("pg-conf-check").returncode == 2
+
+
+# ---------------------------------------------------------------- haproxy: the server-state saver
+def _saver(tmp_path: Path, answer: str | None) -> tuple[Path, dict]:
+    """The saver from files/ reading its settings from tmp_path; `socat` a stand-in that prints `answer`
+    (and records what it was asked), the runtime API socket a real one (nothing answers on it)."""
+    variables = role_vars("haproxy", haproxy_runtime_api_socket=str(tmp_path / "admin.sock"),
+                          haproxy_server_state_file=str(tmp_path / "state" / "server-state"))
+    settings = tmp_path / "haproxy-state.conf"
+    settings.write_text(render("haproxy", "etc/roadie/haproxy-state.conf.j2", variables))
+    saver = tmp_path / "haproxy-save-server-state"
+    saver.write_text((ROLES / "haproxy" / "files" / "haproxy-save-server-state").read_text()
+                     .replace("/etc/roadie/haproxy-state.conf", str(settings)))
+    saver.chmod(0o755)
+    (tmp_path / "state").mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if answer is not None:
+        (tmp_path / "answer").write_text(answer)
+        (bin_dir / "socat").write_text(f'#!/bin/sh\ncat > {tmp_path}/asked\necho "$@" >> {tmp_path}/asked\n'
+                                       f"cat {tmp_path}/answer\n")
+        (bin_dir / "socat").chmod(0o755)
+        listener = socket.socket(socket.AF_UNIX)
+        listener.bind(str(tmp_path / "admin.sock"))
+        listener.close()
+    return saver, dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_the_server_state_is_saved_from_the_socket_the_settings_name(tmp_path):
+    dump = "1\n# be_id be_name srv_id srv_name ...\n3 stream 1 stream1 10.87.0.11 2 0 1 1 0 1 0 0\n"
+    saver, env = _saver(tmp_path, dump)
+    done = subprocess.run([str(saver)], capture_output=True, text=True, env=env, check=False, timeout=30)
+    assert done.returncode == 0, done.stderr
+    state = tmp_path / "state" / "server-state"
+    assert state.read_text() == dump and oct(state.stat().st_mode & 0o777) == "0o640"
+    assert (tmp_path / "asked").read_text() == f"show servers state\n-t 5 stdio unix-connect:{tmp_path}/admin.sock\n"
+    assert os.listdir(tmp_path / "state") == ["server-state"]
+
+
+def test_an_error_answer_or_no_socket_leaves_the_state_file_as_it_is(tmp_path):
+    saver, env = _saver(tmp_path, "Unknown command\n")
+    state = tmp_path / "state" / "server-state"
+    state.write_text("1\nearlier\n")
+    done = subprocess.run([str(saver)], capture_output=True, text=True, env=env, check=False, timeout=30)
+    assert done.returncode == 1 and "unexpected answer" in done.stderr
+    assert state.read_text() == "1\nearlier\n" and os.listdir(tmp_path / "state") == ["server-state"]
+    (tmp_path / "admin.sock").unlink()
+    done = subprocess.run([str(saver)], capture_output=True, text=True, env=env, check=False, timeout=30)
+    assert done.returncode == 0 and "is absent" in done.stderr and state.read_text() == "1\nearlier\n"
