@@ -1,11 +1,14 @@
 """The shell helpers roles install from files/ and the settings files their templates render.
 
 Each settings file is rendered here from its role's defaults and vars, as the template module does, and
-read by bash the way the helper reads it: the values must be the ones the role decides, whatever
-characters they hold. The postgresql role's helpers then run for real, as root runs them, against a
-throw-away PostgreSQL 15 cluster on a unix socket (the Debian package postgresql-15, as tests/service
-needs): a base backup, its reference, retention, a restore check to the restore point and the settings
-checker. Only the settings path differs from the installed scripts.
+read by the shell the way the helper reads it: the values must be the ones the role decides, whatever
+characters they hold. The helpers then run from files/ with only their settings path (and, for
+stream-task, the rewriter's) pointed into a temporary directory:
+- postgresql: as root runs them, against a throw-away PostgreSQL 15 cluster on a unix socket (the Debian
+  package postgresql-15, as tests/service needs): a base backup, its reference, retention, a restore
+  check to the restore point, the settings checker;
+- haproxy: the server-state saver, with a stand-in socat;
+- streaming: stream-task's refusals, `switch`, and what `use-database` hands the env-file rewriter.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import jinja2
@@ -309,3 +313,98 @@ def test_an_error_answer_or_no_socket_leaves_the_state_file_as_it_is(tmp_path):
     (tmp_path / "admin.sock").unlink()
     done = subprocess.run([str(saver)], capture_output=True, text=True, env=env, check=False, timeout=30)
     assert done.returncode == 0 and "is absent" in done.stderr and state.read_text() == "1\nearlier\n"
+
+
+# ---------------------------------------------------------------- streaming: the release task wrapper
+def test_the_wrapper_settings_are_the_roles_values(tmp_path):
+    variables = role_vars("streaming", streaming_database_host="10.0.0.20",
+                          streaming_database_replica_hosts=["10.0.0.21", "10.0.0.20", ""])
+    found = read_settings(render("streaming", "etc/roadie/stream-task.conf.j2", variables), tmp_path,
+                          "STREAM_USER", "STREAM_DEPLOY_USER", "STREAM_ROOT", "STREAM_RELEASES", "STREAM_MEDIA",
+                          "STREAM_ENV_FILE", "STREAM_DATABASE_HOSTS")
+    assert found == {"STREAM_USER": "stream", "STREAM_DEPLOY_USER": "deploy", "STREAM_ROOT": "/srv/stream",
+                     "STREAM_RELEASES": "/srv/stream/releases", "STREAM_MEDIA": "/srv/stream/shared/media",
+                     "STREAM_ENV_FILE": "/srv/stream/shared/stream.env",
+                     "STREAM_DATABASE_HOSTS": "10.0.0.20,10.0.0.21"}
+
+
+@dataclass
+class Wrapper:
+    """stream-task under test: its layout, how to run it, what the rewriter stand-in was handed."""
+
+    root: Path
+    run: Callable[..., subprocess.CompletedProcess]
+    argv_file: Path
+    settings: Path
+
+    def stage(self, release: str) -> None:
+        (self.root / "releases" / release).mkdir()
+        (self.root / "releases" / release / ".roadie-complete").touch()
+
+
+@pytest.fixture
+def wrapper(tmp_path):
+    """stream-task from files/ with its layout under tmp_path; the env-file rewriter it hands
+    use-database and forget-database to is a stand-in that records its arguments."""
+    root = tmp_path / "srv-stream"
+    (root / "releases").mkdir(parents=True)
+    variables = role_vars("streaming", streaming_database_host="10.0.0.20",
+                          streaming_database_replica_hosts=["10.0.0.21"], __streaming_root=str(root),
+                          __streaming_releases=str(root / "releases"),
+                          __streaming_media=str(root / "shared" / "media"),
+                          __streaming_env_file=str(root / "shared" / "stream.env"))
+    settings = tmp_path / "stream-task.conf"
+    settings.write_text(render("streaming", "etc/roadie/stream-task.conf.j2", variables))
+    recorder = tmp_path / "stream_env.py"
+    recorder.write_text(f"import json, sys\nopen({str(tmp_path / 'rewriter-argv')!r}, 'w').write("
+                        "json.dumps(sys.argv[1:]))\n")
+    script = tmp_path / "stream-task"
+    script.write_text((ROLES / "streaming" / "files" / "stream-task").read_text()
+                      .replace("/etc/roadie/stream-task.conf", str(settings))
+                      .replace("/usr/local/lib/roadie/stream_env.py", str(recorder)))
+    script.chmod(0o755)
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([str(script), *args], capture_output=True, text=True, check=False, timeout=30)
+
+    return Wrapper(root, run, tmp_path / "rewriter-argv", settings)
+
+
+def test_use_database_hands_the_env_file_and_the_inventorys_hosts_to_the_rewriter(wrapper):
+    assert wrapper.run("use-database", "10.0.0.21").returncode == 0
+    assert json.loads(wrapper.argv_file.read_text()) == [
+        "use-database", str(wrapper.root / "shared" / "stream.env"), "10.0.0.21", "10.0.0.20,10.0.0.21"]
+    assert wrapper.run("forget-database", "10.0.0.20").returncode == 0
+    assert json.loads(wrapper.argv_file.read_text()) == [
+        "forget-database", str(wrapper.root / "shared" / "stream.env"), "10.0.0.20"]
+
+
+def test_switch_points_current_at_a_staged_release_and_keeps_the_previous_one(wrapper):
+    wrapper.stage("r1")
+    wrapper.stage("r2")
+    first = wrapper.run("switch", "r1")
+    assert (first.returncode, first.stdout) == (0, "\n"), first.stderr
+    second = wrapper.run("switch", "r2")
+    assert (second.returncode, second.stdout) == (0, "r1\n"), second.stderr
+    assert os.readlink(wrapper.root / "current") == "releases/r2"
+    assert os.readlink(wrapper.root / "previous") == "releases/r1"
+
+
+@pytest.mark.parametrize("args", [
+    ("use-database", "10.0.0.20;id"), ("use-database", "-x"), ("switch", "../../etc"), ("switch", "unstaged"),
+    ("switch", "rootlink"), ("seed", "r1", "--evil"), ("migrate", "r1", "--x"), ("shell", "r1"), ("switch",),
+])
+def test_the_wrapper_refuses_what_it_does_not_know(wrapper, args):
+    wrapper.stage("r1")
+    (wrapper.root / "releases" / "rootlink").symlink_to("/root")
+    done = wrapper.run(*args)
+    assert done.returncode == 2 and done.stderr.startswith("stream-task: "), (args, done.stderr)
+    assert not (wrapper.root / "current").exists() and not wrapper.argv_file.exists()
+
+
+def test_the_wrapper_stops_without_its_settings(wrapper):
+    wrapper.stage("r1")
+    wrapper.settings.unlink()
+    done = wrapper.run("switch", "r1")
+    assert (done.returncode, done.stderr.strip()) == (2, f"stream-task: cannot read {wrapper.settings}")
+    assert not (wrapper.root / "current").exists()
