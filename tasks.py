@@ -246,6 +246,12 @@ def unit(c):
     c.run(f"{_bin('pytest')} tests/unit -q")
 
 
+@task
+def layout(c):
+    """Print the modules over 300 lines and the Fabric task bodies over 20 lines (a report; exits 0)."""
+    c.run(shlex.join([_bin("python"), os.path.join(ROOT, "scripts", "layout_figures.py")]))
+
+
 BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout", "stdin")
 
 
@@ -272,7 +278,7 @@ release_ns = Collection("release")
 release_ns.add_task(release_build, "build")
 release_ns.add_task(release_verify, "verify")
 
-ns = Collection(up, lint, test, unit, bench)
+ns = Collection(up, lint, test, unit, bench, layout)
 ns.add_collection(release_ns)
 ns.add_task(molecule_, "molecule")
 ns.add_task(provision_, "provision")
