@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -10,7 +12,9 @@ from pathlib import Path
 from invoke import Collection, Exit, task
 
 from roadie import deploy, fleet, inventory, lab, molecule, provision, release
+from roadie import lint as roadie_lint
 from roadie.cli import emit_json, friendly, table
+from roadie.errors import RoadieError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
@@ -164,11 +168,24 @@ def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
 
 # ------------------------------------------------------------------ quality
 
+def _shellcheck(c) -> None:
+    try:
+        programs = roadie_lint.shell_programs()
+    except RoadieError as exc:
+        raise Exit(f"error: {exc}", code=1) from None
+    if not shutil.which("shellcheck"):
+        raise Exit("error: shellcheck is missing: apt-get install shellcheck (bin/bootstrap installs it)", code=1)
+    print(f"shellcheck: {len(programs)} shell programs")
+    with c.cd(ROOT):
+        c.run(shlex.join(roadie_lint.shellcheck_argv(programs)))
+
+
 @task
 def lint(c):
-    """Run ruff, yamllint and ansible-lint (production profile)."""
+    """Run ruff, yamllint, shellcheck (every shell program) and ansible-lint (production profile)."""
     c.run(f"{_bin('ruff')} check .")
     c.run(f"{_bin('yamllint')} --strict .")
+    _shellcheck(c)
     c.run(f"{_bin('ansible-lint')} --profile production")
 
 
@@ -229,6 +246,12 @@ def unit(c):
     c.run(f"{_bin('pytest')} tests/unit -q")
 
 
+@task
+def layout(c):
+    """Print the modules over 300 lines and the Fabric task bodies over 20 lines (a report; exits 0)."""
+    c.run(shlex.join([_bin("python"), os.path.join(ROOT, "scripts", "layout_figures.py")]))
+
+
 BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout", "stdin")
 
 
@@ -255,7 +278,7 @@ release_ns = Collection("release")
 release_ns.add_task(release_build, "build")
 release_ns.add_task(release_verify, "verify")
 
-ns = Collection(up, lint, test, unit, bench)
+ns = Collection(up, lint, test, unit, bench, layout)
 ns.add_collection(release_ns)
 ns.add_task(molecule_, "molecule")
 ns.add_task(provision_, "provision")

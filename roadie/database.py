@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
-from roadie import contract, deploy, lock, ssh, stream_host
+from roadie import contract, deploy, lock, remote, ssh, stream_host
 from roadie.change import Change
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
@@ -38,6 +38,8 @@ PG_UNIT = contract.PG_UNIT
 PG_BIN = contract.PG_BIN
 DATA_DIR = contract.PG_DATA_DIR
 FENCE_FILE = contract.PG_FENCE_FILE   # the deploy user's state directory (common role)
+LIST_BACKUPS_PROGRAM = "list_backups.py"   # roadie/remote/: the complete base backups on a host
+FENCE_PROGRAM = "fence_marker.py"          # roadie/remote/: writes the fence marker
 # Database work runs as postgres (the deploy user's sudo allows that account on database hosts, never
 # root); the few root actions are the exact `systemctl` lines of the common role's sudo list.
 AS_POSTGRES = "sudo -n -u postgres "
@@ -206,31 +208,9 @@ class Backup:
         return asdict(self)
 
 
-_LIST_BACKUPS = r'''
-import calendar, json, os, re, sys, time
-base = sys.argv[1]
-out = []
-for name in sorted(os.listdir(base)) if os.path.isdir(base) else []:
-    path = os.path.join(base, name)
-    if not re.fullmatch(r"[0-9]{8}T[0-9]{6}Z", name) or not os.path.isdir(path):
-        continue
-    try:
-        with open(os.path.join(path, "roadie-backup.json")) as f:
-            meta = json.load(f)
-    except (OSError, ValueError):
-        continue
-    finished = calendar.timegm(time.strptime(meta["finished_at"], "%Y-%m-%dT%H:%M:%SZ"))
-    out.append({"name": name, "size_bytes": meta.get("size_bytes", 0), "started_at": meta["started_at"],
-                "finished_at": meta["finished_at"], "start_wal": meta["start_wal"],
-                "age_s": round(time.time() - finished, 1), "sha256": meta.get("sha256", {}),
-                "has_reference": os.path.isfile(os.path.join(path, "roadie-reference.json"))})
-print(json.dumps(out))
-'''
-
-
 def list_backups(conn) -> list[Backup]:  # noqa: ANN001
     """The complete base backups on a host, oldest first."""
-    out = _run(conn, AS_POSTGRES + ssh.python_command(_LIST_BACKUPS, BASE_DIR), what="listing base backups",
+    out = _run(conn, AS_POSTGRES + remote.command(LIST_BACKUPS_PROGRAM, BASE_DIR), what="listing base backups",
                timeout=60)
     return [Backup(**b) for b in json.loads(out.stdout.strip().splitlines()[-1])]
 
@@ -618,9 +598,7 @@ def fence_host(conn, new_primary: str, reason: str) -> None:  # noqa: ANN001
     _run(conn, f"sudo -n systemctl mask {PG_UNIT}", what="masking the PostgreSQL unit", timeout=60)
     marker = json.dumps({"fenced_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "by": lock.who(),
                          "reason": reason, "new_primary": new_primary})
-    script = ("import os, sys; p = sys.argv[1]; os.makedirs(os.path.dirname(p), exist_ok=True); "
-              "open(p, 'w').write(sys.argv[2] + '\\n')")
-    _run(conn, ssh.python_command(script, FENCE_FILE, marker), what="writing the fence marker")
+    _run(conn, remote.command(FENCE_PROGRAM, FENCE_FILE, marker), what="writing the fence marker")
 
 
 def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001

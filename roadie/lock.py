@@ -1,7 +1,7 @@
 """The deploy lock: one holder at a time across every operator and CI, on a host the inventory names.
 
-The lock is a JSON file on the lock host, read and changed only under flock(2) by a small Python
-script run there, so acquiring, renewing, releasing and breaking are atomic. Each holder gets a
+The lock is a JSON file on the lock host, read and changed only under flock(2) by
+roadie/remote/deploy_lock.py run there, so acquiring, renewing, releasing and breaking are atomic. Each holder gets a
 random token; only that token releases or renews it. A lock past its TTL is expired and the next
 taker records that it took over; `--force` breaks a live one and the audit log says who did.
 """
@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from roadie import contract, ssh
+from roadie import contract, remote
 from roadie.errors import RoadieError
 
 # A lease, not a long hold: every change renews it with a heartbeat (roadie/change.py), so the lock of an
@@ -25,44 +25,8 @@ from roadie.errors import RoadieError
 DEFAULT_TTL = 90
 STATE_DIR = contract.STATE_DIR
 
-# Runs on the lock host with python3 (every managed host has it). argv: op state_dir payload-json.
-_REMOTE = r'''
-import fcntl, json, os, sys, time
-op, state_dir, payload = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-os.makedirs(state_dir, exist_ok=True)
-path = os.path.join(state_dir, "deploy.lock.json")
-with open(os.path.join(state_dir, "deploy.lock.guard"), "a") as guard:
-    fcntl.flock(guard, fcntl.LOCK_EX)
-    try:
-        with open(path) as f:
-            held = json.load(f)
-    except FileNotFoundError:
-        held = None
-    now = time.time()
-    live = held is not None and held.get("expires_at", 0) > now
-    out = {"now": now, "held": held, "done": False}
-    def write(info):
-        tmp = path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    if op == "acquire":
-        if not live or payload.get("force"):
-            info = dict(payload["info"], acquired_at=now, expires_at=now + payload["ttl"])
-            write(info)
-            out.update(done=True, info=info, replaced=held)
-    elif op in ("release", "renew"):
-        if held is not None and (held.get("token") == payload.get("token") or payload.get("force")):
-            if op == "release":
-                os.unlink(path)
-            else:
-                held["expires_at"] = now + payload["ttl"]
-                write(held)
-            out["done"] = True
-    print(json.dumps(out))
-'''
+# roadie/remote/: reads and changes the lock file under flock(2) on the lock host.
+PROGRAM = "deploy_lock.py"
 
 
 class Runner(Protocol):
@@ -103,7 +67,7 @@ def who() -> str:
 
 
 def _call(conn: Runner, op: str, state_dir: str, payload: dict) -> dict:
-    result = conn.run(ssh.python_command(_REMOTE, op, state_dir, json.dumps(payload)), hide=True, warn=True,
+    result = conn.run(remote.command(PROGRAM, op, state_dir, json.dumps(payload)), hide=True, warn=True,
                       in_stream=False)
     if result.exited != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]

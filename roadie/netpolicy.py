@@ -13,6 +13,7 @@ from pathlib import Path
 
 import yaml
 
+from roadie import remote
 from roadie.errors import RoadieError
 from roadie.inventory import Inventory
 
@@ -23,35 +24,10 @@ POLICY_VAR = "network_policy_expected"
 # What a probe can see. Only "open" is a connection; "refused" (RST) and "timeout" (dropped) are both closed.
 OPEN, REFUSED, TIMEOUT = "open", "refused", "timeout"
 
-# Run on a source host with python3 -c: argv[1] is the timeout, argv[2] a JSON list of [address, port];
-# prints a JSON list of outcomes in the same order. One thread per target, so the whole probe takes about
-# one timeout however many targets are dropped.
-PROBE_SCRIPT = r"""
-import errno, json, socket, sys, threading
-timeout = float(sys.argv[1])
-targets = json.loads(sys.argv[2])
-out = [None] * len(targets)
-def probe(i, address, port):
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    s.settimeout(timeout)
-    try:
-        s.connect((address, port))
-        out[i] = "open"
-    except socket.timeout:
-        out[i] = "timeout"
-    except ConnectionRefusedError:
-        out[i] = "refused"
-    except OSError as exc:
-        out[i] = "error:" + (errno.errorcode.get(exc.errno) or str(exc.errno))
-    finally:
-        s.close()
-threads = [threading.Thread(target=probe, args=(i, a, p)) for i, (a, p) in enumerate(targets)]
-for t in threads:
-    t.start()
-for t in threads:
-    t.join()
-print(json.dumps(out))
-"""
+# roadie/remote/: run on a source host (and on the controller), it measures which TCP connections open.
+PROBE_PROGRAM = "reach_probe.py"
+# The program's text, for callers that send or run it themselves (python3 -c PROBE_SCRIPT TIMEOUT TARGETS).
+PROBE_SCRIPT = remote.source(PROBE_PROGRAM)
 
 
 @dataclass(frozen=True)
@@ -150,7 +126,7 @@ def probe_targets(inventory: Inventory, source: str, policy: Policy) -> list[tup
 
 
 def parse_probe_output(stdout: str, count: int) -> list[str]:
-    """The outcomes PROBE_SCRIPT printed; anything else fails in one line."""
+    """The outcomes the probe (roadie/remote/reach_probe.py) printed; anything else fails in one line."""
     try:
         outcomes = json.loads(stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):

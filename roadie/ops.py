@@ -9,7 +9,7 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import contract, inventory, maintenance, ssh, status
+from roadie import contract, inventory, maintenance, remote, ssh, status
 from roadie.cli import Terminal
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
@@ -19,37 +19,7 @@ _SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")
 
 
 # ------------------------------------------------------------------ cache (Redis)
-_REDIS = r'''
-import json, os, subprocess, sys
-args = json.loads(sys.argv[1])
-env = dict(os.environ, REDISCLI_AUTH=sys.stdin.readline().rstrip("\n"))
-base = ["redis-cli", "--no-auth-warning", "--user", args["user"], "-h", "127.0.0.1", "-p", str(args["port"])]
-def cli(*words, check=True):
-    p = subprocess.run(base + list(words), capture_output=True, text=True, env=env, timeout=120)
-    if check and (p.returncode != 0 or p.stdout.startswith(("ERR", "NOAUTH", "NOPERM", "WRONGPASS"))):
-        sys.exit("redis-cli %s: %s" % (words[0], (p.stderr or p.stdout).strip()[:200]))
-    return p.stdout
-info = dict(l.split(":", 1) for l in cli("INFO").splitlines() if ":" in l and not l.startswith("#"))
-out = {"role": info.get("role"), "used_memory": int(info.get("used_memory", 0)),
-       "maxmemory": int(info.get("maxmemory", 0)), "clients": int(info.get("connected_clients", 0)),
-       "hits": int(info.get("keyspace_hits", 0)), "misses": int(info.get("keyspace_misses", 0)),
-       "evicted": int(info.get("evicted_keys", 0)), "keys": int(cli("DBSIZE").strip() or 0)}
-pattern = args.get("pattern")
-if pattern is not None:
-    keys = [k for k in cli("--scan", "--pattern", pattern).splitlines() if k]
-    out["matching"] = len(keys)
-    if args.get("flush"):
-        if out["role"] != "master":
-            sys.exit("this Redis is a replica; flush its master")
-        if pattern == "*":
-            cli("FLUSHDB")
-        else:
-            for i in range(0, len(keys), 500):
-                cli("UNLINK", *keys[i:i + 500])
-        out["flushed"] = len(keys)
-        out["keys_after"] = int(cli("DBSIZE").strip() or 0)
-print(json.dumps(out))
-'''
+REDIS_PROGRAM = "redis_cache.py"   # roadie/remote/: INFO, key counts and flushes on a cache host
 
 
 @dataclass
@@ -86,7 +56,7 @@ def cache(inv: Inventory, host: Host, pattern: str | None = None, flush: bool = 
             "port": int(contract.host_value(inv, host.name, "REDIS_PORT")),
             "pattern": pattern, "flush": flush}
     with ssh.connect(host) as conn:
-        result = conn.run(ssh.python_command(_REDIS, json.dumps(args)), hide=True, warn=True,
+        result = conn.run(remote.command(REDIS_PROGRAM, json.dumps(args)), hide=True, warn=True,
                           in_stream=io.StringIO(secret + "\n"), timeout=300)
     if result.exited != 0:
         raise RoadieError(f"{host.name}: {(result.stderr.strip().splitlines() or ['redis probe failed'])[-1]}")
@@ -180,28 +150,7 @@ def logs(host: Host, command: str, follow: bool) -> int:
 
 
 # ------------------------------------------------------------------ disk
-_DF = r'''
-import json, os
-seen, out = set(), []
-for line in open("/proc/self/mounts"):
-    device, mount, fstype = line.split()[:3]
-    if fstype in ("proc", "sysfs", "devpts", "tmpfs", "devtmpfs", "cgroup", "cgroup2", "mqueue", "securityfs",
-                  "debugfs", "tracefs", "pstore", "bpf", "configfs", "fusectl", "hugetlbfs", "autofs", "binfmt_misc",
-                  "nsfs", "ramfs", "rpc_pipefs", "efivarfs", "fuse.lxcfs", "squashfs"):
-        continue
-    try:
-        st = os.statvfs(mount)
-    except OSError:
-        continue
-    if st.f_blocks == 0 or (st.f_fsid, st.f_blocks) in seen:
-        continue
-    seen.add((st.f_fsid, st.f_blocks))
-    total, free = st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize
-    used = total - st.f_bfree * st.f_frsize
-    out.append({"mount": mount, "total": total, "used": used, "avail": free,
-                "pct": round(100.0 * used / (used + free), 1) if used + free else 0.0})
-print(json.dumps(out))
-'''
+DISK_PROGRAM = "disk_usage.py"   # roadie/remote/: every real filesystem's size and use
 
 
 @dataclass
@@ -216,7 +165,7 @@ class DiskRow:
 
 def disks(hosts: list[Host]) -> tuple[list[DiskRow], dict[str, str]]:
     """Every host's real filesystems, in parallel; failures by host."""
-    results = ssh.run_parallel(hosts, ssh.python_command(_DF), timeout=60)
+    results = ssh.run_parallel(hosts, remote.command(DISK_PROGRAM), timeout=60)
     rows: list[DiskRow] = []
     errors: dict[str, str] = {}
     for name, r in results.items():

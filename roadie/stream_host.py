@@ -17,7 +17,6 @@ from roadie import contract, remote
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.release import Dependencies, Manifest, check_release_id
-from roadie.ssh import python_command
 
 BASE = contract.STREAM_ROOT
 RELEASES = contract.STREAM_RELEASES
@@ -31,6 +30,9 @@ COMPLETE_MARK = ".roadie-complete"
 STAGE_PROGRAM = "stage_release.py"   # roadie/remote/: unpacks and checks a release on the host
 HEALTH_URL = contract.HEALTH_URL   # through nginx, as the balancer sees the host
 FREE_SPACE_PROGRAM = "free_space.py"   # roadie/remote/: measures a host's room for a release, changes nothing
+LIST_PROGRAM = "list_releases.py"    # roadie/remote/: current, previous and the complete releases
+HEALTH_PROGRAM = "healthz.py"        # roadie/remote/: one /healthz answer, read on the host
+PRUNE_PROGRAM = "prune_releases.py"  # roadie/remote/: removes old releases and the venvs left unused
 # Kept free beyond a release's estimate, the larger of the two: the service and the system keep writing
 # logs while a release stages, and the venv figure below is an estimate.
 SPACE_MARGIN_BYTES = 16 * 1024 * 1024
@@ -74,29 +76,9 @@ class Releases:
         return {"host": self.host, "current": self.current, "previous": self.previous, "kept": self.kept}
 
 
-_LIST = r'''
-import json, os, sys
-base = sys.argv[1]
-rel = os.path.join(base, "releases")
-def target(name):
-    try:
-        return os.path.basename(os.readlink(os.path.join(base, name)))
-    except OSError:
-        return None
-kept = []
-if os.path.isdir(rel):
-    for entry in os.listdir(rel):
-        path = os.path.join(rel, entry)
-        if os.path.isfile(os.path.join(path, ".roadie-complete")):
-            kept.append((os.stat(os.path.join(path, ".roadie-complete")).st_mtime, entry))
-print(json.dumps({"current": target("current"), "previous": target("previous"),
-                  "kept": [e for _, e in sorted(kept)]}))
-'''
-
-
 def releases(conn) -> Releases:  # noqa: ANN001
     """current, previous and the complete releases kept on the host."""
-    out = _run(conn, python_command(_LIST, BASE), what="listing releases", timeout=60)
+    out = _run(conn, remote.command(LIST_PROGRAM, BASE), what="listing releases", timeout=60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
 
@@ -324,22 +306,6 @@ def restart(conn) -> None:  # noqa: ANN001
     _run(conn, f"sudo -n systemctl restart {SERVICE}", what="restarting the stream service", timeout=120)
 
 
-_HEALTH = r'''
-import json, sys, urllib.request
-try:
-    with urllib.request.urlopen(sys.argv[1], timeout=2) as r:
-        print(json.dumps({"status": r.status, "body": json.loads(r.read() or b"{}")}))
-except urllib.error.HTTPError as e:
-    try:
-        body = json.loads(e.read() or b"{}")
-    except ValueError:
-        body = {}
-    print(json.dumps({"status": e.code, "body": body}))
-except Exception as e:
-    print(json.dumps({"status": 0, "error": type(e).__name__ + ": " + str(e)}))
-'''
-
-
 @dataclass
 class Health:
     """One /healthz answer."""
@@ -361,7 +327,7 @@ class Health:
 
 
 def health(conn, url: str = HEALTH_URL) -> Health:  # noqa: ANN001
-    out = _run(conn, python_command(_HEALTH, url), what="health check", timeout=30)
+    out = _run(conn, remote.command(HEALTH_PROGRAM, url), what="health check", timeout=30)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     body = data.get("body") or {}
     return Health(data.get("status", 0), body.get("release"), body.get("database"), body.get("cache"),
@@ -393,23 +359,6 @@ def migrate(conn, release_id: str) -> str:  # noqa: ANN001
                 timeout=300).stdout
 
 
-_PRUNE = r'''
-import os, shutil, sys
-base, doomed = sys.argv[1], sys.argv[2:]
-venvs, releases = os.path.join(base, "venvs"), os.path.join(base, "releases")
-for name in doomed:
-    shutil.rmtree(os.path.join(releases, name))
-used = set()
-for entry in os.listdir(releases):
-    link = os.path.join(releases, entry, "venv")
-    if os.path.islink(link):
-        used.add(os.path.basename(os.readlink(link)))
-for name in sorted(os.listdir(venvs)) if os.path.isdir(venvs) else []:
-    if name not in used:
-        shutil.rmtree(os.path.join(venvs, name))
-'''
-
-
 def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
     """Remove complete releases beyond the newest `keep`, never current or previous, then the shared
     venvs no release left links to. The releases removed."""
@@ -419,7 +368,7 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
     surplus = max(0, len(state.kept) - keep)
     doomed = removable[:surplus]
     if doomed:
-        _run(conn, python_command(_PRUNE, BASE, *doomed), what="pruning old releases and unused venvs",
+        _run(conn, remote.command(PRUNE_PROGRAM, BASE, *doomed), what="pruning old releases and unused venvs",
              timeout=120)
     return doomed
 

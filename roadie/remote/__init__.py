@@ -1,7 +1,9 @@
 """Programs Roadie runs on hosts: real files here, linted and unit-tested locally, sent over SSH by `command`.
 
 Each is a standard-library-only Python script that reads what it needs from its arguments or stdin and
-reports a refusal as one line on stderr with a non-zero exit status.
+reports a refusal as one line on stderr with a non-zero exit status. A program is sent alone, as the
+text of `python3 -c`, so it imports nothing from this package: what two programs share is repeated in
+each (a few lines of main()), never imported.
 """
 
 from __future__ import annotations

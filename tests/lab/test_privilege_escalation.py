@@ -25,12 +25,12 @@ MARK = "/dev/shm/roadie-attack-uid"   # a payload that runs writes its uid here 
 ROOT_PATHS = {
     "stream1": "/etc/passwd /etc/shadow /etc/sudoers /etc/sudoers.d /usr/local/sbin /usr/local/lib/roadie "
                "/etc/systemd/system /etc/systemd/system/stream.service /srv/stream /srv/stream/shared "
-               "/srv/stream/shared/stream.env /etc/nginx/sites-available/stream.conf /etc/nftables.conf",
+               "/srv/stream/shared/stream.env /etc/nginx/sites-available/stream.conf /etc/nftables.conf /etc/roadie",
     "lb1": "/etc/passwd /etc/shadow /etc/sudoers.d /usr/local/sbin /usr/local/lib/roadie /etc/haproxy "
-           "/etc/haproxy/haproxy.cfg /etc/haproxy/roadie-helper.json /etc/ssh/ssh_host_ed25519_key",
+           "/etc/haproxy/haproxy.cfg /etc/haproxy/roadie-helper.json /etc/ssh/ssh_host_ed25519_key /etc/roadie",
     "db1": "/etc/passwd /etc/shadow /etc/sudoers.d /usr/local/sbin /usr/local/sbin/pg-conf-check "
            "/usr/local/sbin/pg-base-backup /etc/postgresql/15/main /etc/postgresql/15/main/conf.d "
-           "/etc/postgresql/15/main/conf.d/50-roadie.conf /etc/postgresql/15/main/pg_hba.conf /var/backups",
+           "/etc/postgresql/15/main/conf.d/50-roadie.conf /etc/postgresql/15/main/pg_hba.conf /var/backups /etc/roadie",
 }
 
 

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import balancer, database, inventory, ops, release
+from roadie import balancer, database, inventory, ops, release, remote
 from roadie.errors import RoadieError
 
 
@@ -66,6 +66,7 @@ def test_the_backup_listing_on_a_host_skips_a_directory_whose_name_ends_in_a_new
     for name in ("20260102T023000Z", "20260103T023000Z\n"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "roadie-backup.json").write_text(json.dumps(meta))
-    out = subprocess.run([sys.executable, "-c", database._LIST_BACKUPS, str(tmp_path)], capture_output=True,
-                         text=True, check=True, timeout=30).stdout
+    program = remote.source(database.LIST_BACKUPS_PROGRAM)
+    out = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, check=True,
+                         timeout=30).stdout
     assert [b["name"] for b in json.loads(out)] == ["20260102T023000Z"]

@@ -1,0 +1,76 @@
+"""The deploy lock's state on the lock host: deploy.lock.json, read and changed only under flock(2).
+
+roadie.lock runs this on the lock host as the deploy user, with roadie.remote.command:
+  deploy_lock.py OP STATE_DIR PAYLOAD-JSON
+  acquire  {"info": {...}, "ttl": s, "force": bool}  takes the lock when it is free or expired (or forced)
+  release  {"token": ..., "force": bool}             removes it, for its holder's token (or forced)
+  renew    {"token": ..., "ttl": s, "force": bool}   moves its expiry to now + ttl, for its holder's token
+  status   {}                                        (or any other op) changes nothing
+It prints one JSON line: {"now": <this host's clock>, "held": <the lock as it was, or null>, "done": bool},
+plus "info" and "replaced" when `acquire` took the lock.
+
+The state directory is made when missing; every op holds flock(2) on deploy.lock.guard, so two takers
+never both get the lock. A change is written to deploy.lock.json.tmp, synced, then renamed over the lock.
+
+Standard library only: it runs on the host's python3.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+
+FILE = "deploy.lock.json"
+GUARD = "deploy.lock.guard"
+
+
+def _write(path: str, info: dict) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(info, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def apply(op: str, state_dir: str, payload: dict) -> dict:
+    """Do `op` on the lock in `state_dir` under its flock; what the controller is told (see above)."""
+    os.makedirs(state_dir, exist_ok=True)
+    path = os.path.join(state_dir, FILE)
+    with open(os.path.join(state_dir, GUARD), "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        try:
+            with open(path) as f:
+                held = json.load(f)
+        except FileNotFoundError:
+            held = None
+        now = time.time()
+        live = held is not None and held.get("expires_at", 0) > now
+        out = {"now": now, "held": held, "done": False}
+        if op == "acquire":
+            if not live or payload.get("force"):
+                info = dict(payload["info"], acquired_at=now, expires_at=now + payload["ttl"])
+                _write(path, info)
+                out.update(done=True, info=info, replaced=held)
+        elif op in ("release", "renew") and held is not None and (
+                held.get("token") == payload.get("token") or payload.get("force")):
+            if op == "release":
+                os.unlink(path)
+            else:
+                held["expires_at"] = now + payload["ttl"]
+                _write(path, held)
+            out["done"] = True
+        return out
+
+
+def main(argv: list[str]) -> int:
+    op, state_dir, payload = argv[1], argv[2], json.loads(argv[3])
+    print(json.dumps(apply(op, state_dir, payload)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
