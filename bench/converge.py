@@ -26,9 +26,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import profile_lines, report  # noqa: E402
-from roadie import provision  # noqa: E402
-from roadie.paths import ROOT  # noqa: E402
+from bench.common import profile_lines, report
+from roadie import provision
+from roadie.paths import ROOT
 
 STOCK_CFG = """\
 # Stock ansible-core settings, except what keeps the comparison honest: the same inventory, roles

@@ -23,10 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import report  # noqa: E402
-from roadie import deploy, inventory, lab, provision, release, ssh, stream_host  # noqa: E402
-from roadie.paths import ROOT  # noqa: E402
-from tests.lab.traffic import Traffic  # noqa: E402
+from bench.common import report
+from roadie import deploy, inventory, lab, provision, release, ssh, stream_host
+from roadie.paths import ROOT
+from tests.lab.traffic import Traffic
 
 
 def quiet(*_args, **_kwargs) -> None:

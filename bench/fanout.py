@@ -21,10 +21,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median_of, report, timed  # noqa: E402
-from bench.lab import Rows, quiet  # noqa: E402
-from roadie import inventory, lab, provision, ssh, status  # noqa: E402
-from roadie.paths import ROOT  # noqa: E402
+from bench.common import median_of, report, timed
+from bench.lab import Rows, quiet
+from roadie import inventory, lab, provision, ssh, status
+from roadie.paths import ROOT
 
 COUNTS = (1, 3, 12, 24)
 

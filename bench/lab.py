@@ -15,8 +15,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import median_of, report, timed  # noqa: E402
-from roadie import inventory, lab, ssh  # noqa: E402
+from bench.common import median_of, report, timed
+from roadie import inventory, lab, ssh
 
 
 def quiet(_message: str) -> None:

@@ -22,14 +22,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench.common import RESULTS, profile_lines, report  # noqa: E402
-from roadie import inventory, lab, provision, ssh  # noqa: E402
-from roadie.paths import ROOT  # noqa: E402
+from bench.common import RESULTS, profile_lines, report
+from roadie import inventory, lab, provision, ssh
+from roadie.paths import ROOT
 
 DATA_TIER = "database,cache"
 
 
-def _as_root(hosts) -> list:  # noqa: ANN001
+def _as_root(hosts) -> list:
     """The lab's bootstrap account: the apt floor runs on bare hosts, before the deploy user exists."""
     return [dataclasses.replace(h, user="root") for h in hosts]
 

@@ -16,9 +16,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fabric.runners import Remote  # noqa: E402
+from fabric.runners import Remote
 
-from roadie import inventory, ssh  # noqa: E402
+from roadie import inventory, ssh
 
 SIZES = (100, 1000, 6000)
 READ_ONE_LINE = "python3 -c 'import sys; sys.stdin.readline()'"

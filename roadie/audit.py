@@ -20,10 +20,14 @@ import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from roadie import lock
 from roadie.errors import RoadieError
 from roadie.paths import ROOT
+
+if TYPE_CHECKING:
+    from roadie.ssh import HostConnection
 
 LOCAL_LOG = ROOT / "logs" / "audit.log"
 HELPER = "/usr/local/sbin/roadie-audit"            # roles/common/tasks/audit.yml installs it
@@ -44,7 +48,7 @@ def event(action: str, *, result: str, release: str = "", hosts: list[str] | tup
     return record
 
 
-def _host(conn) -> str:  # noqa: ANN001
+def _host(conn: HostConnection) -> str:
     host = getattr(conn, "inventory_host", None)
     return host.name if host else str(getattr(conn, "host", "lock host"))
 
@@ -55,7 +59,7 @@ def _keep_locally(line: str, local: Path) -> None:
         handle.write(line + "\n")
 
 
-def record(conn, entry: dict, local: Path | None = None) -> dict:  # noqa: ANN001 - a Fabric connection
+def record(conn: HostConnection, entry: dict, local: Path | None = None) -> dict:
     """Append `entry` to the lock host's audit log through the root helper; returns the record written.
 
     `conn` is the lock host's connection (the first balancer). The line the helper wrote is kept in
@@ -86,7 +90,7 @@ def record(conn, entry: dict, local: Path | None = None) -> dict:  # noqa: ANN00
     return written
 
 
-def fetch(conn) -> list[str]:  # noqa: ANN001 - a Fabric connection
+def fetch(conn: HostConnection) -> list[str]:
     """Every line of the lock host's audit log (world-readable: the deploy user reads it without sudo)."""
     result = conn.run(f"if [ -e {LOG_PATH} ]; then cat -- {LOG_PATH}; fi", hide=True, warn=True, in_stream=False,
                       timeout=300)
@@ -221,7 +225,7 @@ class Review:
     broken: Break | None
 
 
-def review(conn, last: int, local: Path | None = None) -> Review:  # noqa: ANN001 - a Fabric connection
+def review(conn: HostConnection, last: int, local: Path | None = None) -> Review:
     """Read the lock host's whole log, check it, and keep the last `last` records to show."""
     if last < 1:
         raise RoadieError(f"--last must be at least 1, got {last}")

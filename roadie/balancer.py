@@ -14,9 +14,13 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from roadie import contract
 from roadie.errors import RoadieError
+
+if TYPE_CHECKING:
+    from roadie.ssh import HostConnection
 
 HELPER = "/usr/local/sbin/roadie-haproxy"     # roles/haproxy: the deploy user's checked path to the API
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")
@@ -70,7 +74,7 @@ def _check_name(kind: str, value: str) -> str:
 class Balancer:
     """The runtime API of one HAProxy host, reached through a verified SSH connection."""
 
-    def __init__(self, conn, backend: str = contract.STREAM_BACKEND) -> None:  # noqa: ANN001
+    def __init__(self, conn: HostConnection, backend: str = contract.STREAM_BACKEND) -> None:
         self.conn = conn
         self.backend = _check_name("backend", backend)
 

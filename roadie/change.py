@@ -156,7 +156,7 @@ class Change:
                     lease = lock.Lock(self._beat_conn, self._lease.info, self._lease.state_dir)
                 lease.renew(self.ttl)
                 self.renewals += 1
-            except Exception as exc:  # noqa: BLE001 - any failure means the lease can no longer be trusted
+            except Exception as exc:  # any failure means the lease can no longer be trusted
                 self.lost = str(exc)
                 return
 
@@ -176,7 +176,7 @@ class Change:
         lines = []
         try:
             lines = self.state()
-        except Exception as exc:  # noqa: BLE001 - the state is best effort; stopping is not
+        except Exception as exc:  # the state is best effort; stopping is not
             lines = [f"state unknown ({type(exc).__name__}: {exc})"]
         out = [f"\n{self.action}: stopped at once by a second Ctrl-C; what it leaves behind:"]
         out += [f"  {line}" for line in lines or ["nothing changed yet"]]

@@ -22,11 +22,15 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from roadie import contract, deploy, lock, remote, ssh, stream_host
 from roadie.change import Change
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
+
+if TYPE_CHECKING:
+    from roadie.ssh import HostConnection
 
 BACKUP_DIR = contract.PG_BACKUP_DIR
 BASE_DIR = contract.PG_BASE_BACKUP_DIR
@@ -163,11 +167,11 @@ def topology(inv: Inventory) -> Topology:
     return Topology(inv.hosts[primaries[0]], replicas)
 
 
-def _name(conn) -> str:  # noqa: ANN001
+def _name(conn: HostConnection) -> str:
     return stream_host.host_name(conn)
 
 
-def _run(conn, command: str, *, what: str, timeout: int | None = 600, stdin: str | None = None):  # noqa: ANN001, ANN202
+def _run(conn: HostConnection, command: str, *, what: str, timeout: int | None = 600, stdin: str | None = None):
     result = conn.run(command, hide=True, warn=True, timeout=timeout,
                       in_stream=io.StringIO(stdin) if stdin is not None else False)
     if result.exited != 0:
@@ -176,13 +180,13 @@ def _run(conn, command: str, *, what: str, timeout: int | None = 600, stdin: str
     return result
 
 
-def psql(conn, sql: str, database: str = "postgres", *, what: str = "query") -> str:  # noqa: ANN001
+def psql(conn: HostConnection, sql: str, database: str = "postgres", *, what: str = "query") -> str:
     """Run SQL (on stdin) as postgres over the local socket; the unaligned, tuples-only output."""
     cmd = f"cd / && {AS_POSTGRES}psql -X -A -t -q -v ON_ERROR_STOP=1 -d {shlex.quote(database)}"
     return _run(conn, cmd, what=what, stdin=sql, timeout=120).stdout.strip()
 
 
-def _json(conn, sql: str, what: str) -> dict:  # noqa: ANN001
+def _json(conn: HostConnection, sql: str, what: str) -> dict:
     out = psql(conn, sql, what=what)
     try:
         return json.loads(out.splitlines()[-1])
@@ -208,7 +212,7 @@ class Backup:
         return asdict(self)
 
 
-def list_backups(conn) -> list[Backup]:  # noqa: ANN001
+def list_backups(conn: HostConnection) -> list[Backup]:
     """The complete base backups on a host, oldest first."""
     out = _run(conn, AS_POSTGRES + remote.command(LIST_BACKUPS_PROGRAM, BASE_DIR), what="listing base backups",
                timeout=60)
@@ -246,7 +250,7 @@ def backup(inv: Inventory, report: Report) -> BackupResult:
         conn.close()
 
 
-def _is_in_recovery(conn) -> bool:  # noqa: ANN001
+def _is_in_recovery(conn: HostConnection) -> bool:
     return psql(conn, "SELECT pg_is_in_recovery()", what="reading the server role") == "t"
 
 
@@ -268,11 +272,11 @@ class RestoreCheck:
         return asdict(self)
 
 
-def _read_remote(conn, path: str, what: str) -> str:  # noqa: ANN001
+def _read_remote(conn: HostConnection, path: str, what: str) -> str:
     return _run(conn, f"{AS_POSTGRES}cat {shlex.quote(path)}", what=what, timeout=60).stdout
 
 
-def _sha256s(conn, directory: str, names: list[str]) -> dict[str, str]:  # noqa: ANN001
+def _sha256s(conn: HostConnection, directory: str, names: list[str]) -> dict[str, str]:
     if not names:
         return {}
     prefix = directory.rstrip("/") + "/"
@@ -285,7 +289,7 @@ def _sha256s(conn, directory: str, names: list[str]) -> dict[str, str]:  # noqa:
     return sums
 
 
-def _stream_tar(src, src_dir: str, names: list[str], dst, dst_dir: str) -> int:  # noqa: ANN001
+def _stream_tar(src: HostConnection, src_dir: str, names: list[str], dst: HostConnection, dst_dir: str) -> int:
     """tar the files on `src` and unpack them on `dst`, through this controller; bytes moved."""
     src_chan = src.client.get_transport().open_session()
     dst_chan = dst.client.get_transport().open_session()
@@ -466,7 +470,7 @@ def _probe(host: Host) -> tuple[Host, dict | None, str]:
         return host, None, str(exc)
     try:
         return host, _json(conn, _STATE_SQL, "reading replication state"), ""
-    except Exception as exc:  # noqa: BLE001 - a host that drops the session mid-read is a row, not a traceback
+    except Exception as exc:  # a host that drops the session mid-read is a row, not a traceback
         return host, None, ssh.describe_failure(host, exc)
     finally:
         conn.close()
@@ -559,7 +563,7 @@ def plan_failover(inv: Inventory, max_lag: object = DEFAULT_MAX_LAG, force: bool
     return FailoverPlan(topo.primary.name, new.name, address, stream, lag, force, old_address)
 
 
-def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: ANN001, ARG001
+def repoint_stream_host(conn: HostConnection, address: str, port: int = 5432) -> bool:
     """Put `address` first among the database hosts of the host's env file; True if it changed.
 
     Through the streaming role's checked wrapper (`stream-task use-database`), which only reorders the
@@ -571,7 +575,7 @@ def repoint_stream_host(conn, address: str, port: int = 5432) -> bool:  # noqa: 
     return json.loads(out.stdout.strip().splitlines()[-1])["changed"]
 
 
-def forget_old_primary(conn, address: str) -> bool:  # noqa: ANN001
+def forget_old_primary(conn: HostConnection, address: str) -> bool:
     """Remove a failed-over primary from the host's env file (never its last database host), so that no
     blip on the new primary sends writes back to it; True if it changed. Provisioning, after the
     inventory names the new roles, writes the list again."""
@@ -591,7 +595,7 @@ class FailoverResult:
     notes: list[str] = field(default_factory=list)
 
 
-def fence_host(conn, new_primary: str, reason: str) -> None:  # noqa: ANN001
+def fence_host(conn: HostConnection, new_primary: str, reason: str) -> None:
     """Stop PostgreSQL (fast), mask its unit and write the fence marker: the host takes no writes again
     until an operator rebuilds it as a replica."""
     _run(conn, f"sudo -n systemctl stop {PG_UNIT}", what="stopping PostgreSQL", timeout=180)
@@ -601,7 +605,7 @@ def fence_host(conn, new_primary: str, reason: str) -> None:  # noqa: ANN001
     _run(conn, remote.command(FENCE_PROGRAM, FENCE_FILE, marker), what="writing the fence marker")
 
 
-def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001
+def _fence(conn: HostConnection, plan: FailoverPlan, report: Report) -> str:
     """Stop the old primary (fast), mask its unit, write the marker; the shutdown checkpoint's LSN."""
     fence_host(conn, plan.new_primary, "fab db.failover")
     report(f"stopped, unit masked, fenced ({FENCE_FILE})", plan.old_primary, event="fenced")
@@ -615,7 +619,7 @@ def _fence(conn, plan: FailoverPlan, report: Report) -> str:  # noqa: ANN001
     return checkpoint.group(1)
 
 
-def _wait_replayed(conn, lsn: str, timeout: float) -> str:  # noqa: ANN001
+def _wait_replayed(conn: HostConnection, lsn: str, timeout: float) -> str:
     want = parse_lsn(lsn)
     deadline = time.monotonic() + timeout
     replay = "0/0"
@@ -740,7 +744,7 @@ def stale_primary(records: list[dict], primaries: list[str]) -> dict | None:
     return None
 
 
-def fence_at_first_contact(inv: Inventory, primaries: list[str], lock_conn) -> str | None:  # noqa: ANN001
+def fence_at_first_contact(inv: Inventory, primaries: list[str], lock_conn: HostConnection) -> str | None:
     """When two PostgreSQL hosts claim to be primary and the fleet's audit log shows one of them was failed
     over away from (a forced failover could not fence it), fence that one now, before anything else
     touches it; what was done, or None when the log does not say which one is stale."""

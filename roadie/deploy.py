@@ -39,7 +39,7 @@ def default_drain_timeout(inv: Inventory, group: str = "stream") -> float:
 class Reporter:
     """Host-prefixed progress lines, or one JSON event per line for CI (`--json`)."""
 
-    def __init__(self, as_json: bool = False, stream=None) -> None:  # noqa: ANN001
+    def __init__(self, as_json: bool = False, stream=None) -> None:
         self.as_json = as_json
         self.stream = stream or sys.stdout
 
@@ -188,7 +188,7 @@ class Rollout:
         def measure(host: Host) -> stream_host.Space | None:
             try:
                 return stream_host.space(self.conns[host.name], manifest, size, deps)
-            except Exception as exc:  # noqa: BLE001 - every host's failure is reported, then we stop
+            except Exception as exc:  # every host's failure is reported, then we stop
                 failed.append(ssh.describe_failure(host, exc))
                 return None
 
@@ -222,7 +222,7 @@ class Rollout:
         def guarded(host: Host) -> None:
             try:
                 one(host)
-            except Exception as exc:  # noqa: BLE001 - every host's failure is reported, then we stop
+            except Exception as exc:  # every host's failure is reported, then we stop
                 errors.append(ssh.describe_failure(host, exc))
 
         ssh.parallel(guarded, self.fleet.stream)
@@ -297,7 +297,7 @@ class Rollout:
             self.report(f"rolled back to {previous}" if host in self.touched else "put back in rotation, unchanged",
                         host, event="rolled_back")
             return ""
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             message = ssh.describe_failure(conn.inventory_host, exc)
             self.report(f"ROLLBACK FAILED, host left out of rotation: {message}", host, event="rollback_failed")
             return message
@@ -328,7 +328,7 @@ class Rollout:
                 t = time.monotonic()
                 ssh.parallel(self._put_back, list(batch.hosts))
                 timing["enable_s"] = time.monotonic() - t
-            except Exception as exc:  # noqa: BLE001 - roll this batch back whatever went wrong
+            except Exception as exc:  # roll this batch back whatever went wrong
                 outcome.error = str(exc) if isinstance(exc, RoadieError) else f"{type(exc).__name__}: {exc}"
                 self.report(f"{label} failed: {outcome.error}; rolling this batch back", event="batch_failed")
                 back = [(h, previous[h]) for h in batch.hosts]
@@ -380,7 +380,7 @@ def plan_order(fleet: Fleet, balancer: Balancer, drained: dict[str, rotation.Dra
     return order, left_out
 
 
-def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Reporter,  # noqa: ANN001
+def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Reporter,
            dry_run: bool = False) -> Outcome:
     """Roll a verified release artifact out to the fleet. Raises RoadieError on failure (after rollback)."""
     rollout.plan(manifest.release_id, [h.name for h in fleet.stream], options.batch, options.canary,

@@ -119,7 +119,7 @@ def _ansible_env() -> None:
     os.environ.setdefault("ANSIBLE_DUPLICATE_YAML_DICT_KEY", "error")
 
 
-def _vault_secrets(loader) -> None:  # noqa: ANN001 - Ansible's DataLoader
+def _vault_secrets(loader) -> None:  # Ansible's DataLoader
     from ansible import constants as C
     from ansible.parsing.vault import get_file_vault_secret
 
@@ -202,8 +202,8 @@ def _first_cause(text: str) -> str:
     return ""
 
 
-def _host(source: Path, name: str, hvars: dict, templar, groups: tuple[str, ...]) -> Host:  # noqa: ANN001
-    def value(key: str, default=None):  # noqa: ANN001, ANN202
+def _host(source: Path, name: str, hvars: dict, templar, groups: tuple[str, ...]) -> Host:
+    def value(key: str, default=None):
         raw = hvars.get(key, default)
         return templar.template(raw) if isinstance(raw, str) else raw
 

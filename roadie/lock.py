@@ -32,7 +32,7 @@ PROGRAM = "deploy_lock.py"
 class Runner(Protocol):
     """Anything that runs a command on the lock host (a Fabric connection)."""
 
-    def run(self, command: str, **kwargs): ...  # noqa: ANN201, ANN003
+    def run(self, command: str, **kwargs): ...
 
 
 @dataclass
@@ -67,17 +67,8 @@ def who() -> str:
 
 
 def _call(conn: Runner, op: str, state_dir: str, payload: dict) -> dict:
-    result = conn.run(remote.command(PROGRAM, op, state_dir, json.dumps(payload)), hide=True, warn=True,
-                      in_stream=False)
-    if result.exited != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RoadieError(f"deploy lock on {_name(conn)}: {op} failed: {detail}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _name(conn: Runner) -> str:
-    host = getattr(conn, "inventory_host", None)
-    return host.name if host else getattr(conn, "host", "lock host")
+    return remote.ask(conn, PROGRAM, op, state_dir, json.dumps(payload),
+                      what=f"deploy lock on {remote.host_label(conn)}: {op}")
 
 
 def _info(data: dict | None) -> LockInfo | None:
@@ -122,7 +113,7 @@ def acquire(conn: Runner, operation: str, release: str = "", message: str = "", 
     out = _call(conn, "acquire", state_dir, {"info": asdict(info), "ttl": ttl, "force": force})
     if not out["done"]:
         holder = _info(out["held"])
-        raise RoadieError(f"deploy lock on {_name(conn)} is " + holder.describe(out["now"]))
+        raise RoadieError(f"deploy lock on {remote.host_label(conn)} is " + holder.describe(out["now"]))
     return Lock(conn, _info(out["info"]), state_dir, _info(out.get("replaced")))
 
 

@@ -26,12 +26,11 @@ SLOW_FIRST = ("postgresql/replication", "streaming/default", "haproxy/default", 
 
 @dataclass(frozen=True)
 class Scenario:
+    """roles/ROLE/molecule/NAME, labelled ROLE/NAME."""
+
     role: str
     name: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.role}/{self.name}"
+    label: str
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,7 @@ def scenarios(roles_dir: Path, role: str | None = None, scenario: str | None = N
                     raise RoadieError(f"molecule scenarios {other} and {label} both name a container "
                                       f"{platform['name']!r}; give each its own")
             if (not role or name == role) and (not scenario or scen == scenario):
-                found.append(Scenario(name, scen))
+                found.append(Scenario(name, scen, f"{name}/{scen}"))
     rank = {label: i for i, label in enumerate(SLOW_FIRST)}
     return sorted(found, key=lambda s: rank.get(s.label, len(rank)))
 

@@ -311,7 +311,7 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
         note(f"provision: {host.name} has no {host.user} account yet (a first provisioning): no lease taken")
         return run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
                    restart_primary=restart_primary)
-    except Exception as exc:  # noqa: BLE001 - any other reason to miss the lock host stops us, one line
+    except Exception as exc:  # any other reason to miss the lock host stops us, one line
         raise RoadieError(f"cannot take the deploy lock for provisioning: {ssh.describe_failure(host, exc)}") from None
     with Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
                 + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else "")) as change:

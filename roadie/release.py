@@ -57,6 +57,8 @@ from typing import Any
 from roadie import paths
 from roadie.errors import RoadieError
 from roadie.remote.stage_release import (
+    RELEASE_ID,
+    SHA256,
     Member,
     Requirement,
     StageError,
@@ -92,9 +94,8 @@ _DIST_NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _VERSION = re.compile(r"[0-9]+(\.[0-9]+)*", re.ASCII)
 
 DEFAULT_ID = re.compile(r"[0-9]{14}-[0-9a-f]{7,40}(-dirty)?", re.ASCII)
-USER_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
+USER_ID = RELEASE_ID     # what the host program accepts (roadie/remote/stage_release.py)
 _SHA1 = re.compile(r"[0-9a-f]{40}", re.ASCII)
-_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
 
 
 @dataclass(frozen=True)
@@ -525,7 +526,7 @@ def parse_manifest(data: bytes, where: str) -> Manifest:
         raise RoadieError(f"{where}: manifest.json built_at is not a UTC time like 2025-01-31T12:00:00Z") from None
     if not re.fullmatch(r"3\.[0-9]{1,2}", raw["python"]):
         raise RoadieError(f"{where}: manifest.json python is not a Python version like 3.11")
-    if not _SHA256.fullmatch(raw["payload_sha256"]):
+    if not SHA256.fullmatch(raw["payload_sha256"]):
         raise RoadieError(f"{where}: manifest.json payload_sha256 is not a sha256 hex digest")
     if raw["payload_size"] < 0:
         raise RoadieError(f"{where}: manifest.json payload_size is negative")

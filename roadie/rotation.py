@@ -13,7 +13,6 @@ import json
 from dataclasses import dataclass
 
 from roadie import remote
-from roadie.errors import RoadieError
 from roadie.lock import STATE_DIR, Runner
 
 PROGRAM = "rotation_state.py"
@@ -34,18 +33,9 @@ class Drained:
         return f"drained by {' '.join(self.by.split())}: {why}"
 
 
-def _name(conn: Runner) -> str:
-    host = getattr(conn, "inventory_host", None)
-    return host.name if host else getattr(conn, "host", "lock host")
-
-
 def _call(conn: Runner, op: str, payload: dict, state_dir: str) -> dict:
-    result = conn.run(remote.command(PROGRAM, op, state_dir, json.dumps(payload)), hide=True, warn=True,
-                      in_stream=False)
-    if result.exited != 0:
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
-        raise RoadieError(f"on-purpose drains on {_name(conn)}: {op} failed: {detail}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return remote.ask(conn, PROGRAM, op, state_dir, json.dumps(payload),
+                      what=f"on-purpose drains on {remote.host_label(conn)}: {op}")
 
 
 def _drained(records: dict) -> dict[str, Drained]:

@@ -68,7 +68,7 @@ class WholeInputRemote(Remote):
     a second. A release's staging request (about 6 KB of manifest) took 60 s to arrive (bench/stdin.py).
     """
 
-    def read_our_stdin(self, input_):  # noqa: ANN001, ANN201 - Invoke's signature
+    def read_our_stdin(self, input_):  # Invoke's signature
         if isinstance(input_, io.StringIO | io.BytesIO):
             data = input_.read()
             return self.decode(data) if isinstance(data, bytes) else data
@@ -100,7 +100,7 @@ class HostConnection(Connection):
         for key_type, key in known_host_keys(host.known_hosts, name).items():
             self.client.get_host_keys().add(name, key_type, key)
 
-    def open(self):  # noqa: ANN201 - Fabric's signature
+    def open(self):  # Fabric's signature
         if self.is_connected:
             return None
         sock = None
@@ -111,7 +111,7 @@ class HostConnection(Connection):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             self.connect_kwargs["sock"] = sock
             return super().open()
-        except Exception as exc:  # noqa: BLE001 - every failure becomes one line naming the host
+        except Exception as exc:  # every failure becomes one line naming the host
             if sock is not None:
                 sock.close()
             error = AuthenticationFailed if isinstance(exc, paramiko.AuthenticationException) else RoadieError

@@ -122,7 +122,7 @@ def probe(host: Host, inv: Inventory, addresses: list[str] | None = None) -> Hos
             row.error = (result.stderr.strip().splitlines() or ["probe failed"])[-1][:200]
             return row
         data = json.loads(result.stdout.strip().splitlines()[-1])
-    except Exception as exc:  # noqa: BLE001 - one host's failure is that host's row
+    except Exception as exc:  # one host's failure is that host's row
         row.error = ssh.describe_failure(host, exc)
         return row
     finally:
@@ -190,7 +190,7 @@ def lock_host_view(inv: Inventory) -> LockHostView:
     view = LockHostView(host=host.name)
     try:
         conn = ssh.connect(host)
-    except Exception as exc:  # noqa: BLE001 - the view says what it could not read
+    except Exception as exc:  # the view says what it could not read
         view.haproxy_error = ssh.describe_failure(host, exc)
         view.errors.append(f"cannot read HAProxy's state, the deploy lease or the on-purpose drains on {host.name}: "
                            f"{view.haproxy_error}")
@@ -198,16 +198,16 @@ def lock_host_view(inv: Inventory) -> LockHostView:
     with conn:
         try:
             view.servers = Balancer(conn).servers()
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             view.haproxy_error = ssh.describe_failure(host, exc)
             view.errors.append(_cannot(host, "HAProxy's state", exc))
         try:
             view.lease = lock.status(conn)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             view.errors.append(_cannot(host, "the deploy lease", exc))
         try:
             view.drained = rotation.on_purpose(conn)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             view.errors.append(_cannot(host, "the on-purpose drains", exc))
     return view
 

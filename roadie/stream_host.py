@@ -12,11 +12,15 @@ import math
 import shlex
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from roadie import contract, remote
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.release import Dependencies, Manifest, check_release_id
+
+if TYPE_CHECKING:
+    from roadie.ssh import HostConnection
 
 BASE = contract.STREAM_ROOT
 RELEASES = contract.STREAM_RELEASES
@@ -50,7 +54,7 @@ def _q(value: object) -> str:
     return shlex.quote(str(value))
 
 
-def _run(conn, command: str, *, what: str, timeout: int | None = 300):  # noqa: ANN001, ANN202
+def _run(conn: HostConnection, command: str, *, what: str, timeout: int | None = 300):
     result = conn.run(command, hide=True, warn=True, in_stream=False, timeout=timeout)
     if result.exited != 0:
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
@@ -58,7 +62,7 @@ def _run(conn, command: str, *, what: str, timeout: int | None = 300):  # noqa: 
     return result
 
 
-def host_name(conn) -> str:  # noqa: ANN001
+def host_name(conn: HostConnection) -> str:
     host = getattr(conn, "inventory_host", None)
     return host.name if host else str(getattr(conn, "host", "host"))
 
@@ -76,14 +80,14 @@ class Releases:
         return {"host": self.host, "current": self.current, "previous": self.previous, "kept": self.kept}
 
 
-def releases(conn) -> Releases:  # noqa: ANN001
+def releases(conn: HostConnection) -> Releases:
     """current, previous and the complete releases kept on the host."""
     out = _run(conn, remote.command(LIST_PROGRAM, BASE), what="listing releases", timeout=60)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     return Releases(host_name(conn), data["current"], data["previous"], data["kept"])
 
 
-def stage(conn, artifact_path: str, manifest: Manifest,  # noqa: ANN001
+def stage(conn: HostConnection, artifact_path: str, manifest: Manifest,
           deps: Dependencies | None = None) -> bool:
     """Upload-side done: unpack what `manifest` (verified on the controller) lists, check it, give it a
     venv. False if already staged.
@@ -217,7 +221,7 @@ def room_for(host: str, measured: dict, manifest: Manifest, artifact_bytes: int)
     return Space(host, tuple(rooms), upload=upload)
 
 
-def space(conn, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,  # noqa: ANN001
+def space(conn: HostConnection, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,
           upload: str = "") -> Space:
     """The room for release `manifest` (its artifact `artifact_bytes` long) on the host, measured there
     by roadie/remote/free_space.py before anything is uploaded; `upload` also gets that file's size."""
@@ -232,11 +236,11 @@ def space(conn, manifest: Manifest, artifact_bytes: int, deps: Dependencies | No
     return room_for(host_name(conn), measured, manifest, artifact_bytes)
 
 
-def _discard(conn, upload: str) -> None:  # noqa: ANN001
+def _discard(conn: HostConnection, upload: str) -> None:
     conn.run(f"rm -f -- {_q(upload)}", hide=True, warn=True, in_stream=False, timeout=60)
 
 
-def upload_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,  # noqa: ANN001
+def upload_failure(conn: HostConnection, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,
                    upload: str, exc: BaseException) -> str:
     """One line for an upload to `upload` that failed with `exc`; the partial upload is removed.
 
@@ -247,7 +251,7 @@ def upload_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Dependen
     reason = f"{type(exc).__name__}: {' '.join(str(exc).split()) or 'no detail'}"
     try:
         found = space(conn, manifest, artifact_bytes, deps, upload)
-    except Exception as measuring:  # noqa: BLE001 - the upload's own error is the one to report
+    except Exception as measuring:  # the upload's own error is the one to report
         found, reason = None, f"{reason} (free space unknown: {measuring})"
     finally:
         _discard(conn, upload)
@@ -262,7 +266,7 @@ def upload_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Dependen
             "the partial upload was removed")
 
 
-def staging_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,  # noqa: ANN001
+def staging_failure(conn: HostConnection, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,
                     upload: str, error: str) -> str:
     """One line for stage()'s `error`: a full filesystem is named with its free and needed bytes.
 
@@ -276,7 +280,7 @@ def staging_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Depende
     host = host_name(conn)
     try:
         found = space(conn, manifest, artifact_bytes, deps)
-    except Exception:  # noqa: BLE001 - the staging error is the one to report
+    except Exception:  # the staging error is the one to report
         return error
     rooms = [room for room in found.rooms if room.path in error] or list(found.short) or list(found.rooms)
     if not rooms:
@@ -288,7 +292,7 @@ def staging_failure(conn, manifest: Manifest, artifact_bytes: int, deps: Depende
             f"({detail})")
 
 
-def switch(conn, release_id: str) -> str | None:  # noqa: ANN001
+def switch(conn: HostConnection, release_id: str) -> str | None:
     """Point `current` at a staged release atomically; `previous` keeps the one it replaced.
 
     Root owns /srv/stream, so the switch goes through the role's checked wrapper (`stream-task switch`),
@@ -301,7 +305,7 @@ def switch(conn, release_id: str) -> str | None:  # noqa: ANN001
     return old or None
 
 
-def restart(conn) -> None:  # noqa: ANN001
+def restart(conn: HostConnection) -> None:
     """Restart the stream service (graceful stop, then start)."""
     _run(conn, f"sudo -n systemctl restart {SERVICE}", what="restarting the stream service", timeout=120)
 
@@ -326,7 +330,7 @@ class Health:
         return f"HTTP {self.status}, release {self.release}, database {self.database}, cache {self.cache}"
 
 
-def health(conn, url: str = HEALTH_URL) -> Health:  # noqa: ANN001
+def health(conn: HostConnection, url: str = HEALTH_URL) -> Health:
     out = _run(conn, remote.command(HEALTH_PROGRAM, url), what="health check", timeout=30)
     data = json.loads(out.stdout.strip().splitlines()[-1])
     body = data.get("body") or {}
@@ -334,7 +338,7 @@ def health(conn, url: str = HEALTH_URL) -> Health:  # noqa: ANN001
                   data.get("error", ""))
 
 
-def health_gate(conn, release_id: str, *, passes: int = 3, interval: float = 0.5,  # noqa: ANN001
+def health_gate(conn: HostConnection, release_id: str, *, passes: int = 3, interval: float = 0.5,
                 timeout: float = 60) -> Health:
     """`passes` healthy answers in a row reporting `release_id`, within `timeout`; else RoadieError."""
     deadline = time.monotonic() + timeout
@@ -350,7 +354,7 @@ def health_gate(conn, release_id: str, *, passes: int = 3, interval: float = 0.5
                       f"{last.describe() if last else 'no answer'} (want release {release_id}, db and cache ok)")
 
 
-def migrate(conn, release_id: str) -> str:  # noqa: ANN001
+def migrate(conn: HostConnection, release_id: str) -> str:
     """Run the release's migrations once, as the service user with the service's environment.
 
     Through the role's checked wrapper, the one thing sudo lets the deploy user run for it.
@@ -359,7 +363,7 @@ def migrate(conn, release_id: str) -> str:  # noqa: ANN001
                 timeout=300).stdout
 
 
-def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
+def prune(conn: HostConnection, keep: int) -> list[str]:
     """Remove complete releases beyond the newest `keep`, never current or previous, then the shared
     venvs no release left links to. The releases removed."""
     state = releases(conn)
@@ -373,7 +377,7 @@ def prune(conn, keep: int) -> list[str]:  # noqa: ANN001
     return doomed
 
 
-def seed(conn, release_id: str, with_db: bool) -> str:  # noqa: ANN001
+def seed(conn: HostConnection, release_id: str, with_db: bool) -> str:
     """Load the reference catalogue (once, `with_db`) and write its audio files into shared/media."""
     cmd = f"sudo -n {TASK_WRAPPER} seed {_q(release_id)}" + ("" if with_db else " --no-db")
     return _run(conn, cmd, what="seeding the catalogue", timeout=300).stdout

@@ -36,7 +36,7 @@ def _write_private(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _vault(password_file: Path):  # noqa: ANN202 - ansible's VaultLib
+def _vault(password_file: Path):  # ansible's VaultLib
     from ansible.parsing.vault import VaultLib, VaultSecret
 
     if not password_file.is_file():

@@ -80,7 +80,8 @@ def report(root: Path, module_limit: int, task_limit: int) -> str:
     tasks = task_lines(root)
     long_modules = sorted((m for m in modules if m.lines > module_limit), key=lambda f: (-f.lines, f.where))
     long_tasks = sorted((t for t in tasks if t.lines > task_limit), key=lambda f: (-f.lines, f.where))
-    fabfile = ", ".join(str(p.relative_to(root)) for p in fabfile_modules(root)) or "no fabfile"
+    found = fabfile_modules(root)
+    fabfile = ("fabfile/" if found[0].parent.name == "fabfile" else "fabfile.py") if found else "no fabfile"
     out = [f"Python modules over {module_limit} lines (roadie/, {fabfile}): {len(long_modules)} of {len(modules)}"]
     out += [f"  {m.lines:5d}  {m.where}" for m in long_modules]
     out.append(f"Fabric task bodies over {task_limit} lines ({fabfile}): {len(long_tasks)} of {len(tasks)} tasks")

@@ -1,19 +1,26 @@
 """Programs Roadie runs on hosts: real files here, linted and unit-tested locally, sent over SSH by `command`.
 
 Each is a standard-library-only Python script that reads what it needs from its arguments or stdin and
-reports a refusal as one line on stderr with a non-zero exit status. A program is sent alone, as the
-text of `python3 -c`, so it imports nothing from this package: what two programs share is repeated in
-each (a few lines of main()), never imported.
+reports a refusal as one line on stderr with a non-zero exit status. A program is sent as the text of
+`python3 -c`; the one module it may import from here, answer.py (how a program reports), is sent ahead
+of it in the same text.
 """
 
 from __future__ import annotations
 
+import ast
+import json
+import re
 from functools import cache
 from pathlib import Path
 
+from roadie.errors import RoadieError
 from roadie.ssh import python_command
 
 HERE = Path(__file__).resolve().parent
+SHARED = "answer.py"
+_SHARED_IMPORT = re.compile(r"^from roadie\.remote\.answer import [^\n]*\n", re.M)
+_FUTURE = "from __future__ import annotations\n"
 
 
 @cache
@@ -22,9 +29,42 @@ def source(name: str) -> str:
     path = HERE / name
     if path.parent != HERE or path.suffix != ".py" or not path.is_file():
         raise ValueError(f"no host program {name!r} in {HERE}")
-    return path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8")
+    if name != SHARED and _SHARED_IMPORT.search(text):
+        # One script: the program's docstring and its __future__ import (which must come first), the
+        # shared module's code, then the rest of the program without its import of the shared module.
+        head, rest = _docstring(text)
+        shared = _docstring(source(SHARED))[1].replace(_FUTURE, "")
+        text = head + _FUTURE + shared + _SHARED_IMPORT.sub("", rest.replace(_FUTURE, ""))
+    return text
+
+
+def _docstring(text: str) -> tuple[str, str]:
+    """A module's text split after its docstring."""
+    tree = ast.parse(text)
+    first = tree.body[0] if tree.body else None
+    if ast.get_docstring(tree) is None or first is None:
+        return "", text
+    lines = text.splitlines(keepends=True)
+    return "".join(lines[:first.end_lineno]), "".join(lines[first.end_lineno:])
 
 
 def command(name: str, *args: object) -> str:
     """The shell command that runs the program `name` with python3 on a host, `args` quoted."""
     return python_command(source(name), *args)
+
+
+def host_label(conn: object) -> str:
+    """The inventory name of the host behind `conn` (its address, or "lock host", when it has none)."""
+    host = getattr(conn, "inventory_host", None)
+    return host.name if host else getattr(conn, "host", "lock host")
+
+
+def ask(conn: object, name: str, *args: object, what: str) -> dict:
+    """Run the program `name` through `conn` and read its JSON answer (its last line on stdout). A non-zero
+    exit is one RoadieError line: "`what` failed: " and the program's last line on stderr."""
+    result = conn.run(command(name, *args), hide=True, warn=True, in_stream=False)  # type: ignore[attr-defined]
+    if result.exited != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RoadieError(f"{what} failed: {detail}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -24,8 +24,9 @@ import platform
 import re
 import sys
 
+from roadie.remote.answer import answer
+
 COMPLETE_MARK = ".roadie-complete"   # as stage_release.py writes it
-FAILED = 3
 _RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
 _KEY = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 
@@ -67,22 +68,15 @@ def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="The room for a release on this host, in bytes.")
     parser.add_argument("--releases", required=True)
     parser.add_argument("--venvs", required=True)
     parser.add_argument("--release", required=True)
     parser.add_argument("--key", default="")
     parser.add_argument("--upload", default="")
     args = parser.parse_args(argv)
-    try:
-        print(json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload), sort_keys=True))
-    except Refused as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return FAILED
-    except OSError as exc:
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return FAILED
-    return 0
+    return answer(lambda: json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload),
+                                     sort_keys=True), Refused)
 
 
 if __name__ == "__main__":

@@ -29,9 +29,10 @@ import stat
 import sys
 import time
 
+from roadie.remote.answer import answer
+
 FILE = "drained.json"
 GUARD = FILE + ".lock"
-FAILED = 3
 MAX_BYTES = 1024 * 1024
 MAX_TEXT = 1000
 MAX_HOST = 253
@@ -167,16 +168,15 @@ def main(argv: list[str]) -> int:
     if len(argv) != 4:
         print("usage: rotation_state.py record|clear|list STATE_DIR PAYLOAD-JSON", file=sys.stderr)
         return 2
-    try:
+
+    def work() -> str:
         try:
             payload = json.loads(argv[3])
         except ValueError:
             raise StateError("the request is not valid JSON") from None
-        print(json.dumps(apply(argv[1], argv[2], payload)))
-    except StateError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return FAILED
-    return 0
+        return json.dumps(apply(argv[1], argv[2], payload))
+
+    return answer(work, StateError, os_errors=False)
 
 
 if __name__ == "__main__":

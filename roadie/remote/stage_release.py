@@ -37,6 +37,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from roadie.remote.answer import answer
+
 COMPLETE_MARK = ".roadie-complete"
 MANIFEST_NAME = "manifest.json"
 PAYLOAD_NAME = "payload.tar.gz"
@@ -46,13 +48,12 @@ WHEELS = "wheels"
 RESERVED = frozenset({MANIFEST_NAME, PAYLOAD_NAME, COMPLETE_MARK, "venv"})
 MAX_PATH = 1024
 CHUNK = 1024 * 1024
-FAILED = 3
 # pip reads no configuration file and no PIP_* variable: only the options below decide what it installs.
 PIP_OPTIONS = ["--require-hashes", "--only-binary=:all:", "--no-index", "--no-deps"]
 
 _COMPONENT = re.compile(r"[A-Za-z0-9_+@=,~][A-Za-z0-9._+@=,~-]{0,254}", re.ASCII)
-_SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
-_RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
+SHA256 = re.compile(r"[0-9a-f]{64}", re.ASCII)
+RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
 _KEY = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 _NAME = re.compile(r"[A-Za-z0-9]([A-Za-z0-9._-]*[A-Za-z0-9])?", re.ASCII)
 _PIN_VERSION = re.compile(r"[0-9][A-Za-z0-9.+!_]*", re.ASCII)
@@ -194,7 +195,7 @@ def check_members(raw: object) -> list[Member]:
             size, digest = item["size"], item["sha256"]
             if type(size) is not int or size < 0:
                 raise StageError(f"member {path}: size is not a non-negative integer")
-            if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            if not isinstance(digest, str) or not SHA256.fullmatch(digest):
                 raise StageError(f"member {path}: sha256 is not a sha256 hex digest")
             members[path] = Member(path, "file", size, digest)
         else:
@@ -384,9 +385,9 @@ def read_spec(line: str) -> Spec:
         raise StageError(f"unusable staging request: {type(exc).__name__}: {exc}") from None
     if not all(p.is_absolute() for p in (spec.artifact, spec.releases, spec.venvs)):
         raise StageError("unusable staging request: paths must be absolute")
-    if not isinstance(spec.release_id, str) or not _RELEASE_ID.fullmatch(spec.release_id):
+    if not isinstance(spec.release_id, str) or not RELEASE_ID.fullmatch(spec.release_id):
         raise StageError(f"bad release id {_shown(str(spec.release_id))}")
-    if not isinstance(spec.payload_sha256, str) or not _SHA256.fullmatch(spec.payload_sha256):
+    if not isinstance(spec.payload_sha256, str) or not SHA256.fullmatch(spec.payload_sha256):
         raise StageError("payload_sha256 is not a sha256 hex digest")
     if type(spec.payload_size) is not int or spec.payload_size < 0:
         raise StageError("payload_size is not a non-negative integer")
@@ -469,15 +470,7 @@ def stage(spec: Spec) -> str:
 
 
 def main() -> int:
-    try:
-        print(stage(read_spec(sys.stdin.readline())))
-    except StageError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return FAILED
-    except OSError as exc:
-        print(f"failed: {type(exc).__name__}: {exc}", file=sys.stderr)
-        return FAILED
-    return 0
+    return answer(lambda: stage(read_spec(sys.stdin.readline())), StageError)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ import shutil
 import subprocess
 import sys
 
-FAILED = 3
+from roadie.remote.answer import answer
 
 
 class ProbeError(Exception):
@@ -146,7 +146,7 @@ def probe(args: dict, secret: str) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    try:
+    def work() -> str:
         if len(argv) != 2:
             raise ProbeError("usage: status_probe.py ARGS-JSON")
         try:
@@ -155,12 +155,9 @@ def main(argv: list[str]) -> int:
             raise ProbeError("the arguments are not valid JSON") from None
         if not isinstance(args, dict):
             raise ProbeError("the arguments must be a JSON object")
-        secret = sys.stdin.readline().rstrip("\n")
-        print(json.dumps(probe(args, secret)))
-    except ProbeError as exc:
-        print(f"refused: {exc}", file=sys.stderr)
-        return FAILED
-    return 0
+        return json.dumps(probe(args, sys.stdin.readline().rstrip("\n")))
+
+    return answer(work, ProbeError, os_errors=False)
 
 
 if __name__ == "__main__":

@@ -74,18 +74,18 @@ def _wheel(entries: list[forge.Entry]) -> str:
     return next(info.name for info, _ in entries if info.name.startswith(PINNED_WHEEL_PREFIX))
 
 
-def _requirements_with(line: bytes):  # noqa: ANN202
+def _requirements_with(line: bytes):
     def edit(entries: list[forge.Entry]) -> list[forge.Entry]:
         data = next(d for info, d in entries if info.name == "requirements.txt")
         return forge.replaced(entries, "requirements.txt", line + data)
     return edit
 
 
-def _add(*new: forge.Entry):  # noqa: ANN202
+def _add(*new: forge.Entry):
     return lambda entries: [*entries, *new]
 
 
-def _swap(name: str, new: forge.Entry):  # noqa: ANN202
+def _swap(name: str, new: forge.Entry):
     return lambda entries: [new if info.name == name else (info, d) for info, d in entries]
 
 

@@ -21,7 +21,7 @@ from tests.service.servers import APP_DIR, DB_PASSWORD, PG_BIN, REDIS_SERVER, SU
 
 sys.path.insert(0, str(APP_DIR))
 
-from streamsvc import migrate, seed  # noqa: E402 - needs APP_DIR on sys.path
+from streamsvc import migrate, seed  # needs APP_DIR on sys.path
 
 # Hypothesis must not fail a test on how long an example took (no wall-clock assertions).
 settings.register_profile("streamsvc", deadline=None, max_examples=200)

@@ -27,7 +27,7 @@ from roadie import deploy, release, remote, stream_host
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.inventory import Host
-from roadie.remote import free_space, stage_release
+from roadie.remote import answer, free_space, stage_release
 from tests.unit import forge
 
 MiB = 1024 * 1024
@@ -37,7 +37,7 @@ STAGE_SOURCE = shlex.quote(remote.source(stream_host.STAGE_PROGRAM))
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):  # noqa: ANN201
+def built(tmp_path_factory):
     return forge.build(tmp_path_factory.mktemp("build"), "r1")
 
 
@@ -177,7 +177,7 @@ def test_program_sees_a_staged_release_a_complete_shared_venv_and_an_upload(tmp_
                                   ["--release", "r1", "--upload", "relative"]])
 def test_program_refuses_a_bad_request_with_one_line(tmp_path, args):
     done = _run_program("--releases", str(tmp_path), "--venvs", str(tmp_path / "v"), *args)
-    assert done.returncode == free_space.FAILED
+    assert done.returncode == answer.FAILED
     assert done.stdout == "" and len(done.stderr.splitlines()) == 1 and done.stderr.startswith("refused: ")
 
 
@@ -189,7 +189,7 @@ class LocalConn:
     def __init__(self, bin_dir: Path) -> None:
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
-    def run(self, command: str, **kwargs):  # noqa: ANN003, ANN201
+    def run(self, command: str, **kwargs):
         done = subprocess.run(["sh", "-c", command], capture_output=True, text=True, env=self.env, check=False)
         return SimpleNamespace(exited=done.returncode, stdout=done.stdout, stderr=done.stderr)
 
@@ -232,7 +232,7 @@ class Canned:
     commands: list[str] = field(default_factory=list)
     puts: list[tuple[str, str]] = field(default_factory=list)
 
-    def run(self, command: str, **kwargs):  # noqa: ANN003, ANN201
+    def run(self, command: str, **kwargs):
         self.commands.append(command)
         if FREE_SPACE_SOURCE in command:
             answer = self.after_put if self.puts and self.after_put is not None else self.measured
@@ -405,7 +405,7 @@ def test_host_program_leaves_nothing_of_a_release_when_the_disk_fills(built, tmp
     upload = releases / ".r1.tar.gz"
     upload.write_bytes(built.artifact.read_bytes())
 
-    def full(path: Path, requirements, wheels) -> None:  # noqa: ANN001
+    def full(path: Path, requirements, wheels) -> None:
         # The disk fills half way through the shared venv: some of it is written.
         (path / "lib").mkdir(parents=True)
         (path / "lib" / "half.so").write_bytes(b"\0" * 4096)
@@ -418,6 +418,6 @@ def test_host_program_leaves_nothing_of_a_release_when_the_disk_fills(built, tmp
     monkeypatch.setattr(sys, "stdin", io.StringIO(request + "\n"))
     err = io.StringIO()
     monkeypatch.setattr(sys, "stderr", err)
-    assert stage_release.main() == stage_release.FAILED
+    assert stage_release.main() == answer.FAILED
     assert list(releases.iterdir()) == [] and list(venvs.iterdir()) == []
     assert "No space left on device" in err.getvalue() and len(err.getvalue().splitlines()) == 1

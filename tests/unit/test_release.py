@@ -218,9 +218,9 @@ def test_a_symlink_in_the_app_is_refused(source, wheels, tmp_path):
         release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
 
 
-def _fake_pip(calls: list, extra: tuple[str, ...] = ()):  # noqa: ANN202
+def _fake_pip(calls: list, extra: tuple[str, ...] = ()):
     """pip download as a function: one wheel per line of the -r file it is given (plus `extra` wheels)."""
-    def run(command, **kwargs):  # noqa: ANN001, ANN202
+    def run(command, **kwargs):
         target = Path(command[command.index("-d") + 1])
         asked = Path(command[command.index("-r") + 1]).read_text()
         calls.append((command, asked))
@@ -416,8 +416,8 @@ def test_a_payload_that_is_not_exactly_what_its_manifest_lists_is_refused(artifa
     _one_line_error(artifact, pattern)
 
 
-def _with_requirements(line: bytes):  # noqa: ANN202
-    def edit(entries):  # noqa: ANN001, ANN202
+def _with_requirements(line: bytes):
+    def edit(entries):
         data = next(d for info, d in entries if info.name == "requirements.txt")
         return forge.replaced(entries, "requirements.txt", data + line)
     return edit

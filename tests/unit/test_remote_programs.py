@@ -22,7 +22,7 @@ import pytest
 from roadie import database, lock, netpolicy, ops, remote, stream_host
 from roadie.remote import disk_usage, fence_marker, list_backups, list_releases
 
-PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name != "__init__.py")
+PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name not in ("__init__.py", remote.SHARED))
 
 
 class LocalConn:
@@ -33,7 +33,7 @@ class LocalConn:
     def __init__(self, env: dict | None = None) -> None:
         self.env = env
 
-    def run(self, command: str, *, in_stream=None, timeout=None, **_kwargs) -> SimpleNamespace:  # noqa: ANN001
+    def run(self, command: str, *, in_stream=None, timeout=None, **_kwargs) -> SimpleNamespace:
         stdin = in_stream.read() if isinstance(in_stream, io.StringIO) else ""
         done = subprocess.run(["sh", "-c", command], input=stdin, capture_output=True, text=True, check=False,
                               timeout=timeout or 60, env=self.env)
@@ -136,14 +136,14 @@ class _Health(BaseHTTPRequestHandler):
                "/down": (503, b'{"release": "r2", "database": "error", "cache": "ok"}'),
                "/html": (502, b"<html>bad gateway</html>"), "/garbled": (200, b"not json")}
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:  # http.server's name
         status, body = self.answers[self.path]
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
 
-    def log_message(self, *args) -> None:  # noqa: ANN002
+    def log_message(self, *args) -> None:
         pass
 
 
@@ -210,7 +210,7 @@ def test_the_fence_marker_is_written_with_its_directory_and_replaced(tmp_path):
 
 
 # ---------------------------------------------------------------- redis_cache.py, against a real redis-server
-ADMIN, PASSWORD = "admin", "throw-away-Pa55"  # noqa: S105 - a throw-away server's
+ADMIN, PASSWORD = "admin", "throw-away-Pa55"  # a throw-away server's
 
 
 def _redis_server(tmp_path: Path, *extra: str) -> tuple[subprocess.Popen, int]:

@@ -23,7 +23,7 @@ import pytest
 
 from roadie import release, remote, stream_host
 from roadie.errors import RoadieError
-from roadie.remote import stage_release
+from roadie.remote import answer, stage_release
 from roadie.remote.stage_release import StageError
 from tests.unit import forge
 
@@ -38,7 +38,7 @@ class LocalConn:
     def __init__(self, bin_dir: Path) -> None:
         self.env = {**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"}
 
-    def run(self, command: str, *, hide: bool, warn: bool, in_stream, timeout: float | None = None):  # noqa: ANN001
+    def run(self, command: str, *, hide: bool, warn: bool, in_stream, timeout: float | None = None):
         data = in_stream.read() if in_stream else ""
         done = subprocess.run(["sh", "-c", command], input=data, capture_output=True, text=True, env=self.env,
                               timeout=timeout, check=False)
@@ -121,11 +121,11 @@ def _told_payload(good: release.Manifest, forged: dict) -> release.Manifest:
                       "payload_size": forged["payload_size"]})
 
 
-def _append(*entries: forge.Entry):  # noqa: ANN202
+def _append(*entries: forge.Entry):
     return lambda existing: [*existing, *entries]
 
 
-def _swap(name: str, new: forge.Entry):  # noqa: ANN202
+def _swap(name: str, new: forge.Entry):
     return lambda existing: [new if info.name == name else (info, data) for info, data in existing]
 
 
@@ -139,7 +139,7 @@ def test_an_artifact_changed_after_verify_is_refused(built, host, tmp_path):
     host.refused(forged, built.manifest, built.deps, "payload sha256 or size does not match the verified manifest")
 
 
-def _requirements_with(extra: bytes):  # noqa: ANN202
+def _requirements_with(extra: bytes):
     def edit(entries: list[forge.Entry]) -> list[forge.Entry]:
         data = next(d for info, d in entries if info.name == "requirements.txt")
         return forge.replaced(entries, "requirements.txt", extra + data)
@@ -292,7 +292,7 @@ def test_the_program_reports_a_refusal_as_one_line_and_exit_status_3(tmp_path):
                        manifest={"members": [{"path": "x", "type": "symlink"}]})
     done = subprocess.run([sys.executable, "-c", remote.source("stage_release.py")], input=request + "\n",
                           capture_output=True, text=True, check=False)
-    assert done.returncode == stage_release.FAILED
+    assert done.returncode == answer.FAILED
     assert done.stderr.count("\n") == 1 and done.stderr.startswith("refused: member x has type")
 
 

@@ -11,7 +11,7 @@ from roadie import remote, status
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 from roadie.lock import LockInfo
-from roadie.remote import status_probe
+from roadie.remote import answer, status_probe
 from roadie.rotation import Drained
 from tests.unit.haproxy_canned import STAT, Canned
 
@@ -285,7 +285,7 @@ def test_probe_reads_the_release_from_the_current_link(tmp_path):
 
 def test_probe_refuses_an_address_that_is_not_an_ip_before_any_sql_is_run(tmp_path):
     done = _probe(tmp_path, {"units": [], "postgres": True, "stream_addresses": ["10.0.0.1'); DROP TABLE plays; --"]})
-    assert done.returncode == status_probe.FAILED and done.stdout == ""
+    assert done.returncode == answer.FAILED and done.stdout == ""
     assert done.stderr.strip().splitlines() == [
         """refused: stream address "10.0.0.1'); DROP TABLE plays; --" is not an IP address"""]
     assert not (tmp_path / "log" / "sudo").exists()

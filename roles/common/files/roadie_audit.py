@@ -338,7 +338,7 @@ def main(argv: list[str]) -> int:
         user = sudo_user or pwd.getpwuid(os.getuid()).pw_name
         try:
             evidence = ssh_evidence(user)
-        except Exception as exc:  # noqa: BLE001 - an unknown key is recorded as unknown; the record still goes in
+        except Exception as exc:  # an unknown key is recorded as unknown; the record still goes in
             evidence = {"ssh_key": None, "ssh_key_note": f"key lookup failed: {type(exc).__name__}: {exc}"[:200]}
         line = append(record, {"sudo_user": sudo_user, **evidence})
     except (Refused, OSError) as exc:
