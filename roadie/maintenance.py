@@ -20,6 +20,7 @@ from roadie import contract, deploy, inventory, rollout, rotation, ssh
 from roadie.balancer import Balancer
 from roadie.change import Change, lock_host
 from roadie.cli import Terminal
+from roadie.db import client as pg_client
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 from roadie.paths import ROOT
@@ -107,16 +108,6 @@ def _check_haproxy(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]
     return up > 0, f"runtime API answers; {up} of {len(servers)} stream servers UP"
 
 
-def _check_postgres(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
-    sql = ("SELECT CASE WHEN NOT pg_is_in_recovery() THEN 'primary' "
-           "WHEN EXISTS (SELECT 1 FROM pg_stat_wal_receiver WHERE status = 'streaming') THEN 'replica streaming' "
-           "ELSE 'replica not streaming' END")
-    result = conn.run(f"cd / && sudo -n -u postgres psql -XAtq -d postgres -c {shlex.quote(sql)}", hide=True, warn=True,
-                      in_stream=False, timeout=30)
-    answer = result.stdout.strip()
-    return result.exited == 0 and answer in ("primary", "replica streaming"), answer or result.stderr.strip()[-160:]
-
-
 def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
     host = conn.inventory_host.name
     secret = inv.host_var(host, "vault_redis_admin_password")
@@ -132,7 +123,7 @@ def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
 
 GROUP_SERVICES = {
     "balancer": Service("haproxy.service", _check_haproxy),
-    "database": Service(contract.PG_UNIT, _check_postgres),
+    "database": Service(contract.PG_UNIT, pg_client.serving),
     "cache": Service(contract.REDIS_UNIT, _check_redis),
 }
 

@@ -278,12 +278,12 @@ def check(inv: Inventory, pattern: str = "all") -> Report:
 
 def _fence_stale_primary(inv: Inventory, primaries: list[str]) -> list[Problem]:
     """Two primaries: fence the one the audit log shows was failed over away from, at first contact."""
-    from roadie import database
     from roadie.change import lock_host
+    from roadie.db import fencing
 
     try:
         with ssh.connect(lock_host(inv)) as conn:
-            done = database.fence_at_first_contact(inv, primaries, conn)
+            done = fencing.fence_at_first_contact(inv, primaries, conn)
     except RoadieError as exc:
         return [Problem(CRITICAL, None, f"could not fence the stale primary: {exc}")]
     if done is None:

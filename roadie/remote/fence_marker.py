@@ -1,6 +1,6 @@
 """Write the fence marker on a database host a failover stopped: the role refuses to run while it exists.
 
-roadie.database.fence_host runs this on the old primary as the deploy user, with roadie.remote.command:
+roadie.db.fencing.fence_host runs this on the old primary as the deploy user, with roadie.remote.command:
   fence_marker.py PATH MARKER-JSON
 It makes PATH's directory when missing and writes MARKER-JSON and a newline to PATH, replacing what was
 there. A failure is Python's own error (a traceback, exit status 1).

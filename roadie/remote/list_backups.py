@@ -1,6 +1,6 @@
 """The complete base backups on a database host, oldest first, from what pg-base-backup recorded.
 
-roadie.database.list_backups runs this on the host as postgres (sudo -u postgres), with roadie.remote.command:
+roadie.db.backups.list_backups runs this on the host as postgres (sudo -u postgres), with roadie.remote.command:
   list_backups.py BASE_DIR      (the postgresql role's base backup directory)
 A backup is a directory whose whole name is a UTC timestamp (20260102T023000Z) holding a readable
 roadie-backup.json; any other entry, or one whose record is missing or does not parse, is skipped.

@@ -18,7 +18,11 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from roadie import database, inventory
+from roadie import inventory
+from roadie.db import backups as db_backups
+from roadie.db import client as pg_client
+from roadie.db import fencing
+from roadie.db import restore_check as db_restore
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import checked
 from tests.lab.topology import database_hosts, restore_topology, wait_streaming
@@ -41,7 +45,7 @@ def test_backup_is_listed_with_size_and_reference(fresh_backup, conns):
     assert set(mine["sha256"]) == {"base.tar.gz", "pg_wal.tar.gz", "backup_manifest"}
     # The listing is what db1 holds: the files are there, with the checksums it shows.
     files = " ".join(sorted(mine["sha256"]))
-    sums = checked(conns("db1"), f"cd {database.BASE_DIR}/{fresh_backup} && sha256sum {files}")
+    sums = checked(conns("db1"), f"cd {db_backups.BASE_DIR}/{fresh_backup} && sha256sum {files}")
     assert {name: digest for digest, name in (line.split() for line in sums.splitlines())} == mine["sha256"]
     assert 0 <= mine["age_s"] < 600
     assert fresh_backup in ok(fab("db.backups"))
@@ -55,10 +59,10 @@ def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
     assert check["tables"] == check["reference"]
     assert check["tables"]["tracks"]["rows"] == 12
     # The reference is what the primary held: the tracks table has not changed since.
-    live = database.psql(conns("db1"), "SELECT count(*) FROM tracks", "stream")
+    live = pg_client.psql(conns("db1"), "SELECT count(*) FROM tracks", "stream")
     assert int(live) == check["tables"]["tracks"]["rows"]
     # Nothing is left on the checking host.
-    assert checked(conns("db2"), f"ls -A {database.COPY_DIR} 2>/dev/null; ls -d /var/lib/postgresql/restore-check "
+    assert checked(conns("db2"), f"ls -A {db_restore.COPY_DIR} 2>/dev/null; ls -d /var/lib/postgresql/restore-check "
                                  "2>/dev/null || true").strip() == ""
     print(f"\nrestore-check of {fresh_backup} on db2: restore {check['restore_s']:.0f} s, copy "
           f"{check['copy_bytes']} bytes in {check['copy_s']:.1f} s, total {check['duration_s']:.1f} s")
@@ -66,7 +70,7 @@ def test_restore_check_passes_on_a_good_backup(fresh_backup, conns):
 
 def _damaged_copy(conn, source: str, name: str, edit: str) -> None:
     """A copy of backup `source` named `name` on db1, changed by the Python statement `edit` (cwd = the copy)."""
-    base = database.BASE_DIR
+    base = db_backups.BASE_DIR
     checked(conn, f"cp -a {base}/{source} {base}/{name}")
     script = f"import json, os\nos.chdir({base + '/' + name!r})\n{edit}\n"
     checked(conn, f"python3 -c {shlex.quote(script)}")
@@ -115,7 +119,7 @@ json.dump(ref, open("roadie-reference.json", "w"))
         assert "recorded at backup time" in result.stderr
         print("\n" + "\n".join(ln for ln in result.stderr.splitlines() if "RESTORE CHECK FAILED" in ln))
     finally:
-        checked(db1, "rm -rf " + " ".join(f"{database.BASE_DIR}/{n}" for n in names))
+        checked(db1, "rm -rf " + " ".join(f"{db_backups.BASE_DIR}/{n}" for n in names))
 
 
 def test_restore_check_refuses_bad_input_before_any_host():
@@ -198,7 +202,7 @@ class Writes:
 
 
 def _stored_keys(conn, listener: str) -> set[str]:
-    out = database.psql(conn, f"SELECT request_key FROM plays WHERE listener_id = '{listener}'", "stream")
+    out = pg_client.psql(conn, f"SELECT request_key FROM plays WHERE listener_id = '{listener}'", "stream")
     return set(out.split())
 
 
@@ -217,11 +221,11 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
         out = ok(result)
         assert "promoted at" in out and "move db2 to database_primary and db1 to database_replica" in out
         db2 = conns("db2")
-        assert database.psql(db2, "SELECT pg_is_in_recovery()") == "f"
+        assert pg_client.psql(db2, "SELECT pg_is_in_recovery()") == "f"
         # Every play answered 2xx is on the new primary, exactly once.
         stored = _stored_keys(db2, listener)
         assert set(writes.ok) <= stored, f"{len(set(writes.ok) - stored)} answered plays missing on db2"
-        count = int(database.psql(db2, f"SELECT count(*) FROM plays WHERE listener_id = '{listener}'", "stream"))
+        count = int(pg_client.psql(db2, f"SELECT count(*) FROM plays WHERE listener_id = '{listener}'", "stream"))
         assert count == len(stored)
         # Writes went on through the balancer after the failover, into db2.
         after = [k for k, (_, at) in writes.ok.items() if at > done_at]
@@ -230,8 +234,8 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
         assert writes.failed == [], writes.failed[:5]
         # db1 is fenced: stopped, masked, marker.
         db1 = conns("db1")
-        assert checked(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
-        assert json.loads(checked(db1, f"cat {database.FENCE_FILE}"))["new_primary"] == "db2"
+        assert checked(db1, f"systemctl is-enabled {fencing.PG_UNIT} || true").strip() == "masked"
+        assert json.loads(checked(db1, f"cat {fencing.FENCE_FILE}"))["new_primary"] == "db2"
         # The old primary is no fallback any more: no stream host's database list names it.
         db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
         for host in ("stream1", "stream2", "stream3"):
@@ -291,8 +295,8 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
         assert "CRITICAL" in text and "2 PostgreSQL hosts report role primary" in text, text[-3000:]
         assert "db1 was failed over to db2" in text and "fenced it now" in text, text[-3000:]
         db1 = conns("db1")
-        assert checked(db1, f"systemctl is-enabled {database.PG_UNIT} || true").strip() == "masked"
-        assert checked(db1, f"systemctl is-active {database.PG_UNIT} || true").strip() != "active"
+        assert checked(db1, f"systemctl is-enabled {fencing.PG_UNIT} || true").strip() == "masked"
+        assert checked(db1, f"systemctl is-active {fencing.PG_UNIT} || true").strip() != "active"
         again = fab("status")
         assert "2 PostgreSQL hosts report role primary" not in again.stdout + again.stderr
     finally:

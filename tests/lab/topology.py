@@ -11,7 +11,8 @@ import time
 
 import yaml
 
-from roadie import database, inventory, provision, vault
+from roadie import inventory, provision, vault
+from roadie.db import fencing
 from roadie.paths import ROOT
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import checked
@@ -61,13 +62,13 @@ def swapped_inventory() -> str:
 
 
 def unfence_and_clear(conn) -> None:
-    checked(conn, f"systemctl unmask {database.PG_UNIT} && rm -f {database.FENCE_FILE} && "
-                  f"rm -rf {database.DATA_DIR}")
+    checked(conn, f"systemctl unmask {fencing.PG_UNIT} && rm -f {fencing.FENCE_FILE} && "
+                  f"rm -rf {fencing.DATA_DIR}")
 
 
 def restore_topology(conns) -> None:
     """The runbook: rebuild db1 as a replica of db2, fail back to db1, rebuild db2 as its replica."""
-    fenced = conns("db1").run(f"test -f {database.FENCE_FILE}", hide=True, warn=True, in_stream=False)
+    fenced = conns("db1").run(f"test -f {fencing.FENCE_FILE}", hide=True, warn=True, in_stream=False)
     if fenced.exited != 0:
         return   # the failover did not get as far as fencing db1: nothing to put back
     swapped = swapped_inventory()

@@ -1,4 +1,4 @@
-"""roadie.database without hosts: WAL positions and segments, the lag threshold, the failover plan, the
+"""roadie.db without hosts: WAL positions and segments, the lag threshold, the failover plan, the
 env file rewrite, replication rows and the restore comparison."""
 
 from __future__ import annotations
@@ -7,7 +7,11 @@ from pathlib import Path
 
 import pytest
 
-from roadie import database
+from roadie.db import failover as db_failover
+from roadie.db import fencing, wal
+from roadie.db import replication as db_replication
+from roadie.db import restore_check as db_restore
+from roadie.db import topology as db_topology
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 
@@ -30,42 +34,43 @@ def _inventory(replicas: tuple[str, ...] = ("db2",), primaries: tuple[str, ...] 
 
 
 def test_lsn_round_trip_and_bad_input():
-    assert database.parse_lsn("0/3000148") == 0x3000148
-    assert database.parse_lsn("1/0") == 1 << 32
-    assert database.format_lsn(database.parse_lsn("A/FF00")) == "A/FF00"
+    assert wal.parse_lsn("0/3000148") == 0x3000148
+    assert wal.parse_lsn("1/0") == 1 << 32
+    assert wal.format_lsn(wal.parse_lsn("A/FF00")) == "A/FF00"
     for bad in ("", "3000148", "0/xyz", "0/1/2"):
         with pytest.raises(RoadieError, match="not a WAL position"):
-            database.parse_lsn(bad)
+            wal.parse_lsn(bad)
 
 
 def test_segment_names_match_pg_walfile_name():
     # pg_walfile_name('0/3000148') on timeline 1 = 000000010000000000000003
-    assert database.segment_name(1, database.parse_lsn("0/3000148")) == "000000010000000000000003"
-    assert database.segment_name(2, database.parse_lsn("1/FF000000")) == "0000000200000001000000FF"
+    assert wal.segment_name(1, wal.parse_lsn("0/3000148")) == "000000010000000000000003"
+    assert wal.segment_name(2, wal.parse_lsn("1/FF000000")) == "0000000200000001000000FF"
 
 
 def test_wal_needed_spans_the_backup_to_the_restore_point_and_names_a_gap():
     archived = [f"0000000100000000000000{n:02X}" for n in range(2, 8)] + ["00000002.history"]
-    assert database.wal_needed("000000010000000000000003", "0/5000100", archived) == [
+    assert wal.wal_needed("000000010000000000000003", "0/5000100", archived) == [
         "000000010000000000000003", "000000010000000000000004", "000000010000000000000005", "00000002.history"]
     # A restore point record ending exactly at a segment boundary lives in the segment before it.
-    assert database.wal_needed("000000010000000000000003", "0/5000000", archived)[-2] == "000000010000000000000004"
+    assert wal.wal_needed("000000010000000000000003", "0/5000000", archived)[-2] == "000000010000000000000004"
     with pytest.raises(RoadieError, match="000000010000000000000006 is missing"):
-        database.wal_needed("000000010000000000000005", "0/7000010",
-                            [a for a in archived if not a.endswith("06")])
+        wal.wal_needed("000000010000000000000005", "0/7000010",
+                       [a for a in archived if not a.endswith("06")])
     with pytest.raises(RoadieError, match="before the backup"):
-        database.wal_needed("000000010000000000000005", "0/3000010", archived)
+        wal.wal_needed("000000010000000000000005", "0/3000010", archived)
 
 
 def test_compare_tables_names_the_table_that_differs():
     ref = {"plays": {"rows": 10, "checksum": "123"}, "tracks": {"rows": 12, "checksum": "-5"}}
-    assert database.compare_tables(ref, {"plays": {"rows": 10, "checksum": "123"},
-                                         "tracks": {"rows": 12, "checksum": "-5"}}) == []
-    problems = database.compare_tables(ref, {"plays": {"rows": 9, "checksum": "123"},
-                                             "tracks": {"rows": 12, "checksum": "6"}})
+    assert db_restore.compare_tables(ref, {"plays": {"rows": 10, "checksum": "123"},
+                                           "tracks": {"rows": 12, "checksum": "-5"}}) == []
+    problems = db_restore.compare_tables(ref, {"plays": {"rows": 9, "checksum": "123"},
+                                               "tracks": {"rows": 12, "checksum": "6"}})
     assert problems == ["table plays: 9 rows restored, 10 recorded at backup time",
                         "table tracks: checksum 6 restored, -5 recorded"]
-    assert database.compare_tables(ref, {"plays": ref["plays"]}) == ["table tracks: missing from the restored database"]
+    assert db_restore.compare_tables(ref, {"plays": ref["plays"]}) == [
+        "table tracks: missing from the restored database"]
 
 
 @pytest.mark.parametrize(("lag", "max_lag", "force", "goes_on"), [
@@ -74,37 +79,37 @@ def test_compare_tables_names_the_table_that_differs():
 ])
 def test_lag_threshold(lag, max_lag, force, goes_on):
     if goes_on:
-        verdict = database.lag_verdict(lag, max_lag, force)
+        verdict = db_failover.lag_verdict(lag, max_lag, force)
         assert (verdict == "") == (lag is not None and lag <= max_lag)
     else:
         with pytest.raises(RoadieError, match="--force"):
-            database.lag_verdict(lag, max_lag, force)
+            db_failover.lag_verdict(lag, max_lag, force)
 
 
 @pytest.mark.parametrize("bad", ["-1", "ten", "1.5", ""])
 def test_bad_max_lag_is_refused_before_any_host(bad):
     with pytest.raises(RoadieError, match="--max-lag"):
-        database.plan_failover(_inventory(), bad)
+        db_failover.plan_failover(_inventory(), bad)
 
 
 def test_failover_plan_promotes_the_first_replica_or_the_named_one():
-    plan = database.plan_failover(_inventory(("db2", "db3")), 1024)
+    plan = db_failover.plan_failover(_inventory(("db2", "db3")), 1024)
     assert (plan.old_primary, plan.new_primary, plan.new_primary_address) == ("db1", "db2", "10.0.0.21")
     assert plan.stream_hosts == ["s1", "s2"] and plan.max_lag == 1024
-    assert database.plan_failover(_inventory(("db2", "db3")), to="db3").new_primary == "db3"
+    assert db_failover.plan_failover(_inventory(("db2", "db3")), to="db3").new_primary == "db3"
     assert any("fence db1" in line for line in plan.describe())
     with pytest.raises(RoadieError, match="--to 'db1' is not in database_replica"):
-        database.plan_failover(_inventory(), to="db1")
+        db_failover.plan_failover(_inventory(), to="db1")
     with pytest.raises(RoadieError, match="no replica to promote"):
-        database.plan_failover(_inventory(()))
+        db_failover.plan_failover(_inventory(()))
     with pytest.raises(RoadieError, match="exactly one host in database_primary"):
-        database.plan_failover(_inventory(("db3",), ("db1", "db2")))
+        db_failover.plan_failover(_inventory(("db3",), ("db1", "db2")))
 
 
 def test_inventory_change_names_both_hosts():
-    text = "\n".join(database.inventory_change(database.plan_failover(_inventory()), "lab"))
+    text = "\n".join(db_failover.inventory_change(db_failover.plan_failover(_inventory()), "lab"))
     assert "move db2 to database_primary and db1 to database_replica" in text
-    assert "systemctl unmask postgresql@15-main.service" in text and database.FENCE_FILE in text
+    assert "systemctl unmask postgresql@15-main.service" in text and fencing.FENCE_FILE in text
 
 
 # The env-file rewrite a failover does on stream hosts is tested in tests/unit/test_stream_env.py.
@@ -112,7 +117,7 @@ def test_inventory_change_names_both_hosts():
 
 def test_replication_rows_from_what_each_host_answered():
     inv = _inventory()
-    topo = database.topology(inv)
+    topo = db_topology.topology(inv)
     primary = {"in_recovery": False, "current_lsn": "0/5000000", "replay_lsn": None, "replay_age_s": None,
                "senders": [{"name": "db2", "addr": "10.0.0.21", "state": "streaming", "sent_lsn": "0/5000000",
                             "replay_lsn": "0/4FFFF00", "lag_bytes": 256, "replay_lag_s": 0.002}],
@@ -120,9 +125,9 @@ def test_replication_rows_from_what_each_host_answered():
                           "wal_status": "reserved"}]}
     replica = {"in_recovery": True, "current_lsn": "0/5000000", "replay_lsn": "0/4FFFF00", "replay_age_s": 3.0,
                "senders": [], "slots": []}
-    rows = database.build_states(topo, {"db1": (primary, ""), "db2": (replica, "")})
+    rows = db_replication.build_states(topo, {"db1": (primary, ""), "db2": (replica, "")})
     assert [(r.host, r.role) for r in rows] == [("db1", "primary"), ("db2", "replica")]
     assert rows[1].lag_bytes == 256 and rows[1].lag_s == 0.002 and rows[1].state == "streaming"
     assert rows[0].slots[0]["active"] is True
-    down = database.build_states(topo, {"db1": (None, "db1 (10.0.0.20:22): unreachable"), "db2": (replica, "")})
+    down = db_replication.build_states(topo, {"db1": (None, "db1 (10.0.0.20:22): unreachable"), "db2": (replica, "")})
     assert down[0].role == "down" and not down[0].reachable and down[1].lag_bytes is None

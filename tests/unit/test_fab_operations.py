@@ -14,8 +14,6 @@ from roadie import (
     artifacts,
     audit,
     cli,
-    database,
-    db_ops,
     deploy,
     fleet,
     lock,
@@ -27,6 +25,11 @@ from roadie import (
     status,
     stream_fleet,
 )
+from roadie.db import backups as db_backups
+from roadie.db import commands as db_commands
+from roadie.db import failover as db_failover
+from roadie.db import replication as db_replication
+from roadie.db import restore_check as db_restore
 from roadie.errors import RoadieError
 from roadie.inventory import Host
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
@@ -308,70 +311,70 @@ def test_the_lock_holder_is_shown_without_its_token():
     assert lock_ops.LockState(None, now=0).describe() == "free" and lock_ops.LockState(None, 0).as_dict() is None
 
 
-# ------------------------------------------------------------------ roadie.db_ops
+# ------------------------------------------------------------------ roadie.db.commands
 def _backup(name, age_s, reference=True):
-    return database.Backup(name, 3 * 1024 * 1024, "s", f"{name}-done", "000000010000000000000002", age_s, reference)
+    return db_backups.Backup(name, 3 * 1024 * 1024, "s", f"{name}-done", "000000010000000000000002", age_s, reference)
 
 
 def test_backups_are_listed_newest_first_with_readable_ages_and_sizes():
-    rows = db_ops.backup_rows([_backup("20260101T000000Z", 3 * 86400), _backup("20260103T000000Z", 600, False)])
+    rows = db_commands.backup_rows([_backup("20260101T000000Z", 3 * 86400), _backup("20260103T000000Z", 600, False)])
     assert rows == [
         ("20260103T000000Z", "10 min", "3.0 MiB", "20260103T000000Z-done", "000000010000000000000002", "no"),
         ("20260101T000000Z", "3 d", "3.0 MiB", "20260101T000000Z-done", "000000010000000000000002", "yes")]
-    assert db_ops.backup_rows([]) == []
+    assert db_commands.backup_rows([]) == []
 
 
 def _restore(ok=True):
     tables = {"plays": {"rows": 3, "checksum": "a"}, "tracks": {"rows": 2, "checksum": "b"}}
     reference = {"plays": {"rows": 3, "checksum": "a"}, "tracks": {"rows": 2, "checksum": "b" if ok else "c"}}
-    return database.RestoreCheck("20260103T000000Z", "db2", ok, [] if ok else ["table tracks: checksum differs"],
-                                 tables, reference, 12.4, 2048, 0.5, 15.0)
+    return db_restore.RestoreCheck("20260103T000000Z", "db2", ok, [] if ok else ["table tracks: checksum differs"],
+                                   tables, reference, 12.4, 2048, 0.5, 15.0)
 
 
 def test_a_restore_check_shows_each_table_against_its_reference():
-    assert db_ops.Restored(_restore(ok=False)).lines() == [
+    assert db_commands.Restored(_restore(ok=False)).lines() == [
         "plays: 3 rows, checksum a (recorded 3, a) ok",
         "tracks: 2 rows, checksum b (recorded 2, c) MISMATCH",
         "backup 20260103T000000Z: restored in 12 s (copy 2.0 KiB in 0.5 s, total 15.0 s)"]
-    assert db_ops.Restored(_restore(ok=True)).problem == ""
-    assert db_ops.Restored(_restore(ok=False)).problem == (
+    assert db_commands.Restored(_restore(ok=True)).problem == ""
+    assert db_commands.Restored(_restore(ok=False)).problem == (
         "RESTORE CHECK FAILED: backup 20260103T000000Z on db2: table tracks: checksum differs")
 
 
 def test_replication_rows_and_unreachable_hosts():
-    states = [database.NodeState("db1", True, "primary", current_lsn="0/5000000",
-                                 slots=[{"slot": "db2", "active": False, "restart_lsn": None,
-                                         "retained_bytes": 32 * 1024 * 1024, "wal_status": "extended"}]),
-              database.NodeState("db2", False, "down", error="unreachable")]
-    assert db_ops.node_rows(states) == [("db1", "primary", "0/5000000", "-", "-", "-", "-", "-"),
-                                        ("db2", "down", "-", "-", "-", "-", "-", "unreachable")]
-    assert db_ops.slot_rows(states) == [("db1", "db2", "INACTIVE", "-", "32.0 MiB", "extended")]
-    assert db_ops.Replication(states).problem == "1 database host(s) unreachable: db2"
-    assert db_ops.Replication(states[:1]).problem == ""
+    states = [db_replication.NodeState("db1", True, "primary", current_lsn="0/5000000",
+                                       slots=[{"slot": "db2", "active": False, "restart_lsn": None,
+                                               "retained_bytes": 32 * 1024 * 1024, "wal_status": "extended"}]),
+              db_replication.NodeState("db2", False, "down", error="unreachable")]
+    assert db_commands.node_rows(states) == [("db1", "primary", "0/5000000", "-", "-", "-", "-", "-"),
+                                             ("db2", "down", "-", "-", "-", "-", "-", "unreachable")]
+    assert db_commands.slot_rows(states) == [("db1", "db2", "INACTIVE", "-", "32.0 MiB", "extended")]
+    assert db_commands.Replication(states).problem == "1 database host(s) unreachable: db2"
+    assert db_commands.Replication(states[:1]).problem == ""
 
 
 def test_a_failover_ends_with_its_timings_warnings_and_the_inventory_change():
-    plan = database.FailoverPlan("db1", "db2", "10.0.0.6", ["stream1"], 100, False)
-    result = database.FailoverResult(plan, True, "0/1", "0/2", 9.25, {"fence": 1.5, "promote": 2.0}, ["slow"])
-    lines = db_ops.FailedOver(result, "lab").lines()
+    plan = db_failover.FailoverPlan("db1", "db2", "10.0.0.6", ["stream1"], 100, False)
+    result = db_failover.FailoverResult(plan, True, "0/1", "0/2", 9.25, {"fence": 1.5, "promote": 2.0}, ["slow"])
+    lines = db_commands.FailedOver(result, "lab").lines()
     assert lines[:2] == ["failover: done in 9.2 s fence 1.5, promote 2.0", "WARNING: slow"]
-    assert lines[2:] == database.inventory_change(plan, "lab")
+    assert lines[2:] == db_failover.inventory_change(plan, "lab")
 
 
 def test_a_failover_shows_its_plan_and_asks_before_any_host(guarded, no_ssh, monkeypatch):
-    monkeypatch.setattr(database, "failover", lambda *a, **k: pytest.fail("failed over"))
+    monkeypatch.setattr(db_failover, "failover", lambda *a, **k: pytest.fail("failed over"))
     terminal = ScriptedTerminal(answer=False)
     with pytest.raises(RoadieError, match="not confirmed"):
-        db_ops.failover("lab", force=False, max_lag=None, to=None, batch="1", min_serving="1", message=None,
-                        terminal=terminal)
+        db_commands.failover("lab", force=False, max_lag=None, to=None, batch="1", min_serving="1", message=None,
+                             terminal=terminal)
     assert terminal.said[0].startswith("failover: promote db2") and terminal.asked == ["promote db2 and fence db1"]
 
 
 def test_a_backup_says_what_it_does_and_asks_before_the_primary(guarded, no_ssh, monkeypatch):
-    monkeypatch.setattr(database, "backup", lambda *a, **k: pytest.fail("backed up"))
+    monkeypatch.setattr(db_backups, "backup", lambda *a, **k: pytest.fail("backed up"))
     terminal = ScriptedTerminal(answer=False)
     with pytest.raises(RoadieError, match="not confirmed"):
-        db_ops.backup("lab", message=None, terminal=terminal)
+        db_commands.backup("lab", message=None, terminal=terminal)
     assert terminal.said[0].startswith("db.backup: base backup on db1 with pg-base-backup.service")
     assert terminal.asked == ["take a base backup on db1"] and guarded == []
 
@@ -396,9 +399,9 @@ def test_a_restore_check_that_cannot_run_is_recorded_and_fails_in_one_line(lock_
     def restore_check(inv, report, backup_name, on):
         raise RoadieError("db2: pg-restore-check not found")
 
-    monkeypatch.setattr(database, "restore_check", restore_check)
+    monkeypatch.setattr(db_restore, "restore_check", restore_check)
     with pytest.raises(RoadieError, match=r"^RESTORE CHECK FAILED: db2: pg-restore-check not found$"):
-        db_ops.restore_check("lab", None, None, as_json=False)
+        db_commands.restore_check("lab", None, None, as_json=False)
     [rec] = _records(lock_host)
     assert (rec["action"], rec["result"], rec["error"]) == ("db.restore-check", "failed",
                                                             "db2: pg-restore-check not found")
@@ -406,8 +409,8 @@ def test_a_restore_check_that_cannot_run_is_recorded_and_fails_in_one_line(lock_
 
 
 def test_a_restore_check_that_ran_is_recorded_with_its_verdict(lock_host, monkeypatch):
-    monkeypatch.setattr(database, "restore_check", lambda inv, report, backup_name, on: _restore(ok=False))
-    restored = db_ops.restore_check("lab", None, None, as_json=True)
+    monkeypatch.setattr(db_restore, "restore_check", lambda inv, report, backup_name, on: _restore(ok=False))
+    restored = db_commands.restore_check("lab", None, None, as_json=True)
     [rec] = _records(lock_host)
     assert (rec["action"], rec["result"], rec["backup"], rec["restored_on"]) == (
         "db.restore-check", "failed", "20260103T000000Z", "db2")

@@ -7,7 +7,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import balancer, database, inventory, ops, release, remote
+from roadie import balancer, inventory, ops, release, remote
+from roadie.db import backups as db_backups
+from roadie.db import restore_check as db_restore
+from roadie.db import wal
 from roadie.errors import RoadieError
 
 
@@ -52,12 +55,12 @@ def test_journal_arguments_with_a_trailing_newline_are_refused(unit, since):
 
 def test_a_backup_name_with_a_trailing_newline_is_refused():
     with pytest.raises(RoadieError, match="--backup must be a backup name"):
-        database.restore_target(inventory.load("lab"), "20260102T023000Z\n")
+        db_restore.restore_target(inventory.load("lab"), "20260102T023000Z\n")
 
 
 def test_a_wal_segment_with_a_trailing_newline_is_refused():
     with pytest.raises(RoadieError, match="bad first WAL segment"):
-        database.wal_needed("000000010000000000000003\n", "0/3000148", [])
+        wal.wal_needed("000000010000000000000003\n", "0/3000148", [])
 
 
 def test_the_backup_listing_on_a_host_skips_a_directory_whose_name_ends_in_a_newline(tmp_path):
@@ -66,7 +69,7 @@ def test_the_backup_listing_on_a_host_skips_a_directory_whose_name_ends_in_a_new
     for name in ("20260102T023000Z", "20260103T023000Z\n"):
         (tmp_path / name).mkdir()
         (tmp_path / name / "roadie-backup.json").write_text(json.dumps(meta))
-    program = remote.source(database.LIST_BACKUPS_PROGRAM)
+    program = remote.source(db_backups.LIST_BACKUPS_PROGRAM)
     out = subprocess.run([sys.executable, "-c", program, str(tmp_path)], capture_output=True, text=True, check=True,
                          timeout=30).stdout
     assert [b["name"] for b in json.loads(out)] == ["20260102T023000Z"]

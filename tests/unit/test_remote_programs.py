@@ -19,7 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import database, lock, netpolicy, ops, remote, stream_host
+from roadie import lock, netpolicy, ops, remote, stream_host
+from roadie.db import backups as db_backups
+from roadie.db import fencing
 from roadie.remote import disk_usage, fence_marker, list_backups, list_releases
 
 PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name not in ("__init__.py", remote.SHARED))
@@ -60,8 +62,8 @@ def test_every_program_is_standard_library_only_and_runs_as_a_script(name):
 
 def test_every_program_a_module_names_is_there():
     named = [lock.PROGRAM, stream_host.LIST_PROGRAM, stream_host.HEALTH_PROGRAM, stream_host.PRUNE_PROGRAM,
-             stream_host.STAGE_PROGRAM, stream_host.FREE_SPACE_PROGRAM, database.LIST_BACKUPS_PROGRAM,
-             database.FENCE_PROGRAM, ops.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
+             stream_host.STAGE_PROGRAM, stream_host.FREE_SPACE_PROGRAM, db_backups.LIST_BACKUPS_PROGRAM,
+             fencing.FENCE_PROGRAM, ops.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
     assert set(named) <= set(PROGRAMS)
     with pytest.raises(ValueError, match="no host program"):
         remote.source("../ssh.py")
@@ -188,22 +190,22 @@ def test_the_backup_listing_keeps_complete_backups_only(tmp_path):
     (tmp_path / "20260104T023000Z" / list_backups.RECORD).write_text("{half")   # a backup that died
     (tmp_path / "20260105T023000Z").mkdir()                                     # no record at all
     (tmp_path / "20260106T023000Z").write_text("a file")
-    done = _run(database.LIST_BACKUPS_PROGRAM, tmp_path)
+    done = _run(db_backups.LIST_BACKUPS_PROGRAM, tmp_path)
     assert done.returncode == 0, done.stderr
-    found = [database.Backup(**b) for b in json.loads(done.stdout)]
+    found = [db_backups.Backup(**b) for b in json.loads(done.stdout)]
     assert [(b.name, b.has_reference, b.size_bytes) for b in found] == [
         ("20260102T023000Z", True, 123), ("20260103T023000Z", False, 123)]
     finished = 1767321060   # 2026-01-02T02:31:00Z
     assert abs(found[0].age_s - (time.time() - finished)) < 60
     assert found[0].sha256 == {"base.tar.gz": "ab"}
-    assert json.loads(_run(database.LIST_BACKUPS_PROGRAM, tmp_path / "missing").stdout) == []
+    assert json.loads(_run(db_backups.LIST_BACKUPS_PROGRAM, tmp_path / "missing").stdout) == []
 
 
 def test_the_fence_marker_is_written_with_its_directory_and_replaced(tmp_path):
     path = tmp_path / "state" / "postgresql-fenced.json"
-    assert _run(database.FENCE_PROGRAM, path, '{"by": "a"}').returncode == 0
+    assert _run(fencing.FENCE_PROGRAM, path, '{"by": "a"}').returncode == 0
     assert path.read_text() == '{"by": "a"}\n'
-    assert _run(database.FENCE_PROGRAM, path, '{"by": "b"}').returncode == 0
+    assert _run(fencing.FENCE_PROGRAM, path, '{"by": "b"}').returncode == 0
     assert path.read_text() == '{"by": "b"}\n'
     fence_marker.write(str(path), "x")
     assert path.read_text() == "x\n"

@@ -1,4 +1,4 @@
-"""What fab's db tasks do around roadie.database: check input, ask, guard, audit, and the rows they show."""
+"""What fab's db tasks do around roadie.db: check input, ask, guard, audit, and the rows they show."""
 
 from __future__ import annotations
 
@@ -6,8 +6,13 @@ import sys
 import time
 from dataclasses import dataclass
 
-from roadie import audit, database, deploy, inventory, maintenance, rollout, ssh
+from roadie import audit, deploy, inventory, maintenance, rollout, ssh
 from roadie.cli import Terminal, human_age, human_bytes
+from roadie.db import backups as db_backups
+from roadie.db import failover as db_failover
+from roadie.db import replication as db_replication
+from roadie.db import restore_check as db_restore
+from roadie.db.topology import topology
 from roadie.errors import RoadieError
 from roadie.inventory import Inventory
 from roadie.stream_fleet import options
@@ -28,29 +33,29 @@ class Taken:
     """A base backup `fab db.backup` took, on which host, in how long."""
 
     host: str
-    backup: database.Backup
+    backup: db_backups.Backup
     duration_s: float
 
 
 def backup(inventory_name: str | None, *, message: str | None, terminal: Terminal) -> Taken:
     """Say what happens, ask, then take a base backup on the primary under the lock."""
     inv = inventory.load(inventory_name)
-    primary = database.topology(inv).primary
-    terminal.say(f"db.backup: base backup on {primary.name} with {database.BACKUP_SERVICE} (records the key tables' "
+    primary = topology(inv).primary
+    terminal.say(f"db.backup: base backup on {primary.name} with {db_backups.BACKUP_SERVICE} (records the key tables' "
                  "reference; retention may remove the oldest backup)")
     terminal.confirm(f"take a base backup on {primary.name}")
     with maintenance.Guarded(inv, "db.backup", hosts=[primary.name], message=message or "") as change:
-        result = database.backup(inv, deploy.Reporter())
+        result = db_backups.backup(inv, deploy.Reporter())
         change.detail = {"backup": result.backup.name, "size_bytes": result.backup.size_bytes}
     return Taken(primary.name, result.backup, result.duration_s)
 
 
-def backups(inventory_name: str | None) -> tuple[str, list[database.Backup]]:
+def backups(inventory_name: str | None) -> tuple[str, list[db_backups.Backup]]:
     """The primary's name and its base backups, oldest first."""
-    primary = database.topology(inventory.load(inventory_name)).primary
+    primary = topology(inventory.load(inventory_name)).primary
     conn = ssh.connect(primary)
     try:
-        return primary.name, database.list_backups(conn)
+        return primary.name, db_backups.list_backups(conn)
     finally:
         conn.close()
 
@@ -58,7 +63,7 @@ def backups(inventory_name: str | None) -> tuple[str, list[database.Backup]]:
 BACKUP_HEADERS = ["backup", "age", "size", "finished", "first WAL", "reference"]
 
 
-def backup_rows(backups: list[database.Backup]) -> list[tuple]:
+def backup_rows(backups: list[db_backups.Backup]) -> list[tuple]:
     """`fab db.backups`' table: newest first."""
     return [(b.name, human_age(b.age_s), human_bytes(b.size_bytes), b.finished_at, b.start_wal,
              "yes" if b.has_reference else "no") for b in reversed(backups)]
@@ -69,7 +74,7 @@ def backup_rows(backups: list[database.Backup]) -> list[tuple]:
 class Restored:
     """`fab db.restore-check`: what the check found, and the line to fail with when it did not pass."""
 
-    check: database.RestoreCheck
+    check: db_restore.RestoreCheck
 
     def lines(self) -> list[str]:
         """Each key table against its reference, then how long it took (to be prefixed with the host)."""
@@ -96,11 +101,11 @@ def restore_check(inventory_name: str | None, backup_name: str | None, on: str |
     """Restore a backup on another host and compare its key tables; the result goes into the audit log
     either way. Progress goes to stderr with --json. A RoadieError when the check could not run."""
     inv = inventory.load(inventory_name)
-    database.restore_target(inv, backup_name, on)   # bad input fails here, before any host
+    db_restore.restore_target(inv, backup_name, on)   # bad input fails here, before any host
     report = deploy.Reporter(stream=sys.stderr if as_json else None)
     started = time.monotonic()
     try:
-        check = database.restore_check(inv, report, backup_name, on)
+        check = db_restore.restore_check(inv, report, backup_name, on)
     except RoadieError as exc:
         record(inv, "db.restore-check", "failed", error=str(exc), duration_s=time.monotonic() - started)
         raise RoadieError(f"RESTORE CHECK FAILED: {exc}") from None
@@ -114,7 +119,7 @@ def restore_check(inventory_name: str | None, backup_name: str | None, on: str |
 class Replication:
     """`fab db.replication`: each database host's state, and the line to fail with when one is unreachable."""
 
-    states: list[database.NodeState]
+    states: list[db_replication.NodeState]
 
     @property
     def problem(self) -> str:
@@ -124,20 +129,20 @@ class Replication:
 
 def replication(inventory_name: str | None) -> Replication:
     """Each database host's role, WAL positions, lag and replication slots."""
-    return Replication(database.replication(inventory.load(inventory_name)))
+    return Replication(db_replication.replication(inventory.load(inventory_name)))
 
 
 NODE_HEADERS = ["host", "role", "current/received", "sent", "replay", "lag bytes", "lag s", "state"]
 SLOT_HEADERS = ["host", "slot", "state", "restart_lsn", "retained WAL", "wal_status"]
 
 
-def node_rows(states: list[database.NodeState]) -> list[tuple]:
+def node_rows(states: list[db_replication.NodeState]) -> list[tuple]:
     return [(s.host, s.role, s.current_lsn or "-", s.sent_lsn or "-", s.replay_lsn or "-",
              "-" if s.lag_bytes is None else s.lag_bytes, "-" if s.lag_s is None else s.lag_s,
              s.state or s.error or "-") for s in states]
 
 
-def slot_rows(states: list[database.NodeState]) -> list[tuple]:
+def slot_rows(states: list[db_replication.NodeState]) -> list[tuple]:
     return [(s.host, sl["slot"], "active" if sl["active"] else "INACTIVE", sl["restart_lsn"] or "-",
              "-" if sl["retained_bytes"] is None else human_bytes(sl["retained_bytes"]), sl["wal_status"] or "-")
             for s in states for sl in s.slots]
@@ -148,7 +153,7 @@ def slot_rows(states: list[database.NodeState]) -> list[tuple]:
 class FailedOver:
     """A failover that went through, and the inventory it changed."""
 
-    result: database.FailoverResult
+    result: db_failover.FailoverResult
     inventory_name: str
 
     def lines(self) -> list[str]:
@@ -156,18 +161,18 @@ class FailedOver:
         done = (f"failover: done in {self.result.duration_s:.1f} s "
                 + ", ".join(f"{k} {v}" for k, v in self.result.timings.items()))
         return [done, *(f"WARNING: {note}" for note in self.result.notes),
-                *database.inventory_change(self.result.plan, self.inventory_name)]
+                *db_failover.inventory_change(self.result.plan, self.inventory_name)]
 
 
 def failover(inventory_name: str | None, *, force: bool, max_lag: object, to: str | None, batch: str,
              min_serving: str, message: str | None, terminal: Terminal) -> FailedOver:
     """Check the flags and the plan before any host, show the plan, ask, then fail over."""
     opts = options(batch, False, min_serving, 60, 60, message)
-    lag = database.check_max_lag(database.DEFAULT_MAX_LAG if max_lag is None else max_lag)  # before any host
+    lag = db_failover.check_max_lag(db_failover.DEFAULT_MAX_LAG if max_lag is None else max_lag)  # before any host
     inv = inventory.load(inventory_name)
-    plan = database.plan_failover(inv, lag, force, to)
+    plan = db_failover.plan_failover(inv, lag, force, to)
     rollout.plan("restart", plan.stream_hosts, opts.batch, False, opts.min_serving)
     for line in plan.describe():
         terminal.say(line)
     terminal.confirm(f"promote {plan.new_primary} and fence {plan.old_primary}")
-    return FailedOver(database.failover(inv, plan, deploy.Reporter(), opts), inv.name)
+    return FailedOver(db_failover.failover(inv, plan, deploy.Reporter(), opts), inv.name)
