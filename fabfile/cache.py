@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from roadie import ops
+from roadie.cache import commands
 from roadie.cli import Terminal, emit_json, human_bytes, table
 
 from .common import INVENTORY_HELP, pick, task
@@ -17,7 +17,7 @@ CACHE_HELP = {"inventory": INVENTORY_HELP, "group": "Cache host or group (defaul
 @task(help=pick(CACHE_HELP, "inventory", "group", "json"))
 def info(c, inventory_=None, group="cache", json=False):
     """Redis on each cache host: role, memory, clients, keys, hit ratio, evictions."""
-    states = ops.cache_states(inventory_, group)
+    states = commands.cache_states(inventory_, group)
     if json:
         emit_json([vars(s) for s in states])
         return
@@ -30,7 +30,7 @@ def info(c, inventory_=None, group="cache", json=False):
 @task(help=pick(CACHE_HELP, "inventory", "group", "pattern", "yes", "message"))
 def flush(c, inventory_=None, group="cache", pattern="*", yes=False, message=None):
     """Delete cached keys on the cache masters (says how many first); the service refills them on demand."""
-    ops.flush_cache(inventory_, group, pattern, message=message, terminal=Terminal(yes))
+    commands.flush_cache(inventory_, group, pattern, message=message, terminal=Terminal(yes))
 
 
 ns = Collection("cache", info, flush)

@@ -8,7 +8,6 @@ assume it is held, but for turn_on and turn_off (`fab maintenance.on/off`), whic
 
 from __future__ import annotations
 
-import io
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -18,6 +17,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from roadie import contract, deploy, inventory, rollout, rotation, ssh
 from roadie.balancer import Balancer
+from roadie.cache import client as redis_client
 from roadie.change import Change, lock_host
 from roadie.cli import Terminal
 from roadie.db import client as pg_client
@@ -108,23 +108,10 @@ def _check_haproxy(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]
     return up > 0, f"runtime API answers; {up} of {len(servers)} stream servers UP"
 
 
-def _check_redis(conn: ssh.HostConnection, inv: Inventory) -> tuple[bool, str]:
-    host = conn.inventory_host.name
-    secret = inv.host_var(host, "vault_redis_admin_password")
-    user = shlex.quote(str(contract.host_value(inv, host, "REDIS_ADMIN_USER")))
-    port = int(contract.host_value(inv, host, "REDIS_PORT"))
-    script = ('IFS= read -r REDISCLI_AUTH; export REDISCLI_AUTH; '
-              f'redis-cli --no-auth-warning --user {user} -h 127.0.0.1 -p {port} PING')
-    result = conn.run(f"sh -c {shlex.quote(script)}", hide=True, warn=True, in_stream=io.StringIO(secret + "\n"),
-                      timeout=30)
-    answer = result.stdout.strip()
-    return answer == "PONG", answer or result.stderr.strip()[-160:]
-
-
 GROUP_SERVICES = {
     "balancer": Service("haproxy.service", _check_haproxy),
     "database": Service(contract.PG_UNIT, pg_client.serving),
-    "cache": Service(contract.REDIS_UNIT, _check_redis),
+    "cache": Service(contract.REDIS_UNIT, redis_client.ping),
 }
 
 

@@ -1,4 +1,4 @@
-"""Everyday on-call commands over SSH: the cache, logs, disks and an ad-hoc command on a group."""
+"""Everyday on-call commands over SSH: logs and disks (the cache: roadie/cache/)."""
 
 from __future__ import annotations
 
@@ -9,90 +9,12 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import contract, inventory, maintenance, remote, ssh, status
-from roadie.cli import Terminal
+from roadie import remote, ssh, status
 from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.inventory import Host
 
 _UNIT = re.compile(r"[A-Za-z0-9@_.:-]+")
 _SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")
-
-
-# ------------------------------------------------------------------ cache (Redis)
-REDIS_PROGRAM = "redis_cache.py"   # roadie/remote/: INFO, key counts and flushes on a cache host
-
-
-@dataclass
-class CacheState:
-    host: str
-    role: str
-    used_memory: int
-    maxmemory: int
-    clients: int
-    hits: int
-    misses: int
-    evicted: int
-    keys: int
-    matching: int | None = None
-    flushed: int | None = None
-    keys_after: int | None = None
-
-    @property
-    def hit_ratio(self) -> str:
-        total = self.hits + self.misses
-        return f"{100 * self.hits / total:.1f}%" if total else "-"
-
-
-def check_pattern(pattern: str) -> str:
-    if not pattern or len(pattern) > 200 or any(c.isspace() for c in pattern):
-        raise RoadieError(f"bad --pattern {pattern!r}: a Redis glob without spaces, at most 200 characters")
-    return pattern
-
-
-def cache(inv: Inventory, host: Host, pattern: str | None = None, flush: bool = False) -> CacheState:
-    """INFO, key counts and (with flush) the flush itself on one cache host."""
-    secret = inv.host_var(host.name, status.REDIS_PASSWORD_VAR)
-    args = {"user": contract.host_value(inv, host.name, "REDIS_ADMIN_USER"),
-            "port": int(contract.host_value(inv, host.name, "REDIS_PORT")),
-            "pattern": pattern, "flush": flush}
-    with ssh.connect(host) as conn:
-        result = conn.run(remote.command(REDIS_PROGRAM, json.dumps(args)), hide=True, warn=True,
-                          in_stream=io.StringIO(secret + "\n"), timeout=300)
-    if result.exited != 0:
-        raise RoadieError(f"{host.name}: {(result.stderr.strip().splitlines() or ['redis probe failed'])[-1]}")
-    return CacheState(host=host.name, **json.loads(result.stdout.strip().splitlines()[-1]))
-
-
-def cache_states(inventory_name: str | None, group: str) -> list[CacheState]:
-    """`fab cache.info`: every selected cache host's Redis, in parallel."""
-    inv = inventory.load(inventory_name)
-    return ssh.parallel(lambda h: cache(inv, h), inv.select(group))
-
-
-def masters(hosts: list[Host], states: list[CacheState]) -> list[tuple[Host, CacheState]]:
-    """The hosts whose Redis is a master (replicas refuse a flush), with their states; none is a RoadieError."""
-    found = [(h, s) for h, s in zip(hosts, states, strict=True) if s.role == "master"]
-    if not found:
-        raise RoadieError(f"no Redis master among {', '.join(h.name for h in hosts)}; nothing to flush")
-    return found
-
-
-def flush_cache(inventory_name: str | None, group: str, pattern: str, *, message: str | None,
-                terminal: Terminal) -> None:
-    """`fab cache.flush`: count the matching keys on each master, say how many will go, ask, then delete
-    them inside the change pipeline, host by host."""
-    pattern = check_pattern(pattern)
-    inv = inventory.load(inventory_name)
-    hosts = inv.select(group)
-    found = masters(hosts, ssh.parallel(lambda h: cache(inv, h, pattern), hosts))
-    for h, s in found:
-        terminal.say(f"will delete {s.matching} of {s.keys} keys matching {pattern!r}", h.name)
-    terminal.confirm(f"flush {sum(s.matching or 0 for _, s in found)} keys")
-    with maintenance.Guarded(inv, "cache-flush", hosts=[h.name for h, _ in found], message=message or "") as change:
-        for h, _ in found:
-            done = cache(inv, h, pattern, flush=True)
-            change.detail[f"flushed_{h.name}"] = done.flushed
-            terminal.say(f"deleted {done.flushed} keys; {done.keys_after} left", h.name)
 
 
 # ------------------------------------------------------------------ logs

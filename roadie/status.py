@@ -13,13 +13,13 @@ nobody drained on purpose, mixed releases, a lapsed lease, a server DOWN, two pr
 
 from __future__ import annotations
 
-import io
 import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
 from roadie import contract, lock, remote, rotation, ssh, stream_host
 from roadie.balancer import Balancer, ServerState
+from roadie.cache import client as redis_client
 from roadie.cli import human_bytes
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
@@ -31,8 +31,6 @@ UNITS = {
     "database": (contract.PG_UNIT,),
     "cache": (contract.REDIS_UNIT,),
 }
-REDIS_ADMIN_USER = contract.REDIS_ADMIN_USER
-REDIS_PASSWORD_VAR = "vault_redis_admin_password"  # noqa: S105 - a variable name, not a value
 PROBE = "status_probe.py"      # roadie/remote/
 WARNING, CRITICAL = "warning", "critical"
 
@@ -77,13 +75,13 @@ class HostStatus:
         return {**asdict(self), "healthy": self.healthy}
 
 
-def _probe_args(host: Host, redis_port: int, stream_addresses: list[str]) -> dict:
+def _probe_args(host: Host, redis: redis_client.Admin, stream_addresses: list[str]) -> dict:
     units = [u for g in host.groups for u in UNITS.get(g, ())]
     data_host = "database" in host.groups or "cache" in host.groups
     return {"units": list(dict.fromkeys(units)),
             "stream": str(stream_host.CURRENT) if "stream" in host.groups else None,
             "postgres": "database" in host.groups,
-            "redis": {"user": REDIS_ADMIN_USER, "port": redis_port} if "cache" in host.groups else None,
+            "redis": redis.settings() if "cache" in host.groups else None,
             "stream_addresses": stream_addresses if data_host else []}
 
 
@@ -105,7 +103,7 @@ def probe(host: Host, inv: Inventory, addresses: list[str] | None = None) -> Hos
     row = HostStatus(host=host.name, groups=list(host.groups), reachable=False)
     secret = ""
     if "cache" in host.groups:
-        secret = inv.host_var(host.name, REDIS_PASSWORD_VAR)
+        secret = redis_client.password(inv, host.name)
     if addresses is None and ("database" in host.groups or "cache" in host.groups):
         addresses = stream_addresses(inv)
     try:
@@ -114,9 +112,9 @@ def probe(host: Host, inv: Inventory, addresses: list[str] | None = None) -> Hos
         row.error = str(exc)
         return row
     try:
-        args = _probe_args(host, int(contract.host_value(inv, host.name, "REDIS_PORT")), addresses or [])
-        result = conn.run(remote.command(PROBE, json.dumps(args)), hide=True, warn=True, in_stream=io.StringIO(
-            secret + "\n"), timeout=60)
+        args = _probe_args(host, redis_client.admin(inv, host.name), addresses or [])
+        result = conn.run(remote.command(PROBE, json.dumps(args)), hide=True, warn=True,
+                          in_stream=redis_client.stdin(secret), timeout=60)
         row.reachable = True
         if result.exited != 0:
             row.error = (result.stderr.strip().splitlines() or ["probe failed"])[-1][:200]

@@ -1,6 +1,6 @@
 """`fab cache`'s probe on a cache host: Redis's INFO and key counts, and (asked for) a flush.
 
-roadie.ops.cache runs this on the host as the deploy user, with roadie.remote.command:
+roadie.cache.client.cache runs this on the host as the deploy user, with roadie.remote.command:
   redis_cache.py ARGS-JSON      (stdin: one line, the password of the Redis user ARGS names)
 ARGS: {"user": ACL user, "port": port on 127.0.0.1, "pattern": a glob or null, "flush": bool}
 It prints one JSON line: role, used_memory, maxmemory, clients, hits, misses, evicted, keys; with a

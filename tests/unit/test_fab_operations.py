@@ -25,6 +25,8 @@ from roadie import (
     status,
     stream_fleet,
 )
+from roadie.cache import client as redis_client
+from roadie.cache import commands as cache_commands
 from roadie.db import backups as db_backups
 from roadie.db import commands as db_commands
 from roadie.db import failover as db_failover
@@ -223,9 +225,9 @@ def test_run_shows_the_hosts_and_asks_before_it_runs(guarded, monkeypatch):
     assert guarded == []
 
 
-# ------------------------------------------------------------------ roadie.ops: the cache
+# ------------------------------------------------------------------ roadie.cache
 def _cache(host, role, keys=10, matching=None):
-    return ops.CacheState(host, role, 0, 0, 0, 0, 0, 0, keys, matching=matching)
+    return redis_client.CacheState(host, role, 0, 0, 0, 0, 0, 0, keys, matching=matching)
 
 
 def _host(name):
@@ -234,15 +236,15 @@ def _host(name):
 
 def test_only_masters_are_flushed():
     hosts = [_host("cache1"), _host("cache2")]
-    found = ops.masters(hosts, [_cache("cache1", "slave"), _cache("cache2", "master")])
+    found = cache_commands.masters(hosts, [_cache("cache1", "slave"), _cache("cache2", "master")])
     assert [(h.name, s.role) for h, s in found] == [("cache2", "master")]
     with pytest.raises(RoadieError, match="no Redis master among cache1, cache2; nothing to flush"):
-        ops.masters(hosts, [_cache("cache1", "slave"), _cache("cache2", "slave")])
+        cache_commands.masters(hosts, [_cache("cache1", "slave"), _cache("cache2", "slave")])
 
 
 @pytest.fixture
 def redis(monkeypatch):
-    """ops.cache answering from memory: 12 keys, 5 match; a flush deletes them."""
+    """The Redis client's cache answering from memory: 12 keys, 5 match; a flush deletes them."""
     calls = []
 
     def cache(inv, host, pattern=None, flush=False):
@@ -252,21 +254,21 @@ def redis(monkeypatch):
             state.flushed, state.keys_after = 5, 7
         return state
 
-    monkeypatch.setattr(ops, "cache", cache)
+    monkeypatch.setattr(redis_client, "cache", cache)
     return calls
 
 
 def test_a_flush_says_how_many_keys_go_and_asks_first(redis, guarded):
     terminal = ScriptedTerminal(answer=False)
     with pytest.raises(RoadieError, match="not confirmed"):
-        ops.flush_cache("lab", "cache", "track:*", message=None, terminal=terminal)
+        cache_commands.flush_cache("lab", "cache", "track:*", message=None, terminal=terminal)
     assert terminal.events == ["cache1: will delete 5 of 12 keys matching 'track:*'", "? flush 5 keys"]
     assert redis == [("cache1", "track:*", False)] and guarded == []
 
 
 def test_a_confirmed_flush_records_what_each_master_deleted(redis, guarded):
     terminal = ScriptedTerminal()
-    ops.flush_cache("lab", "cache", "track:*", message="stale", terminal=terminal)
+    cache_commands.flush_cache("lab", "cache", "track:*", message="stale", terminal=terminal)
     [change] = guarded
     assert (change.action, change.hosts, change.message) == ("cache-flush", ["cache1"], "stale")
     assert change.detail == {"flushed_cache1": 5}
@@ -276,7 +278,7 @@ def test_a_confirmed_flush_records_what_each_master_deleted(redis, guarded):
 
 def test_a_bad_pattern_is_refused_before_the_inventory(redis):
     with pytest.raises(RoadieError, match="bad --pattern"):
-        ops.flush_cache("/nonexistent/inventory", "cache", "a b", message=None, terminal=ScriptedTerminal())
+        cache_commands.flush_cache("/nonexistent/inventory", "cache", "a b", message=None, terminal=ScriptedTerminal())
     assert redis == []
 
 

@@ -4,6 +4,7 @@ import pytest
 
 from roadie import deploy, inventory, maintenance, ops, status
 from roadie.balancer import Balancer
+from roadie.cache import commands as cache_commands
 from roadie.errors import RoadieError
 from tests.unit.cli_run import assert_one_line_error, run_cli
 from tests.unit.haproxy_canned import STAT, Canned
@@ -67,7 +68,7 @@ def test_journal_command_quotes_everything():
 @pytest.mark.parametrize("pattern", ["", "a b", "x" * 201])
 def test_cache_pattern_checked(pattern):
     with pytest.raises(RoadieError, match="bad --pattern"):
-        ops.check_pattern(pattern)
+        cache_commands.check_pattern(pattern)
 
 
 def test_status_table_marks_unreachable_and_inactive_hosts():

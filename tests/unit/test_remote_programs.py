@@ -20,6 +20,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import lock, netpolicy, ops, remote, stream_host
+from roadie.cache import client as redis_client
 from roadie.db import backups as db_backups
 from roadie.db import fencing
 from roadie.remote import disk_usage, fence_marker, list_backups, list_releases
@@ -63,7 +64,7 @@ def test_every_program_is_standard_library_only_and_runs_as_a_script(name):
 def test_every_program_a_module_names_is_there():
     named = [lock.PROGRAM, stream_host.LIST_PROGRAM, stream_host.HEALTH_PROGRAM, stream_host.PRUNE_PROGRAM,
              stream_host.STAGE_PROGRAM, stream_host.FREE_SPACE_PROGRAM, db_backups.LIST_BACKUPS_PROGRAM,
-             fencing.FENCE_PROGRAM, ops.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
+             fencing.FENCE_PROGRAM, redis_client.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
     assert set(named) <= set(PROGRAMS)
     with pytest.raises(ValueError, match="no host program"):
         remote.source("../ssh.py")
@@ -248,7 +249,7 @@ def redis_port(tmp_path):
 
 def _cache(port: int, password: str = PASSWORD, **args: object) -> subprocess.CompletedProcess:
     request = {"user": ADMIN, "port": port, "pattern": None, "flush": False, **args}
-    return _run(ops.REDIS_PROGRAM, json.dumps(request), stdin=password + "\n")
+    return _run(redis_client.REDIS_PROGRAM, json.dumps(request), stdin=password + "\n")
 
 
 def test_the_cache_probe_counts_and_flushes_only_the_matching_keys(redis_port):
@@ -257,7 +258,7 @@ def test_the_cache_probe_counts_and_flushes_only_the_matching_keys(redis_port):
     assert _redis(redis_port, "MSET", *keys, "session:1", "x").stdout.strip() == "OK"
     looked = _cache(redis_port, pattern="tracks:*")
     assert looked.returncode == 0, looked.stderr
-    state = ops.CacheState(host="cache1", **json.loads(looked.stdout))
+    state = redis_client.CacheState(host="cache1", **json.loads(looked.stdout))
     assert (state.role, state.keys, state.matching, state.flushed) == ("master", 1202, 1201, None)
     flushed = json.loads(_cache(redis_port, pattern="tracks:*", flush=True).stdout)
     assert (flushed["flushed"], flushed["keys_after"]) == (1201, 1)

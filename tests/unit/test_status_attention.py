@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from roadie import remote, status
+from roadie.cache import client as redis_client
 from roadie.errors import RoadieError
 from roadie.inventory import Host, Inventory
 from roadie.lock import LockInfo
@@ -303,7 +304,7 @@ def test_probe_reports_a_psql_failure_as_that_part_s_error(tmp_path):
 def test_probe_args_send_the_role_paths_and_the_stream_addresses_only_to_data_hosts():
     addresses = status.stream_addresses(INV)
     assert addresses == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
-    stream = status._probe_args(INV.hosts["stream1"], 6379, addresses)
+    stream = status._probe_args(INV.hosts["stream1"], redis_client.Admin("admin", 6379), addresses)
     assert stream["stream"] == "/srv/stream/current" and stream["stream_addresses"] == []
-    db = status._probe_args(INV.hosts["db1"], 6379, addresses)
+    db = status._probe_args(INV.hosts["db1"], redis_client.Admin("admin", 6379), addresses)
     assert db["postgres"] is True and db["stream_addresses"] == addresses and db["stream"] is None
