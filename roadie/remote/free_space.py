@@ -5,6 +5,8 @@ roadie.stream_host.space runs this on the host as the deploy user (sent with roa
   --release            the release id (is it staged already?)
   --key                the dependency set's key, or "" (is its shared venv complete already?)
   --upload             where the artifact is (or was being) uploaded: its size, if it is there
+  --base               the release layout's base (optional): also list what `current` and `previous` point at
+                       and the complete releases, oldest first, so a deploy needs no second round trip
 
 It prints one JSON object: for the filesystem holding releases (and venvs, when that is a directory)
 the bytes an unprivileged user may still write (statvfs f_bavail * f_frsize), the allocation unit and
@@ -41,13 +43,28 @@ def filesystem(path: str) -> dict:
             "device": os.stat(path).st_dev}
 
 
-def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -> dict:
+def present(base: str, releases: str) -> dict:
+    """What `current` and `previous` under `base` point at, and the complete releases, oldest first."""
+    def target(name: str) -> str | None:
+        try:
+            return os.path.basename(os.readlink(os.path.join(base, name)))
+        except OSError:
+            return None
+    kept = []
+    for entry in os.listdir(releases):
+        mark = os.path.join(releases, entry, COMPLETE_MARK)
+        if os.path.isfile(mark):
+            kept.append((os.stat(mark).st_mtime, entry))
+    return {"current": target("current"), "previous": target("previous"), "kept": [e for _, e in sorted(kept)]}
+
+
+def measure(releases: str, venvs: str, release_id: str, key: str, upload: str, base: str = "") -> dict:
     """What the controller needs to know to work out whether a release fits (see the module docstring)."""
     if not _RELEASE_ID.fullmatch(release_id):
         raise Refused(f"bad release id {release_id[:80]!r}")
     if key and not _KEY.fullmatch(key):
         raise Refused(f"bad dependency key {key[:80]!r}")
-    if not all(os.path.isabs(p) for p in (releases, venvs) + ((upload,) if upload else ())):
+    if not all(os.path.isabs(p) for p in (releases, venvs) + tuple(p for p in (upload, base) if p)):
         raise Refused("paths must be absolute")
     if not os.path.isdir(releases):
         raise Refused(f"{releases} is not a directory")
@@ -56,7 +73,7 @@ def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -
     size = None
     if upload and os.path.lexists(upload):
         size = os.lstat(upload).st_size
-    return {
+    found = {
         "releases": filesystem(releases),
         "venvs": filesystem(venvs) if os.path.isdir(venvs) else None,
         "staged": os.path.isfile(os.path.join(releases, release_id, COMPLETE_MARK)),
@@ -64,6 +81,9 @@ def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -
         "venv_ready": shared and os.path.isfile(os.path.join(env, COMPLETE_MARK)),
         "upload": size,
     }
+    if base:
+        found["present"] = present(base, releases)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", required=True)
     parser.add_argument("--key", default="")
     parser.add_argument("--upload", default="")
+    parser.add_argument("--base", default="")
     args = parser.parse_args(argv)
     try:
-        print(json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload), sort_keys=True))
+        print(json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload, args.base),
+                         sort_keys=True))
     except Refused as exc:
         print(f"refused: {exc}", file=sys.stderr)
         return FAILED
