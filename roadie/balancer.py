@@ -111,8 +111,11 @@ class Balancer:
     def set_state(self, name: str, state: str) -> None:
         if state not in ("ready", "drain", "maint"):
             raise RoadieError(f"bad server state {state!r}")
-        self.server(name)  # unknown server: one clear line
-        self.command("state", self.backend, _check_name("server", name), state)
+        try:
+            self.command("state", self.backend, _check_name("server", name), state)
+        except RoadieError:
+            self.server(name)  # an unknown server gets its one clear line; asked only then (a round trip)
+            raise
 
     def drain(self, name: str) -> None:
         """Stop sending new requests to a server; requests in flight go on."""

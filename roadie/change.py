@@ -118,8 +118,8 @@ class Change:
                 error = str(exc) if isinstance(exc, RoadieError) else f"{exc_type.__name__}: {exc}"
             extra = dict(self.detail)
             # A command may have put its own error in the detail (a rollback's outcome): one error field.
-            error = error or str(extra.pop("error", "") or "")
-            extra.pop("error", None)
+            own = str(extra.pop("error", "") or "")
+            error = error or own
             if self.took_over is not None:
                 extra["took_over"] = self.took_over.describe()
             audit.record(self.conn, audit.event(self.action, result=result, release=self.release, hosts=self.hosts,

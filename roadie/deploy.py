@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -171,9 +172,12 @@ class Rollout:
                 conn.close()
 
     # -------------------------------------------------------------- stage
-    def stage(self, artifact: Path, manifest: release.Manifest) -> None:
+    def stage(self, artifact: Path, manifest: release.Manifest,
+              then: Callable[[str], None] | None = None) -> None:
         """Upload and unpack on every host at once; nothing is switched. Hosts install only what the
-        verified `manifest` lists (the artifact could have changed since `release.verify`).
+        verified `manifest` lists (the artifact could have changed since `release.verify`). `then(host)`
+        runs on each host's thread as soon as that host is staged (deploy runs the migrations there on the
+        first host while the others still stage); its failure is reported like a staging failure.
 
         First every host is measured (stream_host.space): if one lacks room for the release, nothing is
         uploaded anywhere. A host that runs out of space all the same is named in one line and left with
@@ -187,12 +191,13 @@ class Rollout:
 
         def measure(host: Host) -> stream_host.Space | None:
             try:
-                return stream_host.space(self.conns[host.name], manifest, size, deps)
+                return stream_host.space(self.conns[host.name], manifest, size, deps, with_releases=True)
             except Exception as exc:  # every host's failure is reported, then we stop
                 failed.append(ssh.describe_failure(host, exc))
                 return None
 
         rooms = [found for found in ssh.parallel(measure, self.fleet.stream) if found is not None]
+        listed = {found.host: found.present for found in rooms}
         if failed:
             raise RoadieError(f"free-space check failed, nothing uploaded: {'; '.join(failed)}")
         short = [found.describe() for found in rooms if not found.enough]
@@ -202,11 +207,19 @@ class Rollout:
         def one(host: Host) -> None:
             conn = self.conns[host.name]
             started = time.monotonic()
-            present = stream_host.releases(conn)
+            present = listed.get(host.name) or stream_host.releases(conn)
             self.running[host.name] = present.current
             if release_id in present.kept:
                 self.report(f"release {release_id} already staged", host.name, event="staged")
-                return
+            else:
+                upload(host, conn, started)
+            if then is not None:
+                try:
+                    then(host.name)
+                except Exception as exc:  # raised as it is once every host is done
+                    after.append(exc)
+
+        def upload(host: Host, conn: ssh.HostConnection, started: float) -> None:
             try:
                 conn.put(str(artifact), remote)
             except OSError as exc:  # paramiko's SFTP errors; a full filesystem is a bare "Failure"
@@ -217,7 +230,8 @@ class Rollout:
                 raise RoadieError(stream_host.staging_failure(conn, manifest, size, deps, remote, str(exc))) from None
             self.report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
 
-        errors = []
+        errors: list[str] = []
+        after: list[Exception] = []
 
         def guarded(host: Host) -> None:
             try:
@@ -228,6 +242,8 @@ class Rollout:
         ssh.parallel(guarded, self.fleet.stream)
         if errors:
             raise RoadieError(f"staging failed, nothing switched: {'; '.join(errors)}")
+        if after:
+            raise after[0]
 
     # -------------------------------------------------------------- one host
     def _take_out(self, host: str) -> None:
@@ -405,14 +421,20 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
             report("dry run: nothing changed", event="dry_run")
             outcome.ok = True
             return outcome
+        def migrate(host: str, change: Change) -> None:
+            # Once, on the first host in the plan, as soon as it is staged: migrations are written to be
+            # safe under the release that still runs (every rollout runs old and new side by side).
+            if host != order[0]:
+                return
+            change.check()
+            report("running migrations", host, event="migrate")
+            stream_host.migrate(work.conns[host], manifest.release_id)
+
         with Change(fleet.balancer, "deploy", hosts=order, release=manifest.release_id, message=options.message,
                     report=report, conn=work.lb_conn) as change:
             work.change, change.state = change, work.state
             try:
-                work.stage(artifact, manifest)
-                change.check()
-                report("running migrations", order[0], event="migrate")
-                stream_host.migrate(work.conns[order[0]], manifest.release_id)
+                work.stage(artifact, manifest, then=lambda host: migrate(host, change))
                 work.run(plan, outcome)
                 outcome.ok = True
                 work.prune()

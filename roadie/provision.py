@@ -260,16 +260,31 @@ def check_ssh_sources(inv: inventory_mod.Inventory) -> None:
                           "VPN range sshd may be reached from, as CIDRs (group_vars/all/firewall.yml)")
 
 
-def run(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
-        limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
-        restart_primary: bool = False, echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
-    """Run a playbook, streaming its output; returns the recap. Validates everything first."""
+def prepare(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
+            limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
+            restart_primary: bool = False) -> tuple[Path, inventory_mod.Inventory, list[str]]:
+    """Everything a run needs, validated before any host is touched: the playbook, the inventory (its sshd
+    sources and secrets) and the ansible-playbook command line."""
     path = playbook_path(name)
     inv = inventory_mod.load(inventory)
     check_ssh_sources(inv)
     check_secrets(inv)
     argv = command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
                    restart_primary=restart_primary)
+    return path, inv, argv
+
+
+def run(name: str = "site", inventory: str | None = None, *, check: bool = False, diff: bool = False,
+        limit: str | None = None, tags: str | None = None, extra_args: tuple[str, ...] = (),
+        restart_primary: bool = False, echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
+    """Run a playbook, streaming its output; returns the recap. Validates everything first."""
+    path, _, argv = prepare(name, inventory, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
+                            restart_primary=restart_primary)
+    return _execute(path, argv, echo=echo, env=env)
+
+
+def _execute(path: Path, argv: list[str], *, echo: bool = True, env: dict[str, str] | None = None) -> PlaybookRun:
+    """Run a prepared ansible-playbook command line, streaming its output; returns the recap."""
     run_env = ansible_env(env)
     started = time.monotonic()
     lines: list[str] = []
@@ -294,29 +309,24 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     from roadie import ssh
     from roadie.change import Change, lock_host
 
-    inv = inventory_mod.load(inventory)
     # Bad input (playbook, limit, tags, secrets) is one line before the lock host is even reached.
-    path = playbook_path(name)
-    check_ssh_sources(inv)
-    check_secrets(inv)
-    command(path, inv, check=check, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
-            restart_primary=restart_primary)
+    path, inv, argv = prepare(name, inventory, check=check, diff=diff, limit=limit, tags=tags,
+                              extra_args=extra_args, restart_primary=restart_primary)
     if check:
-        return run(name, inventory, check=True, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
-                   restart_primary=restart_primary)
+        return _execute(path, argv)
     host = lock_host(inv)
     try:
-        ssh.connect(host).close()
+        probe = ssh.connect(host)
     except ssh.AuthenticationFailed:
         note(f"provision: {host.name} has no {host.user} account yet (a first provisioning): no lease taken")
-        return run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
-                   restart_primary=restart_primary)
+        return _execute(path, argv)
     except Exception as exc:  # any other reason to miss the lock host stops us, one line
         raise RoadieError(f"cannot take the deploy lock for provisioning: {ssh.describe_failure(host, exc)}") from None
-    with Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
-                + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else "")) as change:
-        result = run(name, inventory, diff=diff, limit=limit, tags=tags, extra_args=extra_args,
-                     restart_primary=restart_primary)
+    # The connection that found the deploy account holds the lease too.
+    with probe, Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
+                       + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else ""),
+                       conn=probe) as change:
+        result = _execute(path, argv)
         change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
         if not result.ok:
             change.result = "failed"

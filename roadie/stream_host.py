@@ -31,6 +31,7 @@ ENV_FILE = contract.STREAM_ENV_FILE
 SERVICE = "stream.service"
 TASK_WRAPPER = "/usr/local/sbin/stream-task"   # roles/streaming: migrate and seed, arguments checked
 COMPLETE_MARK = ".roadie-complete"
+ALREADY_STAGED = "already staged"   # what stage_release.py prints when the release is complete there already
 STAGE_PROGRAM = "stage_release.py"   # roadie/remote/: unpacks and checks a release on the host
 HEALTH_URL = contract.HEALTH_URL   # through nginx, as the balancer sees the host
 FREE_SPACE_PROGRAM = "free_space.py"   # roadie/remote/: measures a host's room for a release, changes nothing
@@ -101,11 +102,7 @@ def stage(conn: HostConnection, artifact_path: str, manifest: Manifest,
     a host without VENVS, the release builds its own venv in place.
     """
     release_id = check_release_id(manifest.release_id)
-    target = RELEASES / release_id
-    check = conn.run(f"test -f {_q(target / COMPLETE_MARK)}", hide=True, warn=True, in_stream=False)
-    if check.exited == 0:
-        conn.run(f"rm -f {_q(artifact_path)}", hide=True, warn=True, in_stream=False)
-        return False
+    # No separate check for a complete release: the host program finds it, removes the upload and says so.
     request = json.dumps({"artifact": str(artifact_path), "releases": str(RELEASES), "venvs": str(VENVS),
                           "manifest": manifest.to_json().decode(), "key": deps.key if deps else "",
                           "app_requirement": deps.app_requirement if deps else ""})
@@ -114,7 +111,7 @@ def stage(conn: HostConnection, artifact_path: str, manifest: Manifest,
     if result.exited != 0:
         detail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or ["no output"]
         raise RoadieError(f"{host_name(conn)}: staging {release_id} failed: {detail[0]}")
-    return True
+    return ALREADY_STAGED not in result.stdout
 
 
 # ------------------------------------------------------------------ room for a release
@@ -155,6 +152,7 @@ class Space:
     rooms: tuple[Room, ...]
     staged: bool = False
     upload: int | None = None   # bytes of the upload file found on the host, if any
+    present: Releases | None = None   # the host's releases, when the measure was asked for them
 
     @property
     def short(self) -> tuple[Room, ...]:
@@ -209,8 +207,10 @@ def room_for(host: str, measured: dict, manifest: Manifest, artifact_bytes: int)
     all when the release is staged already. Each filesystem keeps with_margin's margin.
     """
     upload = measured.get("upload")
+    listed = measured.get("present")
+    present = Releases(host, listed["current"], listed["previous"], listed["kept"]) if listed else None
     if measured["staged"]:
-        return Space(host, (), staged=True, upload=upload)
+        return Space(host, (), staged=True, upload=upload, present=present)
     releases, venvs = measured["releases"], measured["venvs"]
     here = release_bytes(manifest, artifact_bytes, releases["block"])
     venv = 0 if measured["venv_ready"] else venv_bytes(manifest)
@@ -218,16 +218,18 @@ def room_for(host: str, measured: dict, manifest: Manifest, artifact_bytes: int)
     rooms = [Room(releases["path"], releases["free"], with_margin(here + (0 if apart else venv)))]
     if apart and venv:
         rooms.append(Room(venvs["path"], venvs["free"], with_margin(venv)))
-    return Space(host, tuple(rooms), upload=upload)
+    return Space(host, tuple(rooms), upload=upload, present=present)
 
 
 def space(conn: HostConnection, manifest: Manifest, artifact_bytes: int, deps: Dependencies | None,
-          upload: str = "") -> Space:
+          upload: str = "", *, with_releases: bool = False) -> Space:
     """The room for release `manifest` (its artifact `artifact_bytes` long) on the host, measured there
-    by roadie/remote/free_space.py before anything is uploaded; `upload` also gets that file's size."""
+    by roadie/remote/free_space.py before anything is uploaded; `upload` also gets that file's size.
+    `with_releases` also lists the host's releases (Space.present) in the same round trip."""
     release_id = check_release_id(manifest.release_id)
     command = remote.command(FREE_SPACE_PROGRAM, "--releases", RELEASES, "--venvs", VENVS, "--release", release_id,
-                             "--key", deps.key if deps else "", "--upload", upload)
+                             "--key", deps.key if deps else "", "--upload", upload,
+                             *(("--base", BASE) if with_releases else ()))
     out = _run(conn, command, what="measuring free space", timeout=60)
     try:
         measured = json.loads(out.stdout.strip().splitlines()[-1])

@@ -2,8 +2,8 @@
 
 Each is a standard-library-only Python script that reads what it needs from its arguments or stdin and
 reports a refusal as one line on stderr with a non-zero exit status. A program is sent as the text of
-`python3 -c`; the one module it may import from here, answer.py (how a program reports), is sent ahead
-of it in the same text.
+`python3 -c`; the modules it may import from here, the LIBRARIES (answer.py: how a program reports;
+release_listing.py: the releases on a stream host), are sent ahead of it in the same text.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ from roadie.errors import RoadieError
 from roadie.ssh import python_command
 
 HERE = Path(__file__).resolve().parent
-SHARED = "answer.py"
-_SHARED_IMPORT = re.compile(r"^from roadie\.remote\.answer import [^\n]*\n", re.M)
+LIBRARIES = ("answer.py", "release_listing.py")   # modules, not programs; they import no other module here
+_LIBRARY_IMPORT = re.compile(r"^from roadie\.remote\.(\w+) import [^\n]*\n", re.M)
 _FUTURE = "from __future__ import annotations\n"
 
 
@@ -30,12 +30,16 @@ def source(name: str) -> str:
     if path.parent != HERE or path.suffix != ".py" or not path.is_file():
         raise ValueError(f"no host program {name!r} in {HERE}")
     text = path.read_text(encoding="utf-8")
-    if name != SHARED and _SHARED_IMPORT.search(text):
-        # One script: the program's docstring and its __future__ import (which must come first), the
-        # shared module's code, then the rest of the program without its import of the shared module.
+    used = [f"{module}.py" for module in _LIBRARY_IMPORT.findall(text)]
+    if used:
+        if name in LIBRARIES or not set(used) <= set(LIBRARIES):
+            raise ValueError(f"{name}: a host program imports only {', '.join(LIBRARIES)} from here, "
+                             "and they import nothing from here")
+        # One script: the program's docstring and its __future__ import (which must come first), the code
+        # of each library it imports, then the rest of the program without its imports of them.
         head, rest = _docstring(text)
-        shared = _docstring(source(SHARED))[1].replace(_FUTURE, "")
-        text = head + _FUTURE + shared + _SHARED_IMPORT.sub("", rest.replace(_FUTURE, ""))
+        shared = "".join(_docstring(source(library))[1].replace(_FUTURE, "") for library in used)
+        text = head + _FUTURE + shared + _LIBRARY_IMPORT.sub("", rest.replace(_FUTURE, ""))
     return text
 
 

@@ -5,6 +5,9 @@ roadie.stream_host.space runs this on the host as the deploy user (sent with roa
   --release            the release id (is it staged already?)
   --key                the dependency set's key, or "" (is its shared venv complete already?)
   --upload             where the artifact is (or was being) uploaded: its size, if it is there
+  --base               the release layout's base, holding --releases (optional): also list what `current`
+                       and `previous` point at and the complete releases, oldest first (release_listing.py,
+                       sent ahead of this), so a deploy needs no second round trip
 
 It prints one JSON object: for the filesystem holding releases (and venvs, when that is a directory)
 the bytes an unprivileged user may still write (statvfs f_bavail * f_frsize), the allocation unit and
@@ -25,8 +28,8 @@ import re
 import sys
 
 from roadie.remote.answer import answer
+from roadie.remote.release_listing import COMPLETE_MARK, listing
 
-COMPLETE_MARK = ".roadie-complete"   # as stage_release.py writes it
 _RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
 _KEY = re.compile(r"[0-9a-f]{8,64}", re.ASCII)
 
@@ -42,22 +45,24 @@ def filesystem(path: str) -> dict:
             "device": os.stat(path).st_dev}
 
 
-def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -> dict:
+def measure(releases: str, venvs: str, release_id: str, key: str, upload: str, base: str = "") -> dict:
     """What the controller needs to know to work out whether a release fits (see the module docstring)."""
     if not _RELEASE_ID.fullmatch(release_id):
         raise Refused(f"bad release id {release_id[:80]!r}")
     if key and not _KEY.fullmatch(key):
         raise Refused(f"bad dependency key {key[:80]!r}")
-    if not all(os.path.isabs(p) for p in (releases, venvs) + ((upload,) if upload else ())):
+    if not all(os.path.isabs(p) for p in (releases, venvs) + tuple(p for p in (upload, base) if p)):
         raise Refused("paths must be absolute")
     if not os.path.isdir(releases):
         raise Refused(f"{releases} is not a directory")
+    if base and os.path.normpath(os.path.join(base, "releases")) != os.path.normpath(releases):
+        raise Refused(f"{releases} is not {base}/releases")
     shared = bool(key) and os.path.isdir(venvs) and os.access(venvs, os.W_OK)
     env = os.path.join(venvs, f"{key}-py{platform.python_version()}")
     size = None
     if upload and os.path.lexists(upload):
         size = os.lstat(upload).st_size
-    return {
+    found = {
         "releases": filesystem(releases),
         "venvs": filesystem(venvs) if os.path.isdir(venvs) else None,
         "staged": os.path.isfile(os.path.join(releases, release_id, COMPLETE_MARK)),
@@ -65,6 +70,9 @@ def measure(releases: str, venvs: str, release_id: str, key: str, upload: str) -
         "venv_ready": shared and os.path.isfile(os.path.join(env, COMPLETE_MARK)),
         "upload": size,
     }
+    if base:
+        found["present"] = listing(base)
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -74,9 +82,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--release", required=True)
     parser.add_argument("--key", default="")
     parser.add_argument("--upload", default="")
+    parser.add_argument("--base", default="")
     args = parser.parse_args(argv)
-    return answer(lambda: json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload),
-                                     sort_keys=True), Refused)
+    return answer(lambda: json.dumps(measure(args.releases, args.venvs, args.release, args.key, args.upload,
+                                             args.base), sort_keys=True), Refused)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,16 @@ def test_unexpected_answer_is_refused():
 
 
 def test_unknown_server_is_one_clear_line():
-    lb = balancer.Balancer(Canned({"stat": STAT}), "stream")
+    # HAProxy's own answer to `set server stream/stream9 state drain`; the servers are listed only then.
+    lb = balancer.Balancer(Canned({"stat": STAT, "drain": "No such server.\n"}), "stream")
     with pytest.raises(RoadieError, match=r"has no server 'stream9' \(has: stream1, stream2, stream3\)"):
         lb.drain("stream9")
+
+
+def test_a_state_change_is_one_request():
+    conn = Canned({"stat": STAT, "*": ""})
+    balancer.Balancer(conn, "stream").drain("stream1")
+    assert len(conn.sent) == 1 and conn.sent[0].endswith("state stream stream1 drain")
 
 
 @pytest.mark.parametrize("name", ["a b", "x;reboot", "", "../s"])

@@ -171,6 +171,24 @@ def test_program_sees_a_staged_release_a_complete_shared_venv_and_an_upload(tmp_
     assert two["staged"] is False and two["upload"] == 12345
     other = json.loads(_run_program(*common[:-1], "fedcba9876543210fedcba98", "--release", "r2").stdout)
     assert other["venv_ready"] is False
+    assert "present" not in one   # listed only when asked
+
+
+def test_program_lists_the_releases_when_given_the_base(tmp_path):
+    base = tmp_path / "srv"
+    releases = base / "releases"
+    for name, mtime in (("r2", 200), ("r1", 100), ("half", 300)):
+        (releases / name).mkdir(parents=True)
+        if name != "half":   # no completion mark: an interrupted staging, not a release
+            mark = releases / name / stream_host.COMPLETE_MARK
+            mark.touch()
+            os.utime(mark, (mtime, mtime))
+    (base / "current").symlink_to("releases/r2")
+    (base / "previous").symlink_to("releases/r1")
+    done = _run_program("--releases", str(releases), "--venvs", str(base / "venvs"), "--release", "r3",
+                        "--base", str(base))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["present"] == {"current": "r2", "previous": "r1", "kept": ["r1", "r2"]}
 
 
 @pytest.mark.parametrize("args", [["--release", "../x"], ["--release", "r1", "--key", "not-hex"],
@@ -235,14 +253,13 @@ class Canned:
     def run(self, command: str, **kwargs):
         self.commands.append(command)
         if FREE_SPACE_SOURCE in command:
-            answer = self.after_put if self.puts and self.after_put is not None else self.measured
+            answer = dict(self.after_put if self.puts and self.after_put is not None else self.measured)
+            if "--base" in command:   # the deploy's measure lists the releases in the same round trip
+                answer["present"] = self.listing
             return SimpleNamespace(exited=0, stdout=json.dumps(answer) + "\n", stderr="")
         if STAGE_SOURCE in command:
             code, text = self.stage
             return SimpleNamespace(exited=code, stdout=text if code == 0 else "", stderr="" if code == 0 else text)
-        if command.startswith("test -f "):   # stream_host.stage: is the release complete already?
-            staged = "r1" in self.listing["kept"]
-            return SimpleNamespace(exited=0 if staged else 1, stdout="", stderr="")
         if command.startswith("rm -f"):
             return SimpleNamespace(exited=0, stdout="", stderr="")
         return SimpleNamespace(exited=0, stdout=json.dumps(self.listing) + "\n", stderr="")
@@ -330,6 +347,32 @@ def test_enough_room_everywhere_stages_every_host(built):
         assert conn.puts == [(str(built.artifact), "/srv/stream/releases/.r1.tar.gz")]
         assert any(STAGE_SOURCE in c for c in conn.commands)
     assert out.getvalue().count("staged r1") == 3
+
+
+def test_staging_a_host_takes_three_round_trips_measure_upload_unpack(built):
+    conns = {name: Canned(_host(name), _measured(PLENTY)) for name in ("stream1", "stream2")}
+    work, _ = _rollout(conns)
+    work.stage(built.artifact, built.manifest)
+    for conn in conns.values():
+        assert len(conn.commands) == 2 and len(conn.puts) == 1   # free space + listing, then put, then unpack
+        assert FREE_SPACE_SOURCE in conn.commands[0] and STAGE_SOURCE in conn.commands[1]
+    assert work.running == {"stream1": "r0", "stream2": "r0"}   # what each host ran, from the same answer
+
+
+def test_then_runs_on_each_host_once_it_is_staged_and_its_error_comes_after_every_host(built):
+    conns = {name: Canned(_host(name), _measured(PLENTY)) for name in ("stream1", "stream2", "stream3")}
+    work, _ = _rollout(conns)
+    seen: list[tuple[str, int]] = []
+
+    def then(host: str) -> None:
+        seen.append((host, len(conns[host].puts)))
+        if host == "stream1":
+            raise RoadieError("stream1: migrations failed: boom")
+
+    with pytest.raises(RoadieError, match=r"^stream1: migrations failed: boom$"):
+        work.stage(built.artifact, built.manifest, then=then)
+    assert sorted(seen) == [("stream1", 1), ("stream2", 1), ("stream3", 1)]   # each after its own upload
+    assert all(STAGE_SOURCE in c.commands[-1] for c in conns.values())   # the others still staged
 
 
 def test_a_host_with_the_release_staged_needs_no_room(built):

@@ -23,9 +23,9 @@ from roadie import lock, netpolicy, ops, remote, stream_host
 from roadie.cache import client as redis_client
 from roadie.db import backups as db_backups
 from roadie.db import fencing
-from roadie.remote import disk_usage, fence_marker, list_backups, list_releases
+from roadie.remote import disk_usage, fence_marker, list_backups, release_listing
 
-PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name not in ("__init__.py", remote.SHARED))
+PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name not in ("__init__.py", *remote.LIBRARIES))
 
 
 class LocalConn:
@@ -70,6 +70,14 @@ def test_every_program_a_module_names_is_there():
         remote.source("../ssh.py")
 
 
+def test_the_libraries_are_sent_ahead_of_the_programs_that_import_them():
+    # release_listing.py: one listing for list_releases.py and for free_space.py's --base.
+    for name in (stream_host.LIST_PROGRAM, stream_host.FREE_SPACE_PROGRAM):
+        defined = {node.name for node in ast.parse(remote.source(name)).body if isinstance(node, ast.FunctionDef)}
+        assert {"listing", "target"} <= defined, name
+        assert "from roadie" not in remote.source(name)
+
+
 # ---------------------------------------------------------------- deploy_lock.py (also tests/unit/test_lock.py)
 def test_the_lock_program_makes_its_directory_and_reports_a_free_lock(tmp_path):
     state = tmp_path / "state"
@@ -88,8 +96,8 @@ def _release(base: Path, name: str, *, complete: bool = True, venv: str | None =
         (base / "venvs" / venv).mkdir(parents=True, exist_ok=True)
         (path / "venv").symlink_to(f"../../venvs/{venv}")
     if complete:
-        (path / list_releases.COMPLETE_MARK).touch()
-        os.utime(path / list_releases.COMPLETE_MARK, (mtime, mtime))
+        (path / release_listing.COMPLETE_MARK).touch()
+        os.utime(path / release_listing.COMPLETE_MARK, (mtime, mtime))
 
 
 @pytest.fixture
