@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import subprocess
 import threading
+import time
+from dataclasses import dataclass
 
 from roadie.paths import ROOT
 
@@ -22,12 +24,37 @@ def fab_env(inventory: str = "lab", operator: str = OPERATOR, env: dict[str, str
     return {**os.environ, "ANSIBLE_INVENTORY": inventory, "ROADIE_OPERATOR": operator, **(env or {})}
 
 
+@dataclass(frozen=True)
+class Ran:
+    """One finished `fab` run of this session: what it was asked, what it printed and when (epoch seconds)."""
+
+    args: tuple[str, ...]
+    returncode: int
+    stdout: str
+    stderr: str
+    started: float
+    ended: float
+
+
+# Every `fab` run of the session, in order: the secret-leak test searches what the other tests' loud runs
+# printed (and their hosts' journals of the same window) instead of repeating the slowest of them.
+RAN: list[Ran] = []
+
+
 def fab(*args: str, inventory: str = "lab", operator: str = OPERATOR, env: dict[str, str] | None = None,
         input: str | None = None, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run `fab ARGS` to its end; `input` is sent on stdin (else stdin is closed)."""
+    """Run `fab ARGS` to its end; `input` is sent on stdin (else stdin is closed). Recorded in RAN."""
     stdin = {"input": input} if input is not None else {"stdin": subprocess.DEVNULL}
-    return subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                          env=fab_env(inventory, operator, env), **stdin)
+    started = time.time()
+    result = subprocess.run([FAB, *args], cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                            env=fab_env(inventory, operator, env), **stdin)
+    RAN.append(Ran(tuple(args), result.returncode, result.stdout, result.stderr, started, time.time()))
+    return result
+
+
+def ran_ok(*args: str) -> Ran | None:
+    """The last successful run of this session whose arguments began with `args`, if any."""
+    return next((r for r in reversed(RAN) if r.args[:len(args)] == args and r.returncode == 0), None)
 
 
 def popen_fab(*args: str, inventory: str = "lab", operator: str = OPERATOR, env: dict[str, str] | None = None,

@@ -214,7 +214,8 @@ def test_failover_keeps_every_committed_play_and_writes_go_on(stack, conns):
             time.sleep(3)
             before = len(writes.ok)
             started = time.monotonic()
-            result = fab("db.failover", "--yes", "--message", "lab test")
+            # --debug: the loudest output a failover has, which the secret-leak test searches as well
+            result = fab("--debug", "db.failover", "--yes", "--message", "lab test")
             failover_s = time.monotonic() - started
             done_at = time.monotonic()
             time.sleep(3)

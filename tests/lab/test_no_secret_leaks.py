@@ -4,8 +4,11 @@ The test makes what it searches itself, so it proves the same wherever it runs i
 session's site.yml rerun at -vvv (conftest's `site_rerun`) and, with `fab --debug`, a deploy, status,
 cache.info, a cache flush, a restart of the cache, a seed, a base backup and its restore check, client
 requests through the balancer (a catalogue read, a play, a 404), a failed deploy (rolled back) and a
-failover (then the lab is put back). It collects every output, the local logs, the audit log on the lock
-host, every host's journal since the test began and during the rerun, and the services' log files.
+failover (then the lab is put back). The failover is the slowest of them: when test_database_ops's
+failover test already ran one with `fab --debug` in this session, its output and its hosts' journals of
+that window are searched instead of a second failover. It collects every output of every `fab` run of the
+session, the local logs, the audit log on the lock host, every host's journal since the test began, during
+the rerun and during a reused failover, and the services' log files.
 Each secret (every vault_* value, the vault password, the lab's SSH private key) is searched for as it
 is and in the encodings it would take in a URL or a log line; a hit fails naming the file and line.
 """
@@ -19,7 +22,7 @@ import urllib.parse
 
 from roadie import inventory, vault
 from roadie.paths import LAB_STATE, ROOT
-from tests.lab.fabrun import fab
+from tests.lab.fabrun import RAN, fab, ran_ok
 from tests.lab.releases import break_health, build_variant
 from tests.lab.topology import SWAPPED, restore_topology, wait_streaming
 from tests.lab.traffic import get
@@ -98,11 +101,20 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
     loud("db.restore-check", label="db.restore-check")
     broken = build_variant(tmp_path, f"leak-broken-{int(time.time())}", break_health)
     loud("deploy", "--artifact", str(broken), "--yes", label="failed deploy", expect_ok=False)
-    wait_streaming("db1", "db2")
-    try:
-        loud("db.failover", "--yes", "--message", "leak test", label="db.failover")
-    finally:
-        restore_topology(conns)
+    windows = [(site_rerun.started, site_rerun.ended, "during site.yml -vvv")]
+    reused = ran_ok("--debug", "db.failover")
+    if reused is not None:
+        windows.append((reused.started, reused.ended, "during the failover test's fab --debug db.failover"))
+    else:
+        wait_streaming("db1", "db2")
+        try:
+            loud("db.failover", "--yes", "--message", "leak test", label="db.failover")
+        finally:
+            restore_topology(conns)
+    # Every fab run of the session so far (the loud ones above among them) is searched too.
+    for number, ran in enumerate(RAN, 1):
+        outputs[f"fab run {number} {' '.join(ran.args)[:60]} (stdout)"] = ran.stdout
+        outputs[f"fab run {number} {' '.join(ran.args)[:60]} (stderr)"] = ran.stderr
     # The round trip leaves the lab inventory as it was: db1 the primary, db2 its replica, no swapped copy.
     lab = inventory.load("lab")
     assert lab.groups["database_primary"] == ("db1",) and lab.groups["database_replica"] == ("db2",)
@@ -117,9 +129,10 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
         journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(started)}", hide=True, warn=True,
                            in_stream=False, timeout=120)
         remote[f"{name}:journal"] = journal.stdout
-        journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(site_rerun.started)} "
-                           f"--until @{int(site_rerun.ended)}", hide=True, warn=True, in_stream=False, timeout=120)
-        remote[f"{name}:journal during site.yml -vvv"] = journal.stdout
+        for since, until, what in windows:
+            journal = conn.run(f"journalctl --no-pager -o short-iso --since @{int(since)} --until @{int(until) + 1}",
+                               hide=True, warn=True, in_stream=False, timeout=120)
+            remote[f"{name}:journal {what}"] = journal.stdout
         files = conn.run(f"find {REMOTE_LOGS} -type f -size -64M 2>/dev/null | xargs -r grep -I -l '' || true",
                          hide=True, warn=True, in_stream=False).stdout.split()
         for path in files:
