@@ -12,10 +12,11 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import deploy, fleet, inventory, lab, molecule, provision, release
+from roadie import deploy, lab, molecule, provision, release
 from roadie import lint as roadie_lint
-from roadie.cli import emit_json, friendly, table
-from roadie.errors import RoadieError
+from roadie.core import fleet, inventory
+from roadie.core.cli import emit_json, friendly, table
+from roadie.core.errors import RoadieError
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import profile_lines, report
 from roadie import provision
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 STOCK_CFG = """\
 # Stock ansible-core settings, except what keeps the comparison honest: the same inventory, roles

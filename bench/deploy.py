@@ -24,8 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report
-from roadie import deploy, inventory, lab, provision, release, ssh, stream_host
-from roadie.paths import ROOT
+from roadie import deploy, lab, provision, release, stream_host
+from roadie.core import inventory, ssh
+from roadie.core.paths import ROOT
 from tests.lab.traffic import Traffic
 
 

@@ -23,8 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed
 from bench.lab import Rows, quiet
-from roadie import inventory, lab, provision, ssh, status
-from roadie.paths import ROOT
+from roadie import lab, provision, status
+from roadie.core import inventory, ssh
+from roadie.core.paths import ROOT
 
 COUNTS = (1, 3, 12, 24)
 

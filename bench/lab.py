@@ -16,7 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed
-from roadie import inventory, lab, ssh
+from roadie import lab
+from roadie.core import inventory, ssh
 
 
 def quiet(_message: str) -> None:

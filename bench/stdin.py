@@ -1,5 +1,5 @@
 """Time to hand a program on a lab host its request on stdin, by request size: Fabric's stock runner
-against Roadie's (roadie.ssh.WholeInputRemote), which sends an in-memory request in one piece.
+against Roadie's (roadie.core.ssh.WholeInputRemote), which sends an in-memory request in one piece.
 
     .venv/bin/python bench/stdin.py
 
@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fabric.runners import Remote
 
-from roadie import inventory, ssh
+from roadie.core import inventory, ssh
 
 SIZES = (100, 1000, 6000)
 READ_ONE_LINE = "python3 -c 'import sys; sys.stdin.readline()'"

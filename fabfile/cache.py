@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import Collection
 
 from roadie.cache import commands
-from roadie.cli import Terminal, emit_json, human_bytes, table
+from roadie.core.cli import Terminal, emit_json, human_bytes, table
 
 from .common import INVENTORY_HELP, pick, task
 

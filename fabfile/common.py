@@ -7,7 +7,7 @@ from typing import Any
 
 import fabric
 
-from roadie.cli import friendly
+from roadie.core.cli import friendly
 
 INVENTORY_HELP = "Inventory: lab, staging, production or a path (default: $ANSIBLE_INVENTORY, else lab)."
 
@@ -38,7 +38,7 @@ def pick(helps: dict[str, str], *names: str) -> dict[str, str]:
 
 def task(**options: Any) -> Callable[[Callable], fabric.Task]:
     """fabric.task with this package's settings: long flags only, and the body wrapped in
-    roadie.cli.friendly, the one place a RoadieError becomes one `error: ...` line and exit status 1
+    roadie.core.cli.friendly, the one place a RoadieError becomes one `error: ...` line and exit status 1
     (130 after Ctrl-C)."""
 
     def decorate(body: Callable) -> fabric.Task:

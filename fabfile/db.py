@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from roadie.cli import Terminal, emit_json, human_bytes, prefixed, table
+from roadie.core.cli import Terminal, emit_json, human_bytes, prefixed, table
+from roadie.core.errors import RoadieError
 from roadie.db import commands
 from roadie.db.failover import DEFAULT_MAX_LAG
-from roadie.errors import RoadieError
 
 from .common import DEPLOY_HELP, INVENTORY_HELP, task
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from roadie import restarts, stream_fleet
-from roadie.cli import Terminal, emit_json, table
+from roadie.core.cli import Terminal, emit_json, table
 
 from .common import DEPLOY_HELP, INVENTORY_HELP, pick, task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import Collection
 
 from roadie import lock_ops
-from roadie.cli import emit_json
+from roadie.core.cli import emit_json
 
 from .common import INVENTORY_HELP, task
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from invoke import Collection
 
 from roadie import maintenance
-from roadie.cli import Terminal, number, prefixed
+from roadie.core.cli import Terminal, number, prefixed
 
 from .common import INVENTORY_HELP, pick, task
 

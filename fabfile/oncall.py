@@ -5,8 +5,8 @@ from __future__ import annotations
 from roadie import audit as audit_log
 from roadie import oncall
 from roadie import status as fleet_status
-from roadie.cli import Terminal, emit_json, human_bytes, number, prefixed, table
-from roadie.errors import RoadieError
+from roadie.core.cli import Terminal, emit_json, human_bytes, number, prefixed, table
+from roadie.core.errors import RoadieError
 
 from .common import COMMON_HELP, INVENTORY_HELP, task
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from roadie import release
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 RELEASES_DIR = ROOT / "build" / "releases"
 

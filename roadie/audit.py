@@ -23,11 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from roadie import lock
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 LOCAL_LOG = ROOT / "logs" / "audit.log"
 HELPER = "/usr/local/sbin/roadie-audit"            # roles/common/tasks/audit.yml installs it

@@ -16,11 +16,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from roadie import contract
-from roadie.errors import RoadieError
+from roadie.core import contract
+from roadie.core.errors import RoadieError
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 HELPER = "/usr/local/sbin/roadie-haproxy"     # roles/haproxy: the deploy user's checked path to the API
 _NAME = re.compile(r"[A-Za-z0-9_.:-]+")

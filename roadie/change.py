@@ -29,9 +29,10 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from roadie import audit, lock, ssh
-from roadie.errors import Interrupted, RoadieError
-from roadie.inventory import Host, Inventory
+from roadie import audit, lock
+from roadie.core import ssh
+from roadie.core.errors import Interrupted, RoadieError
+from roadie.core.inventory import Host, Inventory
 
 LEASE_TTL = lock.DEFAULT_TTL   # seconds a lease lives without a renewal: a lost operator's lock lapses this fast
 HEARTBEAT_S = 15              # seconds between renewals: several renewals fit in one TTL

@@ -18,11 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import contract, release, rollout, rotation, ssh, stream_host
+from roadie import release, rollout, rotation, stream_host
 from roadie.balancer import Balancer
 from roadie.change import Change, stop_if_interrupted
-from roadie.errors import Interrupted, RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.core import contract, ssh
+from roadie.core.errors import Interrupted, RoadieError
+from roadie.core.inventory import Host, Inventory
 
 DEFAULT_KEEP = 5
 def default_drain_timeout(inv: Inventory, group: str = "stream") -> float:

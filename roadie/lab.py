@@ -24,10 +24,10 @@ from pathlib import Path
 
 import yaml
 
-from roadie import inventory as inventory_mod
-from roadie import ssh, vault
-from roadie.errors import RoadieError
-from roadie.paths import LAB_IMAGE_RECIPE, LAB_INVENTORY, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SSH_DIR, LAB_STATE
+from roadie.core import inventory as inventory_mod
+from roadie.core import ssh, vault
+from roadie.core.errors import RoadieError
+from roadie.core.paths import LAB_IMAGE_RECIPE, LAB_INVENTORY, LAB_KEY, LAB_KNOWN_HOSTS, LAB_SSH_DIR, LAB_STATE
 
 NETWORK = "roadie-lab"
 SUBNET = ipaddress.ip_network("10.87.0.0/24")

@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 SHEBANG = re.compile(rb"#!\s*(?:/usr)?/bin/(?:env\s+)?(sh|bash|dash)(?:\s|$)")
 # Generated, vendored or git's own: never a program of the project's.

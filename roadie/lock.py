@@ -17,8 +17,9 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
-from roadie import contract, remote
-from roadie.errors import RoadieError
+from roadie import remote
+from roadie.core import contract
+from roadie.core.errors import RoadieError
 
 # A lease, not a long hold: every change renews it with a heartbeat (roadie/change.py), so the lock of an
 # operator who was killed or cut off lapses within this many seconds.

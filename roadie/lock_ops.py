@@ -8,9 +8,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from roadie import audit, deploy, inventory, lock, ssh
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie import audit, deploy, lock
+from roadie.core import inventory, ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 
 def lock_host(inventory_name: str | None) -> Host:

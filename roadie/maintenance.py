@@ -15,15 +15,16 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import contract, deploy, inventory, rollout, rotation, ssh
+from roadie import deploy, rollout, rotation
 from roadie.balancer import Balancer
 from roadie.cache import client as redis_client
 from roadie.change import Change, lock_host
-from roadie.cli import Terminal
+from roadie.core import contract, inventory, ssh
+from roadie.core.cli import Terminal
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
+from roadie.core.paths import ROOT
 from roadie.db import client as pg_client
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
-from roadie.paths import ROOT
 
 TEMPLATES = ROOT / "templates"
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import yaml
 
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 # Scenarios that usually take longest go first, so that two workers finish close together.
 SLOW_FIRST = ("postgresql/replication", "streaming/default", "haproxy/default", "postgresql/default")

@@ -14,8 +14,8 @@ from pathlib import Path
 import yaml
 
 from roadie import remote
-from roadie.errors import RoadieError
-from roadie.inventory import Inventory
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Inventory
 
 CONTROLLER = "controller"
 POLICY_FILE = Path("group_vars") / "all" / "network-policy.yml"

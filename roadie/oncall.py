@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import audit, fleet, inventory, lock_ops, maintenance, ops, ssh, status
-from roadie.cli import Terminal, number
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie import audit, lock_ops, maintenance, ops, status
+from roadie.core import fleet, inventory, ssh
+from roadie.core.cli import Terminal, number
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 
 def hosts(inventory_name: str | None, group: str) -> list[Host]:

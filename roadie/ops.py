@@ -9,9 +9,10 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import remote, ssh, status
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie import remote, status
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 _UNIT = re.compile(r"[A-Za-z0-9@_.:-]+")
 _SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")

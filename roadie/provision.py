@@ -24,10 +24,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import inventory as inventory_mod
-from roadie import vault
-from roadie.errors import RoadieError
-from roadie.paths import LAB_INVENTORY, ROOT
+from roadie.core import inventory as inventory_mod
+from roadie.core import vault
+from roadie.core.errors import RoadieError
+from roadie.core.paths import LAB_INVENTORY, ROOT
 
 PLAYBOOKS = ROOT / "playbooks"
 _RECAP = re.compile(r"^(?P<host>\S+)\s+:\s+(?P<counts>(?:\w+=\d+\s*)+)$")
@@ -306,8 +306,8 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
     change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
     first provisioning of a fleet, whose lock host has no deploy account yet (nothing of Roadie runs there)."""
-    from roadie import ssh
     from roadie.change import Change, lock_host
+    from roadie.core import ssh
 
     # Bad input (playbook, limit, tags, secrets) is one line before the lock host is even reached.
     path, inv, argv = prepare(name, inventory, check=check, diff=diff, limit=limit, tags=tags,

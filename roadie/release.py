@@ -54,8 +54,8 @@ from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from roadie import paths
-from roadie.errors import RoadieError
+from roadie.core import paths
+from roadie.core.errors import RoadieError
 from roadie.remote.stage_release import (
     RELEASE_ID,
     SHA256,

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import deploy, inventory, maintenance, rollout
-from roadie.cli import Terminal
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie import deploy, maintenance, rollout
+from roadie.core import inventory
+from roadie.core.cli import Terminal
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.stream_fleet import options
 
 

@@ -10,7 +10,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 _BATCH = re.compile(r"(?P<n>[0-9]+)(?P<pct>%?)")
 

@@ -17,12 +17,13 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from roadie import contract, lock, remote, rotation, ssh, stream_host
+from roadie import lock, remote, rotation, stream_host
 from roadie.balancer import Balancer, ServerState
 from roadie.cache import client as redis_client
-from roadie.cli import human_bytes
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.core import contract, ssh
+from roadie.core.cli import human_bytes
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 
 # The units that matter on a host, by inventory group.
 UNITS = {

@@ -6,11 +6,12 @@ anything, and hands the work to roadie.deploy and roadie.maintenance inside the 
 
 from __future__ import annotations
 
-from roadie import artifacts, deploy, inventory, lock, maintenance, release, rollout, rotation, stream_host
+from roadie import artifacts, deploy, lock, maintenance, release, rollout, rotation, stream_host
 from roadie.balancer import Balancer
-from roadie.cli import Terminal
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.core import inventory
+from roadie.core.cli import Terminal
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 
 
 def options(batch: str | int, canary: bool, min_serving: str | int, drain_timeout: str | float,

@@ -14,13 +14,14 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from roadie import contract, remote
-from roadie.cli import human_bytes
-from roadie.errors import RoadieError
+from roadie import remote
+from roadie.core import contract
+from roadie.core.cli import human_bytes
+from roadie.core.errors import RoadieError
 from roadie.release import Dependencies, Manifest, check_release_id
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 BASE = contract.STREAM_ROOT
 RELEASES = contract.STREAM_RELEASES

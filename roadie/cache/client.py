@@ -1,7 +1,7 @@
 """The one Redis client: Redis on a cache host, as its admin user, over SSH.
 
 The admin user and the port are the redis role's (redis_admin_user, redis_port), read from the inventory
-through roadie.contract.host_value; the password is the inventory variable PASSWORD_VAR. The password
+through roadie.core.contract.host_value; the password is the inventory variable PASSWORD_VAR. The password
 reaches the host on stdin, one line, and redis-cli in its environment (REDISCLI_AUTH): never on a command
 line, never in output.
 """
@@ -14,12 +14,13 @@ import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from roadie import contract, remote, ssh
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie import remote
+from roadie.core import contract, ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 PASSWORD_VAR = "vault_redis_admin_password"  # noqa: S105 - a variable name, not a value
 REDIS_PROGRAM = "redis_cache.py"   # roadie/remote/: INFO, key counts and flushes on a cache host

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from roadie import inventory, maintenance, ssh
+from roadie import maintenance
 from roadie.cache import client
 from roadie.cache.client import CacheState
-from roadie.cli import Terminal
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie.core import inventory, ssh
+from roadie.core.cli import Terminal
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 
 def check_pattern(pattern: str) -> str:

@@ -1,7 +1,7 @@
 """PostgreSQL operations: on-demand base backups, restore checks, replication state and failover.
 
 The hosts come from the inventory groups database_primary (one) and database_replica (topology.py).
-Everything runs over the verified SSH connections (roadie/ssh.py) with the tools the postgresql role
+Everything runs over the verified SSH connections (roadie/core/ssh.py) with the tools the postgresql role
 installs: pg-base-backup.service, /usr/local/sbin/pg-restore-check, psql as postgres. SQL goes through
 the one client (client.py): to psql on stdin, never on a command line; nothing printed here carries a
 password.

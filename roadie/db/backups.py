@@ -8,15 +8,16 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
-from roadie import contract, remote, ssh
+from roadie import remote
+from roadie.core import contract, ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Inventory
 from roadie.db import client
 from roadie.db.client import AS_POSTGRES
 from roadie.db.topology import Report, topology
-from roadie.errors import RoadieError
-from roadie.inventory import Inventory
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 BACKUP_DIR = contract.PG_BACKUP_DIR
 BASE_DIR = contract.PG_BASE_BACKUP_DIR

@@ -15,11 +15,11 @@ import shlex
 from typing import TYPE_CHECKING
 
 from roadie import stream_host
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 if TYPE_CHECKING:
-    from roadie.inventory import Inventory
-    from roadie.ssh import HostConnection
+    from roadie.core.inventory import Inventory
+    from roadie.core.ssh import HostConnection
 
 AS_POSTGRES = "sudo -n -u postgres "
 # The server's role as the restart health check reads it: a primary, or a replica that streams.

@@ -6,15 +6,16 @@ import sys
 import time
 from dataclasses import dataclass
 
-from roadie import audit, deploy, inventory, maintenance, rollout, ssh
-from roadie.cli import Terminal, human_age, human_bytes
+from roadie import audit, deploy, maintenance, rollout
+from roadie.core import inventory, ssh
+from roadie.core.cli import Terminal, human_age, human_bytes
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Inventory
 from roadie.db import backups as db_backups
 from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.db.topology import topology
-from roadie.errors import RoadieError
-from roadie.inventory import Inventory
 from roadie.stream_fleet import options
 
 

@@ -17,18 +17,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from roadie import deploy, ssh, stream_host
+from roadie import deploy, stream_host
 from roadie.change import Change
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.db import client, replication
 from roadie.db.client import AS_POSTGRES
 from roadie.db.fencing import DATA_DIR, FENCE_FILE, PG_BIN, PG_UNIT, fence_host
 from roadie.db.topology import Report, topology
 from roadie.db.wal import parse_lsn
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 DEFAULT_MAX_LAG = 16 * 1024 * 1024
 

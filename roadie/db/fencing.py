@@ -7,12 +7,13 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from roadie import contract, lock, remote, ssh
+from roadie import lock, remote
+from roadie.core import contract, ssh
+from roadie.core.inventory import Inventory
 from roadie.db import client
-from roadie.inventory import Inventory
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 PG_UNIT = contract.PG_UNIT
 PG_BIN = contract.PG_BIN

@@ -5,12 +5,12 @@ from __future__ import annotations
 import re
 from dataclasses import asdict, dataclass, field
 
-from roadie import ssh
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.db import client
 from roadie.db.topology import Topology, topology
 from roadie.db.wal import parse_lsn
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
 
 
 @dataclass

@@ -9,18 +9,18 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
-from roadie import ssh
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.db import client
 from roadie.db.backups import BACKUP_NAME, BASE_DIR, list_backups
 from roadie.db.client import AS_POSTGRES
 from roadie.db.topology import Report, topology
 from roadie.db.transfer import stream_tar
 from roadie.db.wal import WAL_DIR, wal_needed
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 COPY_DIR = "/var/lib/postgresql/restore-copy"       # on the checking host; removed after each check
 RESTORE_CHECK = "/usr/local/sbin/pg-restore-check"

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 
 # How progress is reported: deploy.Reporter, or any callable taking (text, host, event=...).
 Report = Callable[..., None]

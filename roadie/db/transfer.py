@@ -10,12 +10,12 @@ import shlex
 import threading
 from typing import TYPE_CHECKING
 
+from roadie.core.errors import RoadieError
 from roadie.db import client
 from roadie.db.client import AS_POSTGRES
-from roadie.errors import RoadieError
 
 if TYPE_CHECKING:
-    from roadie.ssh import HostConnection
+    from roadie.core.ssh import HostConnection
 
 
 def stream_tar(src: HostConnection, src_dir: str, names: list[str], dst: HostConnection, dst_dir: str) -> int:

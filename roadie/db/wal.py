@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import re
 
-from roadie import contract
-from roadie.errors import RoadieError
+from roadie.core import contract
+from roadie.core.errors import RoadieError
 
 WAL_DIR = contract.PG_WAL_ARCHIVE_DIR
 WAL_SEGMENT_SIZE = 16 * 1024 * 1024

@@ -14,8 +14,8 @@ import re
 from functools import cache
 from pathlib import Path
 
-from roadie.errors import RoadieError
-from roadie.ssh import python_command
+from roadie.core.errors import RoadieError
+from roadie.core.ssh import python_command
 
 HERE = Path(__file__).resolve().parent
 LIBRARIES = ("answer.py", "release_listing.py")   # modules, not programs; they import no other module here

@@ -1,6 +1,6 @@
 """The network policy's probe: which TCP connections a host can open, run on that host (or the controller).
 
-tests/lab/test_network_policy.py runs this on every lab host as the deploy user (with roadie.ssh) and on
+tests/lab/test_network_policy.py runs this on every lab host as the deploy user (with roadie.core.ssh) and on
 the controller:  reach_probe.py TIMEOUT TARGETS-JSON
 TARGETS is a JSON list of [address, port]. It prints one JSON list of outcomes in the same order: "open"
 (connected), "refused" (RST), "timeout" (dropped) or "error:<errno name>". One thread per target, so the

@@ -5,8 +5,9 @@ import time
 
 import pytest
 
-from roadie import inventory, lab, provision, ssh, vault
-from roadie.paths import ROOT
+from roadie import lab, provision
+from roadie.core import inventory, ssh, vault
+from roadie.core.paths import ROOT
 
 
 def pytest_collection_modifyitems(items):

@@ -13,7 +13,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 FAB = str(ROOT / ".venv" / "bin" / "fab")
 OPERATOR = "lab-tests"

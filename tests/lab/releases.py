@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from roadie import deploy, release
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 
 def build_variant(tmp_path: Path, release_id: str, patch: Callable[[Path], None] | None = None,

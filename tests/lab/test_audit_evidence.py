@@ -9,8 +9,9 @@ import json
 import socket
 import subprocess
 
-from roadie import audit, ssh
-from roadie.paths import LAB_KEY
+from roadie import audit
+from roadie.core import ssh
+from roadie.core.paths import LAB_KEY
 from tests.lab.fabrun import fab, ok
 
 LOCK_HOST = "lb1"

@@ -18,7 +18,7 @@ import pytest
 
 from roadie import audit, deploy, lock, release
 from roadie.balancer import Balancer
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 from tests.lab.fabrun import fab, start_fab
 from tests.lab.releases import build_variant
 from tests.lab.traffic import Traffic

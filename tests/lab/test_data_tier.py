@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from roadie import provision
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 from tests.lab.hosts import psql_postgres, run_with_secret
 
 DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from roadie import inventory
+from roadie.core import inventory
 from roadie.db import backups as db_backups
 from roadie.db import client as pg_client
 from roadie.db import fencing

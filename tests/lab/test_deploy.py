@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import deploy, lab, lock, release, ssh, stream_host
-from roadie.paths import ROOT
+from roadie import deploy, lab, lock, release, stream_host
+from roadie.core import ssh
+from roadie.core.paths import ROOT
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic

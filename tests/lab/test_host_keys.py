@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import lab, provision, ssh
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie import lab, provision
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 from tests.lab.fabrun import fab
 
 # Fabric logs in as the deploy user, which the common role creates.

@@ -22,8 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import balancer, provision, ssh, stream_host
-from roadie.paths import ROOT
+from roadie import balancer, provision, stream_host
+from roadie.core import ssh
+from roadie.core.paths import ROOT
 from tests.lab.hosts import run_with_secret
 
 VENV = ROOT / ".venv" / "bin"

@@ -7,8 +7,9 @@ import subprocess
 
 import pytest
 
-from roadie import lab, ssh
-from roadie.paths import ROOT
+from roadie import lab
+from roadie.core import ssh
+from roadie.core.paths import ROOT
 
 # Fabric logs in as the deploy user, which the common role creates.
 pytestmark = pytest.mark.usefixtures("provisioned")

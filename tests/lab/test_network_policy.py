@@ -10,8 +10,9 @@ import json
 import subprocess
 import sys
 
-from roadie import netpolicy, ssh
-from roadie.paths import ROOT
+from roadie import netpolicy
+from roadie.core import ssh
+from roadie.core.paths import ROOT
 
 TIMEOUT_S = 2.0
 

@@ -20,8 +20,8 @@ import json
 import time
 import urllib.parse
 
-from roadie import inventory, vault
-from roadie.paths import LAB_STATE, ROOT
+from roadie.core import inventory, vault
+from roadie.core.paths import LAB_STATE, ROOT
 from tests.lab.fabrun import RAN, fab, ran_ok
 from tests.lab.releases import break_health, build_variant
 from tests.lab.topology import SWAPPED, restore_topology, wait_streaming

@@ -16,7 +16,8 @@ import subprocess
 
 import pytest
 
-from roadie import provision, ssh, stream_host
+from roadie import provision, stream_host
+from roadie.core import ssh
 from tests.lab.fabrun import fab
 
 MARK = "/dev/shm/roadie-attack-uid"   # a payload that runs writes its uid here (outside any PrivateTmp)

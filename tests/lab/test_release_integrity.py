@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 
 from roadie import release, stream_host
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 from tests.unit import forge
 
 HOST = "stream1"

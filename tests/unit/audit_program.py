@@ -3,7 +3,7 @@ host's sshd and sudo would give it, for the unit tests of the helper and of its 
 
 import importlib.util
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 HELPER_FILE = ROOT / "roles/common/files/roadie_audit.py"
 _SPEC = importlib.util.spec_from_file_location("roadie_audit", HELPER_FILE)

@@ -7,7 +7,7 @@ import os
 import subprocess
 from collections.abc import Callable
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 VENV = ROOT / ".venv" / "bin"
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from roadie.cli import Terminal, prefixed
-from roadie.errors import RoadieError
+from roadie.core.cli import Terminal, prefixed
+from roadie.core.errors import RoadieError
 
 
 class ScriptedTerminal(Terminal):

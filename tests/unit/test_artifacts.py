@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import artifacts, release
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 
 @pytest.fixture

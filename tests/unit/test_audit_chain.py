@@ -13,9 +13,10 @@ import pytest
 import yaml
 from invoke import Context, Exit
 
-from roadie import audit, deploy, inventory, lock, ssh
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie import audit, deploy, lock
+from roadie.core import inventory, ssh
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 from tests.unit.audit_program import EVIDENCE, KEY, helper
 from tests.unit.cli_run import fab_task
 

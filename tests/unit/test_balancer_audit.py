@@ -4,7 +4,7 @@
 import pytest
 
 from roadie import balancer
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 from tests.unit.haproxy_canned import STAT, Canned
 
 

@@ -13,8 +13,8 @@ from invoke import Context
 
 from roadie import change as change_mod
 from roadie import lock
-from roadie.errors import Interrupted, RoadieError
-from roadie.inventory import Host
+from roadie.core.errors import Interrupted, RoadieError
+from roadie.core.inventory import Host
 
 
 class LocalConn:
@@ -116,7 +116,7 @@ def test_the_first_ctrl_c_only_asks_to_stop_and_the_second_prints_the_state_and_
 def test_an_interrupted_change_exits_130_through_the_cli(monkeypatch):
     from invoke.exceptions import Exit
 
-    from roadie.cli import friendly
+    from roadie.core.cli import friendly
 
     @friendly
     def task():

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.db import failover as db_failover
 from roadie.db import fencing, wal
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.db import topology as db_topology
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
 
 
 def _host(name: str, address: str, groups: tuple[str, ...]) -> Host:

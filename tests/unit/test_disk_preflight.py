@@ -24,9 +24,9 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import deploy, release, remote, stream_host
-from roadie.cli import human_bytes
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie.core.cli import human_bytes
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 from roadie.remote import answer, free_space, stage_release
 from tests.unit import forge
 

@@ -10,30 +10,17 @@ import pytest
 from invoke import Context, Exit
 
 import fabfile
-from roadie import (
-    artifacts,
-    audit,
-    cli,
-    deploy,
-    fleet,
-    lock,
-    lock_ops,
-    maintenance,
-    oncall,
-    ops,
-    ssh,
-    status,
-    stream_fleet,
-)
+from roadie import artifacts, audit, deploy, lock, lock_ops, maintenance, oncall, ops, status, stream_fleet
 from roadie.cache import client as redis_client
 from roadie.cache import commands as cache_commands
+from roadie.core import cli, fleet, ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 from roadie.db import backups as db_backups
 from roadie.db import commands as db_commands
 from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
-from roadie.errors import RoadieError
-from roadie.inventory import Host
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
 
 
@@ -49,7 +36,7 @@ def no_ssh(monkeypatch):
     monkeypatch.setattr(ssh, "connect", lambda host: pytest.fail(f"connected to {host.name}"))
 
 
-# ------------------------------------------------------------------ roadie.cli
+# ------------------------------------------------------------------ roadie.core.cli
 @pytest.mark.parametrize("seconds, shown", [
     (0, "0 s"), (119.9, "119 s"), (120, "2 min"), (7199, "119 min"), (7200, "2 h"), (172799, "47 h"),
     (172800, "2 d"), (90 * 86400, "90 d"),
@@ -113,7 +100,7 @@ def test_options_refuse_what_is_no_number(bad):
 
 @pytest.fixture(scope="module")
 def lab():
-    from roadie import inventory
+    from roadie.core import inventory
     return inventory.load("lab")
 
 

@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 import fabfile
-from roadie.cli import friendly
+from roadie.core.cli import friendly
 
 # What `fab --list` shows. A task renamed, added or removed fails here: operators and scripts use these names.
 TASK_NAMES = [
@@ -38,9 +38,9 @@ def test_each_task_is_named_after_its_function():
 
 @pytest.mark.parametrize("name", TASK_NAMES)
 def test_every_task_fails_through_friendly(name):
-    # friendly (roadie/cli.py) is the one place a RoadieError becomes `error: ...` and exit status 1.
+    # friendly (roadie/core/cli.py) is the one place a RoadieError becomes `error: ...` and exit status 1.
     body = _tasks()[name].body
-    assert body.__code__ is friendly(lambda: None).__code__, f"{name} is not wrapped in roadie.cli.friendly"
+    assert body.__code__ is friendly(lambda: None).__code__, f"{name} is not wrapped in roadie.core.cli.friendly"
 
 
 @pytest.mark.parametrize("name", TASK_NAMES)

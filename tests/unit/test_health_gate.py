@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import stream_host
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 
 class Answers:

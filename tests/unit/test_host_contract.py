@@ -1,4 +1,4 @@
-"""The host contract (roadie/contract.py) against the roles' own defaults and vars."""
+"""The host contract (roadie/core/contract.py) against the roles' own defaults and vars."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from roadie import contract
-from roadie.paths import ROOT
+from roadie.core import contract
+from roadie.core.paths import ROOT
 
 ROLES = ROOT / "roles"
 

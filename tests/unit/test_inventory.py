@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import inventory
-from roadie.errors import RoadieError
-from roadie.paths import INVENTORIES, ROOT
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
+from roadie.core.paths import INVENTORIES, ROOT
 
 GROUPS = {"balancer", "stream", "database", "database_primary", "database_replica", "cache"}
 

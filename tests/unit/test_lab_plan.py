@@ -5,8 +5,9 @@ import ipaddress
 import pytest
 import yaml
 
-from roadie import inventory, lab
-from roadie.errors import RoadieError
+from roadie import lab
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
 
 
 def test_committed_lab_inventory_follows_the_address_plan():

@@ -5,7 +5,7 @@ import subprocess
 import sys
 import textwrap
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 SCRIPT = ROOT / "scripts" / "layout_figures.py"
 _SPEC = importlib.util.spec_from_file_location("layout_figures", SCRIPT)

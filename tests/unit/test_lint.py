@@ -3,8 +3,8 @@
 import pytest
 
 from roadie import lint
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 
 def test_every_shell_program_of_the_checkout_is_found_and_none_is_a_template():

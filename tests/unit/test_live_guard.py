@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import deploy
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 
 def _rollout(states: dict[str, tuple[str, int]], min_serving: int) -> deploy.Rollout:

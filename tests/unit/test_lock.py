@@ -8,7 +8,7 @@ import pytest
 from invoke import Context
 
 from roadie import lock
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from roadie import molecule
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 
 def _scenario(roles: Path, role: str, name: str, *containers: str) -> None:

@@ -3,9 +3,10 @@
 import pytest
 import yaml
 
-from roadie import inventory, netpolicy
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie import netpolicy
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 LAB = ROOT / "inventories" / "lab"
 

@@ -2,10 +2,11 @@
 
 import pytest
 
-from roadie import deploy, inventory, maintenance, ops, status
+from roadie import deploy, maintenance, ops, status
 from roadie.balancer import Balancer
 from roadie.cache import commands as cache_commands
-from roadie.errors import RoadieError
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
 from tests.unit.cli_run import assert_one_line_error, run_cli
 from tests.unit.haproxy_canned import STAT, Canned
 

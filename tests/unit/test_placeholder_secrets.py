@@ -11,7 +11,7 @@ import subprocess
 import pytest
 import yaml
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 ANSIBLE_PLAYBOOK = ROOT / ".venv" / "bin" / "ansible-playbook"
 EXAMPLE_VAULT = ROOT / "inventories" / "production" / "group_vars" / "all" / "vault.yml.example"

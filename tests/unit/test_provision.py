@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import inventory, provision
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie import provision
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 
 RECAP = """
 PLAY RECAP *********************************************************************
@@ -186,7 +187,7 @@ def test_a_tag_with_a_trailing_newline_is_refused(tmp_path):
     ({"tags": "a;b"}, "bad tag 'a;b'"),
 ])
 def test_bad_provisioning_input_is_refused_before_the_lock_host_is_reached(monkeypatch, kwargs, expected):
-    from roadie import ssh
+    from roadie.core import ssh
 
     def never(host):
         raise AssertionError(f"{host.name} was contacted")

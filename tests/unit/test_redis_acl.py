@@ -11,7 +11,7 @@ import re
 import pytest
 import yaml
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 REDIS_ROLE = ROOT / "roles" / "redis"
 _SPEC = importlib.util.spec_from_file_location("streamsvc_cache", ROOT / "app" / "streamsvc" / "cache.py")

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from roadie import release
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 from tests.unit import forge
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)

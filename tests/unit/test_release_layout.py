@@ -3,7 +3,7 @@
 import yaml
 
 from roadie import stream_host
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 ROLE_VARS = yaml.safe_load((ROOT / "roles" / "streaming" / "vars" / "main.yml").read_text())
 

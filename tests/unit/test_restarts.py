@@ -2,8 +2,9 @@
 
 import pytest
 
-from roadie import inventory, maintenance, restarts
-from roadie.errors import RoadieError
+from roadie import maintenance, restarts
+from roadie.core import inventory
+from roadie.core.errors import RoadieError
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
 
 

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 _SPEC = importlib.util.spec_from_file_location("roadie_haproxy", ROOT / "roles/haproxy/files/roadie_haproxy.py")
 helper = importlib.util.module_from_spec(_SPEC)

@@ -31,7 +31,7 @@ import pytest
 import yaml
 
 from roadie import remote
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 ROLES = ROOT / "roles"
 PG_BIN = Path("/usr/lib/postgresql/15/bin")

@@ -3,7 +3,7 @@
 import pytest
 
 from roadie import rollout
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 
 
 def hosts(n):

@@ -12,8 +12,8 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import rotation
-from roadie.errors import RoadieError
-from roadie.paths import ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import ROOT
 from roadie.remote import rotation_state
 
 

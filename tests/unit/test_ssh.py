@@ -1,13 +1,13 @@
-"""roadie.ssh's host keys: each connection trusts exactly its host's known_hosts entries."""
+"""roadie.core.ssh's host keys: each connection trusts exactly its host's known_hosts entries."""
 
 import os
 
 import paramiko
 import pytest
 
-from roadie import ssh
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie.core import ssh
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 
 def _key() -> paramiko.PKey:

@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie import release, remote, stream_host
-from roadie.errors import RoadieError
+from roadie.core.errors import RoadieError
 from roadie.remote import answer, stage_release
 from roadie.remote.stage_release import StageError
 from tests.unit import forge

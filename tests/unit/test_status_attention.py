@@ -9,8 +9,8 @@ import pytest
 
 from roadie import remote, status
 from roadie.cache import client as redis_client
-from roadie.errors import RoadieError
-from roadie.inventory import Host, Inventory
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, Inventory
 from roadie.lock import LockInfo
 from roadie.remote import answer, status_probe
 from roadie.rotation import Drained

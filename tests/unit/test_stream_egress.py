@@ -15,8 +15,8 @@ import jinja2
 import pytest
 import yaml
 
-from roadie import inventory
-from roadie.paths import ROOT
+from roadie.core import inventory
+from roadie.core.paths import ROOT
 
 STREAMING = ROOT / "roles" / "streaming"
 COMMON = ROOT / "roles" / "common"

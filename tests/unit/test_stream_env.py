@@ -6,7 +6,7 @@ import stat
 
 import pytest
 
-from roadie.paths import ROOT
+from roadie.core.paths import ROOT
 
 _SPEC = importlib.util.spec_from_file_location("stream_env", ROOT / "roles/streaming/files/stream_env.py")
 stream_env = importlib.util.module_from_spec(_SPEC)

@@ -2,8 +2,8 @@
 
 import pytest
 
-from roadie import vault
-from roadie.errors import RoadieError
+from roadie.core import vault
+from roadie.core.errors import RoadieError
 
 
 @pytest.fixture

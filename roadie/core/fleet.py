@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from roadie import ssh
-from roadie.inventory import Inventory
+from roadie.core import ssh
+from roadie.core.inventory import Inventory
 
 
 @dataclass

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from roadie.errors import RoadieError
-from roadie.paths import INVENTORIES, ROOT
+from roadie.core.errors import RoadieError
+from roadie.core.paths import INVENTORIES, ROOT
 
 # Inventory names an operator can give instead of a path.
 NAMED_INVENTORIES = ("lab", "staging", "production")

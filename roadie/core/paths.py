@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 INVENTORIES = ROOT / "inventories"
 LAB_INVENTORY = INVENTORIES / "lab"
 # Generated lab state (keys, known_hosts, vault password): git-ignored, never printed.

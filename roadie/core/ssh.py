@@ -25,8 +25,8 @@ from fabric.exceptions import GroupException
 from fabric.runners import Remote
 from invoke.exceptions import UnexpectedExit
 
-from roadie.errors import RoadieError
-from roadie.inventory import Host
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host
 
 CONNECT_TIMEOUT = 10
 

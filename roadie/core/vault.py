@@ -12,8 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from roadie.errors import RoadieError
-from roadie.paths import LAB_INVENTORY, LAB_STATE
+from roadie.core.errors import RoadieError
+from roadie.core.paths import LAB_INVENTORY, LAB_STATE
 
 # Every secret the roles read. A role's preflight fails naming the one that is missing.
 SECRET_NAMES = (

@@ -18,7 +18,7 @@ from typing import Any, TextIO
 
 from invoke.exceptions import Exit, UnexpectedExit
 
-from roadie.errors import Interrupted, RoadieError
+from roadie.core.errors import Interrupted, RoadieError
 
 # Terminal escape sequences, removed whole: CSI (ESC [ or 8-bit 0x9b, parameters, final byte); the string
 # commands OSC, DCS, SOS, PM and APC (ESC ] P X ^ _ or 8-bit 0x9d 0x90 0x98 0x9e 0x9f) up to BEL or ST, or to

@@ -14,8 +14,8 @@ from typing import Any
 import jinja2
 import yaml
 
-from roadie.errors import RoadieError
-from roadie.inventory import Inventory
+from roadie.core.errors import RoadieError
+from roadie.core.inventory import Inventory
 
 # ------------------------------------------------------------------ common
 STATE_DIR = "/var/lib/roadie"                       # the deploy user's own state directory
