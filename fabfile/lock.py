@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from roadie import lock_ops
+from roadie.change import lock_ops
 from roadie.core.cli import emit_json
 
 from .common import INVENTORY_HELP, task

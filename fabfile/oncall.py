@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from roadie import audit as audit_log
 from roadie import oncall
 from roadie import status as fleet_status
+from roadie.change import audit as audit_log
 from roadie.core.cli import Terminal, emit_json, human_bytes, number, prefixed, table
 from roadie.core.errors import RoadieError
 

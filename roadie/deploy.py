@@ -18,9 +18,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import release, rollout, rotation, stream_host
+from roadie import release, stream_host
 from roadie.balancer import Balancer
-from roadie.change import Change, stop_if_interrupted
+from roadie.change import rollout, rotation
+from roadie.change.pipeline import Change, stop_if_interrupted
 from roadie.core import contract, ssh
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.inventory import Host, Inventory

@@ -15,10 +15,11 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import deploy, rollout, rotation
+from roadie import deploy
 from roadie.balancer import Balancer
 from roadie.cache import client as redis_client
-from roadie.change import Change, lock_host
+from roadie.change import rollout, rotation
+from roadie.change.pipeline import Change, lock_host
 from roadie.core import contract, inventory, ssh
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
@@ -220,7 +221,7 @@ def modes(inventory_name: str | None) -> Iterator[tuple[str, str]]:
 
 # ------------------------------------------------------------------ the change pipeline, for on-call changes
 class Guarded(Change):
-    """An on-call change through the one change pipeline (roadie/change.py): lease with heartbeat, audit
+    """An on-call change through the one change pipeline (roadie/change/pipeline.py): lease with heartbeat, audit
     record, interrupts. `lock=False` records without taking the lock (`fab run`).
 
         with Guarded(inv, "drain", hosts=["stream2"], message=...) as change:

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import audit, lock_ops, maintenance, ops, status
+from roadie import maintenance, ops, status
+from roadie.change import audit, lock_ops
 from roadie.core import fleet, inventory, ssh
 from roadie.core.cli import Terminal, number
 from roadie.core.errors import RoadieError

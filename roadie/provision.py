@@ -306,7 +306,7 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
     change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
     first provisioning of a fleet, whose lock host has no deploy account yet (nothing of Roadie runs there)."""
-    from roadie.change import Change, lock_host
+    from roadie.change.pipeline import Change, lock_host
     from roadie.core import ssh
 
     # Bad input (playbook, limit, tags, secrets) is one line before the lock host is even reached.

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import deploy, maintenance, rollout
+from roadie import deploy, maintenance
+from roadie.change import rollout
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError

@@ -17,9 +17,10 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from roadie import lock, remote, rotation, stream_host
+from roadie import remote, stream_host
 from roadie.balancer import Balancer, ServerState
 from roadie.cache import client as redis_client
+from roadie.change import lock, rotation
 from roadie.core import contract, ssh
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
@@ -277,7 +278,7 @@ def check(inv: Inventory, pattern: str = "all") -> Report:
 
 def _fence_stale_primary(inv: Inventory, primaries: list[str]) -> list[Problem]:
     """Two primaries: fence the one the audit log shows was failed over away from, at first contact."""
-    from roadie.change import lock_host
+    from roadie.change.pipeline import lock_host
     from roadie.db import fencing
 
     try:

@@ -6,8 +6,9 @@ anything, and hands the work to roadie.deploy and roadie.maintenance inside the 
 
 from __future__ import annotations
 
-from roadie import artifacts, deploy, lock, maintenance, release, rollout, rotation, stream_host
+from roadie import artifacts, deploy, maintenance, release, stream_host
 from roadie.balancer import Balancer
+from roadie.change import lock, rollout, rotation
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError

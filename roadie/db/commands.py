@@ -6,7 +6,8 @@ import sys
 import time
 from dataclasses import dataclass
 
-from roadie import audit, deploy, maintenance, rollout
+from roadie import deploy, maintenance
+from roadie.change import audit, rollout
 from roadie.core import inventory, ssh
 from roadie.core.cli import Terminal, human_age, human_bytes
 from roadie.core.errors import RoadieError

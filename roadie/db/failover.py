@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from roadie import deploy, stream_host
-from roadie.change import Change
+from roadie.change.pipeline import Change
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory

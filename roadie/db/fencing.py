@@ -7,7 +7,8 @@ import json
 import time
 from typing import TYPE_CHECKING
 
-from roadie import lock, remote
+from roadie import remote
+from roadie.change import lock
 from roadie.core import contract, ssh
 from roadie.core.inventory import Inventory
 from roadie.db import client
@@ -44,7 +45,7 @@ def fence_at_first_contact(inv: Inventory, primaries: list[str], lock_conn: Host
     """When two PostgreSQL hosts claim to be primary and the fleet's audit log shows one of them was failed
     over away from (a forced failover could not fence it), fence that one now, before anything else
     touches it; what was done, or None when the log does not say which one is stale."""
-    from roadie import audit
+    from roadie.change import audit
 
     rec = stale_primary(audit.parse(audit.fetch(lock_conn)), primaries)
     if rec is None:

@@ -1,6 +1,6 @@
 """The deploy lock's state on the lock host: deploy.lock.json, read and changed only under flock(2).
 
-roadie.lock runs this on the lock host as the deploy user, with roadie.remote.command:
+roadie.change.lock runs this on the lock host as the deploy user, with roadie.remote.command:
   deploy_lock.py OP STATE_DIR PAYLOAD-JSON
   acquire  {"info": {...}, "ttl": s, "force": bool}  takes the lock when it is free or expired (or forced)
   release  {"token": ..., "force": bool}             removes it, for its holder's token (or forced)

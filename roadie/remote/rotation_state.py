@@ -1,6 +1,6 @@
 """Which stream hosts are out of rotation on purpose: drained.json in the deploy user's state directory.
 
-roadie.rotation runs this on the lock host (the first balancer) as the deploy user, with
+roadie.change.rotation runs this on the lock host (the first balancer) as the deploy user, with
 roadie.remote.command:  rotation_state.py OP STATE_DIR PAYLOAD-JSON
   record  {"host": ..., "by": ..., "why": ...}   adds or replaces the host's record, `at` = this host's clock
   clear   {"host": ...}                          removes it ("cleared": whether there was one)

@@ -9,7 +9,7 @@ import json
 import socket
 import subprocess
 
-from roadie import audit
+from roadie.change import audit
 from roadie.core import ssh
 from roadie.core.paths import LAB_KEY
 from tests.lab.fabrun import fab, ok

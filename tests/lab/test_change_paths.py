@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import audit, deploy, lock, release
+from roadie import deploy, release
 from roadie.balancer import Balancer
+from roadie.change import audit, lock
 from roadie.core.paths import ROOT
 from tests.lab.fabrun import fab, start_fab
 from tests.lab.releases import build_variant

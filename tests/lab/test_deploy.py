@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from roadie import deploy, lab, lock, release, stream_host
+from roadie import deploy, lab, release, stream_host
+from roadie.change import lock
 from roadie.core import ssh
 from roadie.core.paths import ROOT
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab

@@ -214,6 +214,6 @@ def test_run_reports_the_failing_host(stack):
 @pytest.fixture(autouse=True)
 def _lock_free_after(stack, conns):
     yield
-    from roadie import lock
+    from roadie.change import lock
     holder, _ = lock.status(conns("lb1"))
     assert holder is None, f"a test left the deploy lock held: {holder}"

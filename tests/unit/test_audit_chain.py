@@ -1,4 +1,4 @@
-"""roadie.audit: records go through the root helper's exact sudo line; `fab audit` finds tampering.
+"""roadie.change.audit: records go through the root helper's exact sudo line; `fab audit` finds tampering.
 
 The lock host is simulated by running the real helper (roles/common/files/roadie_audit.py) in a
 temporary directory, so what the client sends and what it verifies are what a host would write.
@@ -13,7 +13,8 @@ import pytest
 import yaml
 from invoke import Context, Exit
 
-from roadie import audit, deploy, lock
+from roadie import deploy
+from roadie.change import audit, lock
 from roadie.core import inventory, ssh
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT

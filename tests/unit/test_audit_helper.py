@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from roadie import audit
+from roadie.change import audit
 from tests.unit.audit_program import EVIDENCE, HELPER_FILE, KEY, OTHER_KEY, helper
 
 

@@ -1,4 +1,4 @@
-"""The change pipeline (roadie/change.py): lease and heartbeat, a lost lease, a lapsed lease taken over,
+"""The change pipeline (roadie/change/pipeline.py): lease and heartbeat, a lost lease, a lapsed lease taken over,
 interrupts and the audit record. The lock's own program runs for real, here, on a local state directory
 (the lab runs it on the lock host: tests/lab/test_change_paths.py)."""
 
@@ -11,8 +11,8 @@ import time
 import pytest
 from invoke import Context
 
-from roadie import change as change_mod
-from roadie import lock
+from roadie.change import lock
+from roadie.change import pipeline as change_mod
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.inventory import Host
 

@@ -10,9 +10,10 @@ import pytest
 from invoke import Context, Exit
 
 import fabfile
-from roadie import artifacts, audit, deploy, lock, lock_ops, maintenance, oncall, ops, status, stream_fleet
+from roadie import artifacts, deploy, maintenance, oncall, ops, status, stream_fleet
 from roadie.cache import client as redis_client
 from roadie.cache import commands as cache_commands
+from roadie.change import audit, lock, lock_ops
 from roadie.core import cli, fleet, ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
@@ -285,7 +286,7 @@ def test_maintenance_off_asks_before_any_balancer(guarded, no_ssh):
     assert guarded == []
 
 
-# ------------------------------------------------------------------ roadie.lock_ops
+# ------------------------------------------------------------------ roadie.change.lock_ops
 def test_breaking_the_lock_needs_force_before_anything_is_read(no_ssh):
     with pytest.raises(RoadieError, match="breaking another operator's lock needs --force"):
         lock_ops.break_lock("/nonexistent/inventory", force=False, message=None)

@@ -7,7 +7,7 @@ import time
 import pytest
 from invoke import Context
 
-from roadie import lock
+from roadie.change import lock
 from roadie.core.errors import RoadieError
 
 

@@ -19,8 +19,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import lock, netpolicy, ops, remote, stream_host
+from roadie import netpolicy, ops, remote, stream_host
 from roadie.cache import client as redis_client
+from roadie.change import lock
 from roadie.db import backups as db_backups
 from roadie.db import fencing
 from roadie.remote import disk_usage, fence_marker, list_backups, release_listing

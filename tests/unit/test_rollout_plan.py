@@ -2,7 +2,7 @@
 
 import pytest
 
-from roadie import rollout
+from roadie.change import rollout
 from roadie.core.errors import RoadieError
 
 

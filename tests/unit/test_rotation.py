@@ -1,4 +1,4 @@
-"""On-purpose drains (roadie.rotation), run for real by the program the lock host runs (here: locally, tmp dir)."""
+"""On-purpose drains (roadie.change.rotation), run for real by the program the lock host runs (locally, tmp dir)."""
 
 import json
 import os
@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import rotation
+from roadie.change import rotation
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
 from roadie.remote import rotation_state

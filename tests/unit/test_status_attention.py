@@ -9,11 +9,11 @@ import pytest
 
 from roadie import remote, status
 from roadie.cache import client as redis_client
+from roadie.change.lock import LockInfo
+from roadie.change.rotation import Drained
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
-from roadie.lock import LockInfo
 from roadie.remote import answer, status_probe
-from roadie.rotation import Drained
 from tests.unit.haproxy_canned import STAT, Canned
 
 NOW = 1_700_000_000.0

@@ -3,7 +3,7 @@
 `fab drain HOST --message WHY` records the host here and `fab undrain HOST` clears it, so `fab status`
 can tell a host an operator took out from one that fell out (or was left out by a command that died).
 The record is drained.json in the deploy user's state directory on the lock host (the first balancer,
-the host roadie.lock uses), changed only under flock(2) by roadie/remote/rotation_state.py, which
+the host roadie.change.lock uses), changed only under flock(2) by roadie/remote/rotation_state.py, which
 follows no link. Times are the lock host's clock.
 """
 
@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass
 
 from roadie import remote
-from roadie.lock import STATE_DIR, Runner
+from roadie.change.lock import STATE_DIR, Runner
 
 PROGRAM = "rotation_state.py"
 

@@ -21,7 +21,7 @@ from roadie import remote
 from roadie.core import contract
 from roadie.core.errors import RoadieError
 
-# A lease, not a long hold: every change renews it with a heartbeat (roadie/change.py), so the lock of an
+# A lease, not a long hold: every change renews it with a heartbeat (roadie/change/pipeline.py), so the lock of an
 # operator who was killed or cut off lapses within this many seconds.
 DEFAULT_TTL = 90
 STATE_DIR = contract.STATE_DIR

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from types import FrameType
 
-from roadie import audit, lock
+from roadie.change import audit, lock
 from roadie.core import ssh
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.inventory import Host, Inventory

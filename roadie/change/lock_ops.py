@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from roadie import audit, deploy, lock
+from roadie import deploy
+from roadie.change import audit, lock
 from roadie.core import inventory, ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host

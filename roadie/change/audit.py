@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from roadie import lock
+from roadie.change import lock
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
 
