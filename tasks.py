@@ -12,11 +12,12 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import deploy, lab, molecule, provision, release
+from roadie import lab, molecule, provision
 from roadie import lint as roadie_lint
 from roadie.core import fleet, inventory
 from roadie.core.cli import emit_json, friendly, table
 from roadie.core.errors import RoadieError
+from roadie.deploy import deploy, release
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from roadie import restarts, stream_fleet
 from roadie.core.cli import Terminal, emit_json, table
+from roadie.deploy import restarts, stream_fleet
 
 from .common import DEPLOY_HELP, INVENTORY_HELP, pick, task
 

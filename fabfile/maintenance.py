@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from invoke import Collection
 
-from roadie import maintenance
 from roadie.core.cli import Terminal, number, prefixed
+from roadie.deploy import maintenance
 
 from .common import INVENTORY_HELP, pick, task
 

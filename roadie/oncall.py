@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import maintenance, ops, status
+from roadie import ops, status
 from roadie.change import audit, lock_ops
 from roadie.core import fleet, inventory, ssh
 from roadie.core.cli import Terminal, number
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
+from roadie.deploy import maintenance
 
 
 def hosts(inventory_name: str | None, group: str) -> list[Host]:

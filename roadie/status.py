@@ -17,14 +17,15 @@ import ipaddress
 import json
 from dataclasses import asdict, dataclass, field
 
-from roadie import remote, stream_host
-from roadie.balancer import Balancer, ServerState
+from roadie import remote
 from roadie.cache import client as redis_client
 from roadie.change import lock, rotation
 from roadie.core import contract, ssh
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
+from roadie.deploy import stream_host
+from roadie.deploy.balancer import Balancer, ServerState
 
 # The units that matter on a host, by inventory group.
 UNITS = {

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from roadie import maintenance
 from roadie.cache import client
 from roadie.cache.client import CacheState
 from roadie.core import inventory, ssh
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
+from roadie.deploy import maintenance
 
 
 def check_pattern(pattern: str) -> str:

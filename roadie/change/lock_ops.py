@@ -8,11 +8,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from roadie import deploy
 from roadie.change import audit, lock
 from roadie.core import inventory, ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
+from roadie.deploy import deploy
 
 
 def lock_host(inventory_name: str | None) -> Host:

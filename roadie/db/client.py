@@ -14,8 +14,8 @@ import json
 import shlex
 from typing import TYPE_CHECKING
 
-from roadie import stream_host
 from roadie.core.errors import RoadieError
+from roadie.deploy import stream_host
 
 if TYPE_CHECKING:
     from roadie.core.inventory import Inventory

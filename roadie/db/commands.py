@@ -6,7 +6,6 @@ import sys
 import time
 from dataclasses import dataclass
 
-from roadie import deploy, maintenance
 from roadie.change import audit, rollout
 from roadie.core import inventory, ssh
 from roadie.core.cli import Terminal, human_age, human_bytes
@@ -17,7 +16,8 @@ from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.db.topology import topology
-from roadie.stream_fleet import options
+from roadie.deploy import deploy, maintenance
+from roadie.deploy.stream_fleet import options
 
 
 def record(inv: Inventory, action: str, result: str, duration_s: float, **detail: object) -> None:

@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from roadie import deploy, stream_host
 from roadie.change.pipeline import Change
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
@@ -27,6 +26,7 @@ from roadie.db.client import AS_POSTGRES
 from roadie.db.fencing import DATA_DIR, FENCE_FILE, PG_BIN, PG_UNIT, fence_host
 from roadie.db.topology import Report, topology
 from roadie.db.wal import parse_lsn
+from roadie.deploy import deploy, stream_host
 
 if TYPE_CHECKING:
     from roadie.core.ssh import HostConnection
@@ -165,7 +165,7 @@ def _wait_replayed(conn: HostConnection, lsn: str, timeout: float) -> str:
 def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options,
              rolling_restart: Callable | None = None, wait_timeout: float = 120) -> FailoverResult:
     """Run a failover plan inside the change pipeline (lease with heartbeat, audit record, interrupts)."""
-    from roadie import maintenance
+    from roadie.deploy import maintenance
 
     restart = rolling_restart or maintenance.rolling_restart
     started = time.monotonic()

@@ -1,6 +1,6 @@
 """One answer of a stream host's /healthz, read on the host itself (through its nginx).
 
-roadie.stream_host.health runs this on the host as the deploy user, with roadie.remote.command:
+roadie.deploy.stream_host.health runs this on the host as the deploy user, with roadie.remote.command:
   healthz.py URL
 It prints one JSON line: {"status": HTTP status, "body": the JSON body or {}}; an HTTP error status is an
 answer too (its body when it is JSON, else {}); no answer at all (refused, timed out, not HTTP) is

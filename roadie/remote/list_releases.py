@@ -1,6 +1,6 @@
 """The releases on a stream host: what `current` and `previous` point at, and the complete ones kept.
 
-roadie.stream_host.releases runs this on the host as the deploy user, with roadie.remote.command:
+roadie.deploy.stream_host.releases runs this on the host as the deploy user, with roadie.remote.command:
   list_releases.py BASE      (BASE: /srv/stream, holding releases/, current and previous)
 It prints one JSON line: {"current": name or null, "previous": name or null, "kept": [names]}, where a
 link's name is the last part of its target and "kept" lists the releases holding the completion mark

@@ -1,6 +1,6 @@
 """Remove old releases from a stream host, then the shared venvs no release links to any more.
 
-roadie.stream_host.prune runs this on the host as the deploy user, with roadie.remote.command:
+roadie.deploy.stream_host.prune runs this on the host as the deploy user, with roadie.remote.command:
   prune_releases.py BASE RELEASE...
 BASE is /srv/stream (releases/ and venvs/ under it); each RELEASE is a directory name under releases/
 that the controller chose (complete, neither current nor previous). After removing them it removes every

@@ -1,6 +1,6 @@
 """Stage a release on a stream host: unpack only what the controller verified, check it, then install it.
 
-roadie.stream_host.stage runs this on the host as the deploy user. It sends the program with
+roadie.deploy.stream_host.stage runs this on the host as the deploy user. It sends the program with
 roadie.remote.command and writes one JSON line to its stdin:
   artifact         the uploaded <release-id>.tar.gz (removed whatever happens)
   releases, venvs  the releases directory and the shared venvs directory
@@ -18,7 +18,7 @@ sha256 to the release's own wheels. Only then is the tree moved to releases/<id>
 hash-checking mode from that release's wheels and nothing else. Any failure removes what this run made
 and prints one line on stderr (exit status 3).
 
-Standard library only: it runs on the host's python3. roadie.release imports its checks, so the
+Standard library only: it runs on the host's python3. roadie.deploy.release imports its checks, so the
 controller and the host refuse the same things.
 """
 
@@ -71,7 +71,7 @@ def _shown(text: str, limit: int = 80) -> str:
     return ascii(text[:limit] + ("..." if len(text) > limit else ""))
 
 
-# ------------------------------------------------------------------ checks shared with roadie.release
+# ------------------------------------------------------------------ checks shared with roadie.deploy.release
 
 
 @dataclass(frozen=True)

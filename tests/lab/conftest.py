@@ -99,7 +99,7 @@ def as_deploy(lab_inventory, provisioned):
 @pytest.fixture(scope="session")
 def stack(provisioned, lab_inventory):
     """A first release deployed with `fab deploy`'s code and seeded: the stack serves through lb1."""
-    from roadie import deploy
+    from roadie.deploy import deploy
 
     artifact, manifest = deploy.build_and_deploy(lab_inventory, ROOT / "build" / "releases", "lab tests",
                                                  deploy.Reporter(), seed=True)

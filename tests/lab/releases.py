@@ -6,8 +6,8 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from roadie import deploy, release
 from roadie.core.paths import ROOT
+from roadie.deploy import deploy, release
 
 
 def build_variant(tmp_path: Path, release_id: str, patch: Callable[[Path], None] | None = None,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import deploy, release
-from roadie.balancer import Balancer
 from roadie.change import audit, lock
 from roadie.core.paths import ROOT
+from roadie.deploy import deploy, release
+from roadie.deploy.balancer import Balancer
 from tests.lab.fabrun import fab, start_fab
 from tests.lab.releases import build_variant
 from tests.lab.traffic import Traffic

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from roadie import deploy, lab, release, stream_host
+from roadie import lab
 from roadie.change import lock
 from roadie.core import ssh
 from roadie.core.paths import ROOT
+from roadie.deploy import deploy, release, stream_host
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic

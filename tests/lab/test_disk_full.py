@@ -10,7 +10,7 @@ import re
 import shlex
 import time
 
-from roadie import release, stream_host
+from roadie.deploy import release, stream_host
 from tests.lab.fabrun import fab, one_line_error
 from tests.lab.releases import build_variant, currents
 

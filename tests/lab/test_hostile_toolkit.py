@@ -22,9 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import balancer, provision, stream_host
+from roadie import provision
 from roadie.core import ssh
 from roadie.core.paths import ROOT
+from roadie.deploy import balancer, stream_host
 from tests.lab.hosts import run_with_secret
 
 VENV = ROOT / ".venv" / "bin"

@@ -18,9 +18,9 @@ import shlex
 import pytest
 import yaml
 
-from roadie import stream_host
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
+from roadie.deploy import stream_host
 
 STREAM = ("stream1", "stream2", "stream3")
 # Each host's tier: its sudo list must be exactly that tier's in the common role's defaults.

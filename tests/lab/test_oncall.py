@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from roadie import lab, status
-from roadie.balancer import Balancer
+from roadie.deploy.balancer import Balancer
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import redis_admin
 from tests.lab.traffic import Traffic, get

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import release, stream_host
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.deploy import release, stream_host
 from tests.unit import forge
 
 HOST = "stream1"

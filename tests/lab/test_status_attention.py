@@ -7,8 +7,8 @@ root through the runtime API, and the on-purpose record is read as root on the l
 
 import json
 
-from roadie.balancer import Balancer
 from roadie.change.lock import STATE_DIR
+from roadie.deploy.balancer import Balancer
 from roadie.remote.rotation_state import FILE as DRAINED_FILE
 from tests.lab.fabrun import fab, ok
 

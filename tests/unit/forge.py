@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from roadie import release
+from roadie.deploy import release
 
 Entry = tuple[tarfile.TarInfo, bytes | None]
 

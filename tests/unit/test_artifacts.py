@@ -1,11 +1,11 @@
-"""roadie.artifacts: which artifact `fab deploy` ships, decided before any host is contacted."""
+"""roadie.deploy.artifacts: which artifact `fab deploy` ships, decided before any host is contacted."""
 
 from types import SimpleNamespace
 
 import pytest
 
-from roadie import artifacts, release
 from roadie.core.errors import RoadieError
+from roadie.deploy import artifacts, release
 
 
 @pytest.fixture

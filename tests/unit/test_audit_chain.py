@@ -13,11 +13,11 @@ import pytest
 import yaml
 from invoke import Context, Exit
 
-from roadie import deploy
 from roadie.change import audit, lock
 from roadie.core import inventory, ssh
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.deploy import deploy
 from tests.unit.audit_program import EVIDENCE, KEY, helper
 from tests.unit.cli_run import fab_task
 
@@ -276,7 +276,7 @@ def test_fab_audit_fails_with_one_line_naming_the_broken_record(lab_lock_host, l
 
 
 def test_a_failed_change_whose_record_is_refused_reports_both(tmp_path, local, monkeypatch):
-    from roadie import maintenance
+    from roadie.deploy import maintenance
 
     denied = LockHost(tmp_path / "fleet", sudo_allowed=False)
     monkeypatch.setattr(audit, "LOCAL_LOG", local)

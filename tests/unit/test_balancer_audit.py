@@ -3,8 +3,8 @@
 
 import pytest
 
-from roadie import balancer
 from roadie.core.errors import RoadieError
+from roadie.deploy import balancer
 from tests.unit.haproxy_canned import STAT, Canned
 
 

@@ -23,10 +23,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import deploy, release, remote, stream_host
+from roadie import remote
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
+from roadie.deploy import deploy, release, stream_host
 from roadie.remote import answer, free_space, stage_release
 from tests.unit import forge
 

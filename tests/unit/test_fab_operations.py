@@ -10,7 +10,7 @@ import pytest
 from invoke import Context, Exit
 
 import fabfile
-from roadie import artifacts, deploy, maintenance, oncall, ops, status, stream_fleet
+from roadie import oncall, ops, status
 from roadie.cache import client as redis_client
 from roadie.cache import commands as cache_commands
 from roadie.change import audit, lock, lock_ops
@@ -22,6 +22,7 @@ from roadie.db import commands as db_commands
 from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
+from roadie.deploy import artifacts, deploy, maintenance, stream_fleet
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
 
 
@@ -84,7 +85,7 @@ def test_a_task_that_fails_exits_1_with_one_error_line_and_touches_no_host(no_ss
     assert failed.value.message == "error: breaking another operator's lock needs --force"
 
 
-# ------------------------------------------------------------------ roadie.stream_fleet
+# ------------------------------------------------------------------ roadie.deploy.stream_fleet
 def test_options_turn_the_flags_into_numbers():
     opts = stream_fleet.options("25%", True, "2", "30", "45.5", None)
     assert (opts.batch, opts.canary, opts.min_serving, opts.drain_timeout, opts.health_timeout, opts.message) == (
@@ -270,7 +271,7 @@ def test_a_bad_pattern_is_refused_before_the_inventory(redis):
     assert redis == []
 
 
-# ------------------------------------------------------------------ roadie.maintenance: the mode
+# ------------------------------------------------------------------ roadie.deploy.maintenance: the mode
 def test_maintenance_on_says_what_clients_get_and_asks_before_any_balancer(guarded, no_ssh):
     terminal = ScriptedTerminal(answer=False)
     with pytest.raises(RoadieError, match="not confirmed"):

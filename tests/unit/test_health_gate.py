@@ -5,8 +5,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import stream_host
 from roadie.core.errors import RoadieError
+from roadie.deploy import stream_host
 
 
 class Answers:

@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import deploy
 from roadie.core.errors import RoadieError
+from roadie.deploy import deploy
 
 
 def _rollout(states: dict[str, tuple[str, int]], min_serving: int) -> deploy.Rollout:

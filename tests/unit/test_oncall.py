@@ -2,11 +2,12 @@
 
 import pytest
 
-from roadie import deploy, maintenance, ops, status
-from roadie.balancer import Balancer
+from roadie import ops, status
 from roadie.cache import commands as cache_commands
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
+from roadie.deploy import deploy, maintenance
+from roadie.deploy.balancer import Balancer
 from tests.unit.cli_run import assert_one_line_error, run_cli
 from tests.unit.haproxy_canned import STAT, Canned
 

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from roadie import release
 from roadie.core.errors import RoadieError
+from roadie.deploy import release
 from tests.unit import forge
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)

@@ -2,8 +2,8 @@
 
 import yaml
 
-from roadie import stream_host
 from roadie.core.paths import ROOT
+from roadie.deploy import stream_host
 
 ROLE_VARS = yaml.safe_load((ROOT / "roles" / "streaming" / "vars" / "main.yml").read_text())
 

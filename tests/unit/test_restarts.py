@@ -1,10 +1,10 @@
-"""roadie.restarts: `fab restart` plans from the inventory, shows the plan and asks before any restart."""
+"""roadie.deploy.restarts: `fab restart` plans from the inventory, shows the plan and asks before any restart."""
 
 import pytest
 
-from roadie import maintenance, restarts
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
+from roadie.deploy import maintenance, restarts
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
 
 

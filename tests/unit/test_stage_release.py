@@ -21,8 +21,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import release, remote, stream_host
+from roadie import remote
 from roadie.core.errors import RoadieError
+from roadie.deploy import release, stream_host
 from roadie.remote import answer, stage_release
 from roadie.remote.stage_release import StageError
 from tests.unit import forge

@@ -213,7 +213,7 @@ def test_the_lock_host_view_reads_each_part_on_its_own(monkeypatch):
 
 def test_check_joins_haproxy_the_lease_and_the_drains_to_the_rows(monkeypatch):
     # stream2 DRAIN and drained on purpose, stream3 DOWN (from STAT); the probes answer as healthy hosts.
-    from roadie.balancer import parse_stat
+    from roadie.deploy.balancer import parse_stat
 
     servers = {s.server: s for s in parse_stat(STAT)}
     drained = {"stream2": Drained("stream2", "bob@laptop", "disk swap", NOW)}

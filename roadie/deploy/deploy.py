@@ -18,13 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from roadie import release, stream_host
-from roadie.balancer import Balancer
 from roadie.change import rollout, rotation
 from roadie.change.pipeline import Change, stop_if_interrupted
 from roadie.core import contract, ssh
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.inventory import Host, Inventory
+from roadie.deploy import release, stream_host
+from roadie.deploy.balancer import Balancer
 
 DEFAULT_KEEP = 5
 def default_drain_timeout(inv: Inventory, group: str = "stream") -> float:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from roadie import release
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.deploy import release
 
 RELEASES_DIR = ROOT / "build" / "releases"
 

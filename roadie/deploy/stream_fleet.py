@@ -1,18 +1,18 @@
 """What `fab deploy`, `rollback`, `releases`, `seed`, `drain` and `undrain` do with their flags.
 
 Each function checks its input before it contacts a host, asks (`Terminal.confirm`) before it changes
-anything, and hands the work to roadie.deploy and roadie.maintenance inside the one change pipeline.
+anything, and hands the work to roadie.deploy.deploy and roadie.deploy.maintenance inside the one change pipeline.
 """
 
 from __future__ import annotations
 
-from roadie import artifacts, deploy, maintenance, release, stream_host
-from roadie.balancer import Balancer
 from roadie.change import lock, rollout, rotation
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
+from roadie.deploy import artifacts, deploy, maintenance, release, stream_host
+from roadie.deploy.balancer import Balancer
 
 
 def options(batch: str | int, canary: bool, min_serving: str | int, drain_timeout: str | float,
@@ -29,7 +29,7 @@ def options(batch: str | int, canary: bool, min_serving: str | int, drain_timeou
 def deploy_release(inventory_name: str | None, *, release_id: str | None, artifact: str | None, build: bool,
                    batch: str, canary: bool, min_serving: str, drain_timeout: str | None, health_timeout: str,
                    message: str | None, dry_run: bool, as_json: bool, terminal: Terminal) -> deploy.Outcome:
-    """Resolve the artifact, check the plan, ask, then roll the release out (roadie.deploy.deploy)."""
+    """Resolve the artifact, check the plan, ask, then roll the release out (deploy.deploy)."""
     inv = inventory.load(inventory_name)
     opts = options(batch, canary, min_serving, drain_timeout or deploy.default_drain_timeout(inv), health_timeout,
                    message)
@@ -46,7 +46,7 @@ def deploy_release(inventory_name: str | None, *, release_id: str | None, artifa
 def rollback(inventory_name: str | None, *, to: str | None, batch: str, min_serving: str,
              drain_timeout: str | None, health_timeout: str, message: str | None, dry_run: bool, as_json: bool,
              terminal: Terminal) -> deploy.Outcome:
-    """Check the target release id, ask, then roll back (roadie.deploy.rollback)."""
+    """Check the target release id, ask, then roll back (deploy.rollback)."""
     inv = inventory.load(inventory_name)
     opts = options(batch, False, min_serving, drain_timeout or deploy.default_drain_timeout(inv), health_timeout,
                    message)

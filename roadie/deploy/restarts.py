@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import deploy, maintenance
 from roadie.change import rollout
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
-from roadie.stream_fleet import options
+from roadie.deploy import deploy, maintenance
+from roadie.deploy.stream_fleet import options
 
 
 @dataclass

@@ -15,8 +15,6 @@ from dataclasses import dataclass
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-from roadie import deploy
-from roadie.balancer import Balancer
 from roadie.cache import client as redis_client
 from roadie.change import rollout, rotation
 from roadie.change.pipeline import Change, lock_host
@@ -26,6 +24,8 @@ from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
 from roadie.core.paths import ROOT
 from roadie.db import client as pg_client
+from roadie.deploy import deploy
+from roadie.deploy.balancer import Balancer
 
 TEMPLATES = ROOT / "templates"
 

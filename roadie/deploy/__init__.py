@@ -1,0 +1,12 @@
+"""Changing what the serving fleet runs: release artifacts, rolling deploys and rollbacks, drains,
+restarts and maintenance mode, each through the one change pipeline (roadie/change/).
+
+  release.py       the release artifact: build it offline, verify it, its dependency set
+  artifacts.py     the artifact a deploy ships: one built earlier, a file, or a fresh build
+  stream_host.py   one stream host over SSH: stage a release, switch `current`, restart, health-check
+  balancer.py      HAProxy's runtime API on the balancer: drain, wait for sessions, enable, read state
+  deploy.py        rolling deploys and rollbacks behind HAProxy, batch by batch
+  maintenance.py   on-call changes: drain and undrain, rolling restarts, maintenance mode
+  restarts.py      `fab restart`: which hosts restart how, checked and shown first
+  stream_fleet.py  what `fab deploy`, `rollback`, `releases`, `seed`, `drain` and `undrain` do with their flags
+"""
