@@ -23,9 +23,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed
 from bench.lab import Rows, quiet
-from roadie import lab, provision, status
+from roadie import lab, provision
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
+from roadie.status import probe
 
 COUNTS = (1, 3, 12, 24)
 
@@ -43,7 +44,7 @@ def run_serial(hosts: list) -> None:
 
 
 def status_parallel(inv: inventory.Inventory, hosts: list) -> None:
-    rows = ssh.parallel(lambda h: status.probe(h, inv), hosts, max_workers=32)
+    rows = ssh.parallel(lambda h: probe.probe(h, inv), hosts, max_workers=32)
     bad = [r.host for r in rows if not r.reachable]
     if bad:
         raise SystemExit(f"bench: status probe failed on {bad}")

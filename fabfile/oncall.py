@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from roadie import oncall
-from roadie import status as fleet_status
 from roadie.change import audit as audit_log
 from roadie.core.cli import Terminal, emit_json, human_bytes, number, prefixed, table
 from roadie.core.errors import RoadieError
+from roadie.status import oncall
+from roadie.status import report as status_report
 
 from .common import COMMON_HELP, INVENTORY_HELP, task
 
@@ -43,7 +43,7 @@ def status(c, inventory_=None, group="all", json=False):
     if json:
         emit_json(seen.report.as_dict())
     else:
-        print(table(fleet_status.HEADERS, fleet_status.table_rows(seen.report.rows)))
+        print(table(status_report.HEADERS, status_report.table_rows(seen.report.rows)))
         for problem in seen.report.problems:
             print(problem.line())
     if seen.problem:

@@ -1,6 +1,6 @@
 """`fab disk`'s probe: the size, use and room of every real filesystem a host has mounted.
 
-roadie.ops.disks runs this on every host as the deploy user, with roadie.remote.command:  disk_usage.py
+roadie.status.ops.disks runs this on every host as the deploy user, with roadie.remote.command:  disk_usage.py
 It reads /proc/self/mounts, skips pseudo and read-only image filesystems (proc, tmpfs, cgroup, squashfs,
 ...), mounts it cannot statvfs, empty ones and a filesystem seen already (bind mounts), and prints one
 JSON list of {"mount", "total", "used", "avail" (bytes an unprivileged user may still write), "pct"

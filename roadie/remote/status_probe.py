@@ -1,6 +1,6 @@
 """`fab status`'s probe: what one host reports about itself, as one JSON line.
 
-roadie.status runs this on every host as the deploy user with roadie.remote.command:
+roadie.status.probe runs this on every host as the deploy user with roadie.remote.command:
   status_probe.py ARGS-JSON      (stdin: one line, Redis's admin password or empty)
 ARGS:
   units             systemd units to report (systemctl is-active)

@@ -10,9 +10,9 @@ import json
 import subprocess
 import sys
 
-from roadie import netpolicy
 from roadie.core import ssh
 from roadie.core.paths import ROOT
+from roadie.status import netpolicy
 
 TIMEOUT_S = 2.0
 

@@ -11,8 +11,9 @@ import uuid
 
 import pytest
 
-from roadie import lab, status
+from roadie import lab
 from roadie.deploy.balancer import Balancer
+from roadie.status import probe
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import redis_admin
 from tests.lab.traffic import Traffic, get
@@ -69,7 +70,7 @@ def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
         lab.docker("start", lab.container_name("cache1"))
         lab._wait_ssh_ready("cache1")
     deadline = time.monotonic() + 60
-    while not status.probe(lab_inventory.hosts["cache1"], lab_inventory).healthy:
+    while not probe.probe(lab_inventory.hosts["cache1"], lab_inventory).healthy:
         assert time.monotonic() < deadline, "cache1 did not come back"
         time.sleep(1)
 

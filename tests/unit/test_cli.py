@@ -10,10 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Context, Exit, Result, UnexpectedExit
 
-from roadie import lab, ops
+from roadie import lab
 from roadie.core import cli
 from roadie.core.errors import RoadieError
 from roadie.deploy import deploy
+from roadie.status import ops
 from tests.unit.cli_run import assert_one_line_error, run_cli
 
 

@@ -10,7 +10,6 @@ import pytest
 from invoke import Context, Exit
 
 import fabfile
-from roadie import oncall, ops, status
 from roadie.cache import client as redis_client
 from roadie.cache import commands as cache_commands
 from roadie.change import audit, lock, lock_ops
@@ -23,6 +22,7 @@ from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.deploy import artifacts, deploy, maintenance, stream_fleet
+from roadie.status import oncall, ops, probe, report
 from tests.unit.fakes import RecordedChange, ScriptedTerminal
 
 
@@ -161,7 +161,7 @@ def test_a_dry_run_deploy_asks_nothing(shipped):
     assert terminal.asked == [] and shipped[0][-1] is True
 
 
-# ------------------------------------------------------------------ roadie.oncall
+# ------------------------------------------------------------------ roadie.status.oncall
 def test_check_names_the_hosts_that_failed(monkeypatch):
     rows = [fleet.CheckRow("stream1", "10.0.0.1", True, "stream1"),
             fleet.CheckRow("stream2", "10.0.0.2", False, "unreachable"),
@@ -172,19 +172,19 @@ def test_check_names_the_hosts_that_failed(monkeypatch):
 
 
 def _row(host, healthy=True):
-    return status.HostStatus(host, ["stream"], True, services={"stream.service": "active" if healthy else "failed"})
+    return probe.HostStatus(host, ["stream"], True, services={"stream.service": "active" if healthy else "failed"})
 
 
 @pytest.mark.parametrize("rows, problems, as_json, line", [
     ([_row("stream1")], [], False, ""),
     ([_row("stream1"), _row("stream2", False)], [], False, "1 of 2 hosts need attention: stream2"),
-    ([_row("stream1")], [status.Problem(status.WARNING, "lb1", "x")], False, "1 problem (above)"),
+    ([_row("stream1")], [report.Problem(report.WARNING, "lb1", "x")], False, "1 problem (above)"),
     ([_row("stream1", False)],
-     [status.Problem(status.CRITICAL, "db1", "x"), status.Problem(status.WARNING, None, "y")], True,
+     [report.Problem(report.CRITICAL, "db1", "x"), report.Problem(report.WARNING, None, "y")], True,
      "1 of 1 hosts need attention: stream1; 2 problems (1 CRITICAL) (in the JSON)"),
 ])
 def test_status_says_in_one_line_what_needs_attention(rows, problems, as_json, line):
-    assert oncall.attention_line(status.Report(rows, problems), as_json) == line
+    assert oncall.attention_line(report.Report(rows, problems), as_json) == line
 
 
 def test_disk_problem_names_full_filesystems_and_silent_hosts():

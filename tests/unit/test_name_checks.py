@@ -7,13 +7,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import ops, remote
+from roadie import remote
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.db import backups as db_backups
 from roadie.db import restore_check as db_restore
 from roadie.db import wal
 from roadie.deploy import balancer, release
+from roadie.status import ops
 
 
 @pytest.mark.parametrize("release_id", ["r1\n", "20260102030405-abcdef0\n", "20260102030405-abcdef0-dirty\n"])

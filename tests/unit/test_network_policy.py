@@ -3,10 +3,10 @@
 import pytest
 import yaml
 
-from roadie import netpolicy
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.status import netpolicy
 
 LAB = ROOT / "inventories" / "lab"
 

@@ -2,12 +2,12 @@
 
 import pytest
 
-from roadie import ops, status
 from roadie.cache import commands as cache_commands
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.deploy import deploy, maintenance
 from roadie.deploy.balancer import Balancer
+from roadie.status import ops, probe, report
 from tests.unit.cli_run import assert_one_line_error, run_cli
 from tests.unit.haproxy_canned import STAT, Canned
 
@@ -75,13 +75,13 @@ def test_cache_pattern_checked(pattern):
 
 def test_status_table_marks_unreachable_and_inactive_hosts():
     rows = [
-        status.HostStatus("stream1", ["stream"], True, release="r1", services={"stream.service": "active"},
+        probe.HostStatus("stream1", ["stream"], True, release="r1", services={"stream.service": "active"},
                           haproxy="UP", sessions=0, load1=0.1, mem_used_pct=10.0, disk_used_pct=20.0),
-        status.HostStatus("stream2", ["stream"], False, error="stream2 (10.0.0.2:22): unreachable (timed out)"),
-        status.HostStatus("db1", ["database", "database_primary"], True, services={"postgresql@15-main.service":
+        probe.HostStatus("stream2", ["stream"], False, error="stream2 (10.0.0.2:22): unreachable (timed out)"),
+        probe.HostStatus("db1", ["database", "database_primary"], True, services={"postgresql@15-main.service":
                           "failed"}, pg_role="primary", pg_lag_bytes=0),
     ]
-    out = status.table_rows(rows)
+    out = report.table_rows(rows)
     assert out[0][2:6] == ["yes", "r1", "all active", "UP"] and out[0][-1] == ""
     assert out[1][2] == "NO" and "unreachable" in out[1][-1]
     assert out[2][1] == "database" and out[2][4] == "postgresql@15-main=failed" and out[2][-1] == "service not active"

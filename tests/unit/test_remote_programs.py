@@ -19,13 +19,14 @@ from types import SimpleNamespace
 
 import pytest
 
-from roadie import netpolicy, ops, remote
+from roadie import remote
 from roadie.cache import client as redis_client
 from roadie.change import lock
 from roadie.db import backups as db_backups
 from roadie.db import fencing
 from roadie.deploy import stream_host
 from roadie.remote import disk_usage, fence_marker, list_backups, release_listing
+from roadie.status import netpolicy, ops
 
 PROGRAMS = sorted(p.name for p in remote.HERE.glob("*.py") if p.name not in ("__init__.py", *remote.LIBRARIES))
 

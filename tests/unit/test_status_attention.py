@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 
-from roadie import remote, status
+from roadie import remote
 from roadie.cache import client as redis_client
 from roadie.change.lock import LockInfo
 from roadie.change.rotation import Drained
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
 from roadie.remote import answer, status_probe
+from roadie.status import probe, report
 from tests.unit.haproxy_canned import STAT, Canned
 
 NOW = 1_700_000_000.0
@@ -34,7 +35,7 @@ def _inventory() -> Inventory:
 INV = _inventory()
 
 
-def _row(name: str, **kw) -> status.HostStatus:
+def _row(name: str, **kw) -> probe.HostStatus:
     groups = list(INV.hosts[name].groups)
     base = {"services": {"x.service": "active"}}
     if "stream" in groups:
@@ -47,10 +48,10 @@ def _row(name: str, **kw) -> status.HostStatus:
         base.update(redis_role="master", redis_stream_clients=3)
     if name == "cache2":
         base.update(redis_role="slave", redis_stream_clients=0)
-    return status.HostStatus(name, groups, **{"reachable": True, **base, **kw})
+    return probe.HostStatus(name, groups, **{"reachable": True, **base, **kw})
 
 
-def _fleet(**changes: dict) -> list[status.HostStatus]:
+def _fleet(**changes: dict) -> list[probe.HostStatus]:
     return [_row(n, **changes.get(n, {})) for n in INV.hosts]
 
 
@@ -61,12 +62,12 @@ def _lease(expires_in: float) -> tuple[LockInfo, float]:
     return LockInfo("alice@ci", "deploy", "r2", "friday", acquired_at=NOW - 100, expires_at=NOW + expires_in), NOW
 
 
-def _texts(problems: list[status.Problem]) -> list[str]:
+def _texts(problems: list[report.Problem]) -> list[str]:
     return [p.line() for p in problems]
 
 
 def test_a_healthy_fleet_needs_no_attention():
-    assert status.attention(_fleet(), INV, FREE, {}) == []
+    assert report.attention(_fleet(), INV, FREE, {}) == []
 
 
 @pytest.mark.parametrize("state, weight, shown", [
@@ -76,10 +77,10 @@ def test_a_healthy_fleet_needs_no_attention():
     ("UP", 0, "HAProxy UP, weight 0"),
 ])
 def test_a_host_out_of_rotation_that_nobody_drained_is_a_warning_naming_it(state, weight, shown):
-    problems = status.attention(_fleet(stream2={"haproxy": state, "haproxy_weight": weight}), INV, FREE, {})
+    problems = report.attention(_fleet(stream2={"haproxy": state, "haproxy_weight": weight}), INV, FREE, {})
     assert len(problems) == 1
     (problem,) = problems
-    assert problem.severity == status.WARNING and problem.host == "stream2"
+    assert problem.severity == report.WARNING and problem.host == "stream2"
     assert problem.line().startswith(f"attention: stream2 is out of rotation ({shown})")
     assert "`fab undrain stream2`" in problem.text
 
@@ -88,19 +89,19 @@ def test_a_host_drained_on_purpose_is_not_a_problem_and_shows_who_and_why():
     drained = {"stream2": Drained("stream2", "bob@laptop", "kernel upgrade", NOW - 60)}
     rows = _fleet(stream2={"haproxy": "DRAIN", "haproxy_weight": 0,
                            "drained_on_purpose": drained["stream2"].describe()})
-    assert status.attention(rows, INV, FREE, drained) == []
-    table = {r[0]: r for r in status.table_rows(rows)}
+    assert report.attention(rows, INV, FREE, drained) == []
+    table = {r[0]: r for r in report.table_rows(rows)}
     assert table["stream2"][-1] == "drained by bob@laptop: kernel upgrade"
     assert table["stream1"][-1] == ""
     # Out on purpose and its health check failing (drained, then stopped): the operator's business, no DOWN.
     rows = _fleet(stream2={"haproxy": "DOWN", "haproxy_weight": 0, "haproxy_check": "L4CON"})
-    assert status.attention(rows, INV, FREE, drained) == []
+    assert report.attention(rows, INV, FREE, drained) == []
 
 
 def test_a_live_lease_suppresses_the_out_of_rotation_warning_a_lapsed_one_does_not():
     rows = _fleet(stream1={"haproxy": "DRAIN", "haproxy_weight": 0})
-    assert status.attention(rows, INV, _lease(+60), {}) == []
-    problems = status.attention(rows, INV, _lease(-42), {})
+    assert report.attention(rows, INV, _lease(+60), {}) == []
+    problems = report.attention(rows, INV, _lease(-42), {})
     assert _texts(problems) == [
         "attention: deploy lease on lb1 held by alice@ci for deploy r2, lapsed 42 s ago: its command is no longer "
         "renewing it",
@@ -110,72 +111,72 @@ def test_a_live_lease_suppresses_the_out_of_rotation_warning_a_lapsed_one_does_n
 
 
 def test_a_lapsed_lease_on_file_is_a_warning_on_its_own():
-    (problem,) = status.attention(_fleet(), INV, _lease(-5), {})
-    assert problem.severity == status.WARNING and problem.host is None
+    (problem,) = report.attention(_fleet(), INV, _lease(-5), {})
+    assert problem.severity == report.WARNING and problem.host is None
     assert "lapsed 5 s ago: its command is no longer renewing it" in problem.text
 
 
 def test_an_unknown_lease_and_unknown_drains_do_not_hide_a_host_out_of_rotation():
     rows = _fleet(stream3={"haproxy": "MAINT", "haproxy_weight": 1})
-    assert [p.host for p in status.attention(rows, INV, None, None)] == ["stream3"]
+    assert [p.host for p in report.attention(rows, INV, None, None)] == ["stream3"]
 
 
 def test_mixed_releases_are_a_warning_listing_host_equals_release():
     rows = _fleet(stream2={"release": "r2"}, stream3={"release": None})
-    (problem,) = status.attention(rows, INV, FREE, {})
+    (problem,) = report.attention(rows, INV, FREE, {})
     assert problem.line() == "attention: the stream hosts run different releases: stream1=r1 stream2=r2 stream3=none"
     # During a deploy the lease holder is named (still a warning: the fleet is mixed).
-    (during,) = status.attention(rows, INV, _lease(+60), {})
+    (during,) = report.attention(rows, INV, _lease(+60), {})
     assert during.text.endswith("while alice@ci for deploy r2 holds the lease")
     # An unreachable stream host has no release to compare.
     rows = _fleet(stream2={"reachable": False, "release": None})
-    assert status.attention(rows, INV, FREE, {}) == []
+    assert report.attention(rows, INV, FREE, {}) == []
 
 
 def test_a_server_down_in_haproxy_is_a_warning():
-    (problem,) = status.attention(_fleet(stream3={"haproxy": "DOWN", "haproxy_check": "L7STS"}), INV, FREE, {})
+    (problem,) = report.attention(_fleet(stream3={"haproxy": "DOWN", "haproxy_check": "L7STS"}), INV, FREE, {})
     assert problem.host == "stream3" and problem.line() == "attention: stream3 is DOWN in HAProxy (DOWN, check L7STS)"
 
 
 def test_a_host_missing_from_the_backend_or_a_stale_on_purpose_record_is_a_warning():
-    (missing,) = status.attention(_fleet(stream3={"haproxy": "not in backend", "haproxy_weight": None}), INV,
+    (missing,) = report.attention(_fleet(stream3={"haproxy": "not in backend", "haproxy_weight": None}), INV,
                                   FREE, {})
     assert missing.text == "stream3 is not in HAProxy's backend: it takes no traffic"
     stale = {"stream1": Drained("stream1", "bob", "disk", NOW - 3600)}
-    (problem,) = status.attention(_fleet(), INV, FREE, stale)
+    (problem,) = report.attention(_fleet(), INV, FREE, stale)
     assert problem.host == "stream1" and "in rotation (HAProxy UP) but recorded as drained by bob: disk" in problem.text
 
 
 def test_two_postgresql_primaries_are_critical_naming_where_the_stream_hosts_write():
     rows = _fleet(db2={"pg_role": "primary", "pg_stream_clients": 0},
                   stream2={"haproxy": "DRAIN", "haproxy_weight": 0})
-    problems = status.attention(rows, INV, FREE, {})
-    assert [p.severity for p in problems] == [status.CRITICAL, status.WARNING]     # critical first
+    problems = report.attention(rows, INV, FREE, {})
+    assert [p.severity for p in problems] == [report.CRITICAL, report.WARNING]     # critical first
     assert problems[0].line() == ("CRITICAL: 2 PostgreSQL hosts report role primary: db1, db2; the stream hosts "
                                   "write to db1 (6 connections); the inventory's primary: db1")
     # Both taking writes: said; a count the probe could not read: said.
     rows = _fleet(db1={"pg_stream_clients": 2}, db2={"pg_role": "primary", "pg_stream_clients": 4})
-    (split,) = status.attention(rows, INV, FREE, {})
+    (split,) = report.attention(rows, INV, FREE, {})
     assert "write to db1 (2 connections) and db2 (4 connections): their writes are split" in split.text
     rows = _fleet(db1={"pg_stream_clients": None}, db2={"pg_role": "primary", "pg_stream_clients": 0})
-    (unknown,) = status.attention(rows, INV, FREE, {})
+    (unknown,) = report.attention(rows, INV, FREE, {})
     assert "none of them has connections from the stream hosts (db1: connections unknown)" in unknown.text
 
 
 def test_two_redis_masters_are_critical():
-    (problem,) = status.attention(_fleet(cache2={"redis_role": "master"}), INV, FREE, {})
-    assert problem.severity == status.CRITICAL
+    (problem,) = report.attention(_fleet(cache2={"redis_role": "master"}), INV, FREE, {})
+    assert problem.severity == report.CRITICAL
     assert problem.text == ("2 Redis hosts report role master: cache1, cache2; the stream hosts write to cache1 "
                             "(3 connections)")
 
 
 def test_check_adds_what_the_lock_host_could_not_say_and_the_report_has_a_problems_list(monkeypatch):
-    view = status.LockHostView(host="lb1", lease=None, drained=None,
+    view = probe.LockHostView(host="lb1", lease=None, drained=None,
                                errors=["cannot read the deploy lease on lb1: timed out"])
-    monkeypatch.setattr(status, "_gather", lambda inv, pattern: (_fleet(), view))
-    report = status.check(INV)
-    assert report.problems == [status.Problem(status.WARNING, "lb1", "cannot read the deploy lease on lb1: timed out")]
-    data = json.loads(json.dumps(report.as_dict()))
+    monkeypatch.setattr(probe, "gather", lambda inv, pattern: (_fleet(), view))
+    found = report.check(INV)
+    assert found.problems == [report.Problem(report.WARNING, "lb1", "cannot read the deploy lease on lb1: timed out")]
+    data = json.loads(json.dumps(found.as_dict()))
     assert set(data) == {"hosts", "problems"} and len(data["hosts"]) == len(INV.hosts)
     assert data["problems"] == [{"severity": "warning", "host": "lb1",
                                  "text": "cannot read the deploy lease on lb1: timed out"}]
@@ -194,10 +195,10 @@ class LockHost(Canned):
 
 def test_the_lock_host_view_reads_each_part_on_its_own(monkeypatch):
     drained = {"stream2": Drained("stream2", "bob", "disk", NOW)}
-    monkeypatch.setattr(status.ssh, "connect", lambda host: LockHost({"stat": STAT}))
-    monkeypatch.setattr(status.lock, "status", lambda conn: (None, NOW))
-    monkeypatch.setattr(status.rotation, "on_purpose", lambda conn: drained)
-    view = status.lock_host_view(INV)
+    monkeypatch.setattr(probe.ssh, "connect", lambda host: LockHost({"stat": STAT}))
+    monkeypatch.setattr(probe.lock, "status", lambda conn: (None, NOW))
+    monkeypatch.setattr(probe.rotation, "on_purpose", lambda conn: drained)
+    view = probe.lock_host_view(INV)
     assert view.host == "lb1" and view.errors == [] and view.lease == (None, NOW) and view.drained == drained
     assert {n: s.status for n, s in view.servers.items()} == {"stream1": "UP", "stream2": "DRAIN", "stream3": "DOWN"}
 
@@ -205,8 +206,8 @@ def test_the_lock_host_view_reads_each_part_on_its_own(monkeypatch):
         raise RoadieError("on-purpose drains on lb1: list failed: refused: /var/lib/roadie/drained.json is not "
                           "valid JSON (Expecting value: line 1 column 1 (char 0)); fix or remove it")
 
-    monkeypatch.setattr(status.rotation, "on_purpose", malformed)
-    view = status.lock_host_view(INV)
+    monkeypatch.setattr(probe.rotation, "on_purpose", malformed)
+    view = probe.lock_host_view(INV)
     assert view.servers and view.lease == (None, NOW) and view.drained is None
     assert len(view.errors) == 1 and view.errors[0].startswith("on-purpose drains on lb1: list failed: refused:")
 
@@ -217,16 +218,16 @@ def test_check_joins_haproxy_the_lease_and_the_drains_to_the_rows(monkeypatch):
 
     servers = {s.server: s for s in parse_stat(STAT)}
     drained = {"stream2": Drained("stream2", "bob@laptop", "disk swap", NOW)}
-    view = status.LockHostView(host="lb1", servers=servers, lease=(None, NOW), drained=drained)
-    monkeypatch.setattr(status, "lock_host_view", lambda inv: view)
-    monkeypatch.setattr(status, "probe", lambda host, inv, addresses: _row(
+    view = probe.LockHostView(host="lb1", servers=servers, lease=(None, NOW), drained=drained)
+    monkeypatch.setattr(probe, "lock_host_view", lambda inv: view)
+    monkeypatch.setattr(probe, "probe", lambda host, inv, addresses: _row(
         host.name, haproxy=None, haproxy_weight=None, haproxy_check=None, sessions=None))
-    report = status.check(INV)
-    rows = {r.host: r for r in report.rows}
+    found = report.check(INV)
+    rows = {r.host: r for r in found.rows}
     assert (rows["stream2"].haproxy, rows["stream2"].haproxy_weight) == ("DRAIN", 0)
     assert rows["stream2"].drained_on_purpose == "drained by bob@laptop: disk swap"
     assert rows["stream1"].drained_on_purpose is None and rows["db1"].haproxy is None
-    assert _texts(report.problems) == ["attention: stream3 is DOWN in HAProxy (DOWN, check L7STS)"]
+    assert _texts(found.problems) == ["attention: stream3 is DOWN in HAProxy (DOWN, check L7STS)"]
 
 
 # ------------------------------------------------------------------ the probe, run here with fake commands
@@ -302,9 +303,9 @@ def test_probe_reports_a_psql_failure_as_that_part_s_error(tmp_path):
 
 
 def test_probe_args_send_the_role_paths_and_the_stream_addresses_only_to_data_hosts():
-    addresses = status.stream_addresses(INV)
+    addresses = probe.stream_addresses(INV)
     assert addresses == ["10.0.0.11", "10.0.0.12", "10.0.0.13"]
-    stream = status._probe_args(INV.hosts["stream1"], redis_client.Admin("admin", 6379), addresses)
+    stream = probe._probe_args(INV.hosts["stream1"], redis_client.Admin("admin", 6379), addresses)
     assert stream["stream"] == "/srv/stream/current" and stream["stream_addresses"] == []
-    db = status._probe_args(INV.hosts["db1"], redis_client.Admin("admin", 6379), addresses)
+    db = probe._probe_args(INV.hosts["db1"], redis_client.Admin("admin", 6379), addresses)
     assert db["postgres"] is True and db["stream_addresses"] == addresses and db["stream"] is None

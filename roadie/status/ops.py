@@ -9,10 +9,11 @@ import shlex
 import sys
 from dataclasses import dataclass
 
-from roadie import remote, status
+from roadie import remote
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
+from roadie.status import probe
 
 _UNIT = re.compile(r"[A-Za-z0-9@_.:-]+")
 _SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")
@@ -22,7 +23,7 @@ _SINCE = re.compile(r"[A-Za-z0-9 :+_.-]{1,40}")
 def default_unit(host: Host) -> str:
     for group in ("stream", "database", "cache", "balancer"):
         if group in host.groups:
-            return status.UNITS[group][0]
+            return probe.UNITS[group][0]
     raise RoadieError(f"{host.name}: no default unit for groups {', '.join(host.groups) or 'none'}; name one")
 
 

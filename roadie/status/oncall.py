@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from roadie import ops, status
 from roadie.change import audit, lock_ops
 from roadie.core import fleet, inventory, ssh
 from roadie.core.cli import Terminal, number
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
 from roadie.deploy import maintenance
+from roadie.status import ops
+from roadie.status import report as status_report
 
 
 def hosts(inventory_name: str | None, group: str) -> list[Host]:
@@ -41,16 +42,16 @@ def check(inventory_name: str | None, group: str) -> Checked:
 class FleetStatus:
     """`fab status`: the fleet's report, and the line to fail with when anything needs attention."""
 
-    report: status.Report
+    report: status_report.Report
     problem: str
 
 
-def attention_line(report: status.Report, as_json: bool) -> str:
+def attention_line(report: status_report.Report, as_json: bool) -> str:
     """One line naming the unhealthy hosts and counting the problems; empty when there is nothing."""
     bad = [r.host for r in report.rows if not r.healthy]
     said = [f"{len(bad)} of {len(report.rows)} hosts need attention: {', '.join(bad)}"] if bad else []
     if report.problems:
-        critical = sum(p.severity == status.CRITICAL for p in report.problems)
+        critical = sum(p.severity == status_report.CRITICAL for p in report.problems)
         count = len(report.problems)
         said.append(f"{count} problem{'s' if count != 1 else ''}" + (f" ({critical} CRITICAL)" if critical else "")
                     + (" (in the JSON)" if as_json else " (above)"))
@@ -59,7 +60,7 @@ def attention_line(report: status.Report, as_json: bool) -> str:
 
 def fleet_status(inventory_name: str | None, group: str, as_json: bool) -> FleetStatus:
     """Every selected host's row and what needs attention across the fleet."""
-    report = status.check(inventory.load(inventory_name), group)
+    report = status_report.check(inventory.load(inventory_name), group)
     return FleetStatus(report, attention_line(report, as_json))
 
 
