@@ -12,12 +12,12 @@ from pathlib import Path
 
 from invoke import Collection, Exit, task
 
-from roadie import lab, molecule, provision
-from roadie import lint as roadie_lint
 from roadie.core import fleet, inventory
 from roadie.core.cli import emit_json, friendly, table
 from roadie.core.errors import RoadieError
 from roadie.deploy import deploy, release
+from roadie.lab import engine, keys, lab, molecule, provision
+from roadie.lab import lint as roadie_lint
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 VENV_BIN = os.path.join(ROOT, ".venv", "bin")
@@ -80,18 +80,18 @@ def lab_status(c, json=False):
 @friendly
 def lab_ssh(c, host):
     """Open an SSH session on a lab host, host key checked."""
-    argv = lab.ssh_argv(host)
+    argv = keys.ssh_argv(host)
     sys.stdout.flush()
-    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built by roadie.lab
+    os.execvp(argv[0], argv)  # noqa: S606 - replaces this process with ssh, argv built by roadie.lab.keys
 
 
 @task(help={"rebuild": "Rebuild even when the current recipe's image exists."})
 @friendly
 def lab_image(c, rebuild=False):
     """Build the lab base image (debootstrap) unless the current recipe's image exists."""
-    lab.ensure_tools()
-    lab.ensure_docker()
-    print(lab.ensure_image(rebuild=rebuild))
+    engine.ensure_tools()
+    engine.ensure_docker()
+    print(engine.ensure_image(rebuild=rebuild))
 
 
 @task(help={"pattern": "Host or group to check (default: all)."})
@@ -242,9 +242,9 @@ def molecule_(c, role=None, scenario=None, workers=2):
     chosen = molecule.scenarios(Path(ROOT) / "roles", role, scenario)
     if not chosen:
         raise Exit(f"error: no molecule scenario for role={role!r} scenario={scenario!r}", code=1)
-    lab.ensure_tools()
-    lab.ensure_docker()
-    lab.ensure_image()
+    engine.ensure_tools()
+    engine.ensure_docker()
+    engine.ensure_image()
     started = time.monotonic()
     outcomes = molecule.run_all(chosen, Path(ROOT) / "roles", Path(ROOT) / "logs" / "molecule", workers=int(workers))
     failed = [o.scenario.label for o in outcomes if not o.ok]

@@ -4,7 +4,7 @@
 
 Both sides run the same playbooks against the same hosts, alternating (stock, Roadie, stock, ...) so
 a noisy machine affects both. Roadie: ansible.cfg as committed plus the strategy every Roadie run gets
-(roadie/provision.py: Mitogen when it loads). Stock: ansible-core's defaults (no pipelining, forks 5,
+(roadie/lab/provision.py: Mitogen when it loads). Stock: ansible-core's defaults (no pipelining, forks 5,
 implicit gathering in every play, in-memory facts only, built-in linear strategy, no ControlPersist),
 with host keys still checked against the lab's known_hosts and the interpreter named, as in Roadie's
 config. --fallback adds a third side: Roadie's settings with the built-in linear strategy (what runs
@@ -27,8 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import profile_lines, report
-from roadie import provision
 from roadie.core.paths import ROOT
+from roadie.lab import provision
 
 STOCK_CFG = """\
 # Stock ansible-core settings, except what keeps the comparison honest: the same inventory, roles

@@ -24,10 +24,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report
-from roadie import lab, provision
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
 from roadie.deploy import deploy, release, stream_host
+from roadie.lab import lab, provision
 from tests.lab.traffic import Traffic
 
 

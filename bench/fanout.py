@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed
 from bench.lab import Rows, quiet
-from roadie import lab, provision
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
+from roadie.lab import engine, lab, provision
 from roadie.status import probe
 
 COUNTS = (1, 3, 12, 24)
@@ -57,7 +57,7 @@ def status_serial(inv: inventory.Inventory, hosts: list) -> None:
 
 def hosts_cpu_s(names: list[str]) -> float | None:
     """CPU seconds the lab hosts' containers have used so far (their cgroups), None where unknown."""
-    ids = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", *(lab.container_name(n) for n in names)],
+    ids = subprocess.run(["docker", "inspect", "-f", "{{.Id}}", *(engine.container_name(n) for n in names)],
                          capture_output=True, text=True, check=False).stdout.split()
     total = 0.0
     for cid in ids:

@@ -16,8 +16,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import median_of, report, timed
-from roadie import lab
 from roadie.core import inventory, ssh
+from roadie.lab import engine, lab
 
 
 def quiet(_message: str) -> None:
@@ -40,11 +40,11 @@ def main() -> None:
     data: dict = {}
     rows = Rows()
 
-    lab.ensure_tools(quiet)
-    lab.ensure_docker(quiet)
+    engine.ensure_tools(quiet)
+    engine.ensure_docker(quiet)
     if not args.skip_cold:
         lab.down(quiet)
-        lab.docker("rmi", "-f", lab.image_tag(), lab.IMAGE_ALIAS, check=False)
+        engine.docker("rmi", "-f", engine.image_tag(), engine.IMAGE_ALIAS, check=False)
         data["cold_up_s"] = timed(lambda: lab.up(log=quiet))
         rows.append(("cold lab.up (image build + 7 hosts)", f"{data['cold_up_s']:.1f} s"))
     lab.down(quiet)

@@ -23,9 +23,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import RESULTS, profile_lines, report
-from roadie import lab, provision
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
+from roadie.lab import lab, provision
 
 DATA_TIER = "database,cache"
 

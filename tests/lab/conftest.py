@@ -5,9 +5,9 @@ import time
 
 import pytest
 
-from roadie import lab, provision
 from roadie.core import inventory, ssh, vault
 from roadie.core.paths import ROOT
+from roadie.lab import engine, lab, provision
 
 
 def pytest_collection_modifyitems(items):
@@ -18,7 +18,7 @@ def pytest_collection_modifyitems(items):
 
 @pytest.fixture(scope="session")
 def lab_inventory() -> inventory.Inventory:
-    states = lab.status() if lab.docker_running() else []
+    states = lab.status() if engine.docker_running() else []
     if not states or not all(s.ssh for s in states):
         lab.up()
     return inventory.load("lab")

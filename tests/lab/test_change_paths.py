@@ -249,7 +249,7 @@ def _main_pids(conns, unit: str) -> dict[str, str]:
 
 def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(stack, fleet, big_track, conns,
                                                                             whole):
-    from roadie import provision
+    from roadie.lab import provision
 
     stream_pids, nginx_pids = _main_pids(conns, "stream.service"), _main_pids(conns, "nginx.service")
     # A stream setting (the env file: restarts the service) and Debian's default site back (its removal
@@ -297,7 +297,7 @@ def _redis_pid(conns) -> str:
 
 
 def test_data_tier_restarts_go_replica_first_and_a_primary_with_clients_needs_the_flag(stack, conns, whole):
-    from roadie import provision
+    from roadie.lab import provision
 
     started = "SELECT extract(epoch FROM pg_postmaster_start_time())"
     db1_start, db2_start, redis_pid = _pg(conns, "db1", started), _pg(conns, "db2", started), _redis_pid(conns)

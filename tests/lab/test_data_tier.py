@@ -9,8 +9,8 @@ import uuid
 
 import pytest
 
-from roadie import provision
 from roadie.core.paths import ROOT
+from roadie.lab import provision
 from tests.lab.hosts import psql_postgres, run_with_secret
 
 DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"

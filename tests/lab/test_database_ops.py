@@ -265,13 +265,13 @@ CUT = """table inet roadie_cut {
 
 
 def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_at_first_contact(stack, conns):
-    from roadie import lab
+    from roadie.lab import engine
 
     listener = "split-" + uuid.uuid4().hex[:8]
     db1_address = inventory.load("lab").host_var("db1", "roadie_private_address")
     wait_streaming("db1", "db2")
     # db1 is cut off: every new connection to it is refused (PostgreSQL keeps running as a primary).
-    lab.docker("exec", "-i", lab.container_name("db1"), "nft", "-f", "-", input=CUT)
+    engine.docker("exec", "-i", engine.container_name("db1"), "nft", "-f", "-", input=CUT)
     try:
         with Writes(stack["lb"], listener) as writes:
             time.sleep(2)
@@ -280,7 +280,7 @@ def test_a_forced_failover_never_writes_to_the_old_primary_and_status_fences_it_
         out = ok(result)
         assert "NOT fenced" in out or "not fenced" in out, out[-2000:]
     finally:
-        lab.docker("exec", lab.container_name("db1"), "nft", "delete table inet roadie_cut")
+        engine.docker("exec", engine.container_name("db1"), "nft", "delete table inet roadie_cut")
     try:
         # db1 came back still a primary: nothing on the stream side points at it any more, and nothing was
         # written there alone (every play it holds for this listener is on db2 too).

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from roadie import lab
 from roadie.change import lock
 from roadie.core import ssh
 from roadie.core.paths import ROOT
 from roadie.deploy import deploy, release, stream_host
+from roadie.lab import engine, lab
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
 from tests.lab.traffic import Traffic
@@ -62,7 +62,7 @@ def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack
         lines.append(line)
         event = json.loads(line)
         if not stopped and event.get("event") == "batch" and "stream2" in event.get("message", ""):
-            lab.docker("stop", "-t", "1", lab.container_name("stream2"))
+            engine.docker("stop", "-t", "1", engine.container_name("stream2"))
             stopped = True
     proc.wait(timeout=600)
     stderr = proc.stderr.read()
@@ -76,7 +76,7 @@ def test_host_lost_mid_deploy_stops_the_deploy_and_a_later_deploy_succeeds(stack
             time.sleep(3)
         assert traffic.report.failed == 0, traffic.report.failures
     finally:
-        lab.docker("start", lab.container_name("stream2"))
+        engine.docker("start", engine.container_name("stream2"))
         lab.up(log=lambda _m: None)
     again = fab("deploy", "--artifact", str(artifact), "--yes")
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-2000:]

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import lab, provision
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.lab import engine, provision
 from tests.lab.fabrun import fab
 
 # Fabric logs in as the deploy user, which the common role creates.
@@ -23,11 +23,11 @@ VENV = ROOT / ".venv" / "bin"
 def rotated_host_key(lab_inventory):
     """stream3 gets new SSH host keys, as after a reinstall or an impostor; restored afterwards."""
     name = "stream3"
-    lab.exec_on(name, "sh", "-c", "rm -rf /root/keys.bak && mkdir /root/keys.bak && "
+    engine.exec_on(name, "sh", "-c", "rm -rf /root/keys.bak && mkdir /root/keys.bak && "
                 "cp -a /etc/ssh/ssh_host_* /root/keys.bak/ && rm /etc/ssh/ssh_host_* && "
                 "ssh-keygen -A >/dev/null && systemctl reset-failed ssh && systemctl restart ssh")
     yield lab_inventory.hosts[name]
-    lab.exec_on(name, "sh", "-c", "rm /etc/ssh/ssh_host_* && cp -a /root/keys.bak/* /etc/ssh/ && "
+    engine.exec_on(name, "sh", "-c", "rm /etc/ssh/ssh_host_* && cp -a /root/keys.bak/* /etc/ssh/ && "
                 "rm -rf /root/keys.bak && systemctl reset-failed ssh && systemctl restart ssh")
 
 

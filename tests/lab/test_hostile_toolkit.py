@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import provision
 from roadie.core import ssh
 from roadie.core.paths import ROOT
 from roadie.deploy import balancer, stream_host
+from roadie.lab import provision
 from tests.lab.hosts import run_with_secret
 
 VENV = ROOT / ".venv" / "bin"

@@ -7,9 +7,9 @@ import subprocess
 
 import pytest
 
-from roadie import lab
 from roadie.core import ssh
 from roadie.core.paths import ROOT
+from roadie.lab import engine, lab
 
 # Fabric logs in as the deploy user, which the common role creates.
 pytestmark = pytest.mark.usefixtures("provisioned")
@@ -56,10 +56,10 @@ def test_every_host_runs_systemd_as_pid_1(lab_inventory):
 
 
 def test_lab_up_again_keeps_the_same_hosts_and_keys(lab_inventory):
-    before = lab.docker("ps", "-q", "--no-trunc", "--filter", f"label={lab.LABEL}").stdout.split()
+    before = engine.docker("ps", "-q", "--no-trunc", "--filter", f"label={engine.LABEL}").stdout.split()
     known_before = lab_inventory.hosts["lb1"].known_hosts.read_text()
     states = lab.up(log=lambda _msg: None)
-    after = lab.docker("ps", "-q", "--no-trunc", "--filter", f"label={lab.LABEL}").stdout.split()
+    after = engine.docker("ps", "-q", "--no-trunc", "--filter", f"label={engine.LABEL}").stdout.split()
     assert sorted(before) == sorted(after)
     assert lab_inventory.hosts["lb1"].known_hosts.read_text() == known_before
     assert all(s.state == "running" and s.ssh for s in states)

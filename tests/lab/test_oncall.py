@@ -11,8 +11,8 @@ import uuid
 
 import pytest
 
-from roadie import lab
 from roadie.deploy.balancer import Balancer
+from roadie.lab import engine, lab
 from roadie.status import probe
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import redis_admin
@@ -57,7 +57,7 @@ def test_status_is_right_for_every_column(stack, lab_inventory, conns):
 
 
 def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
-    lab.docker("stop", "--time", "5", lab.container_name("cache1"))
+    engine.docker("stop", "--time", "5", engine.container_name("cache1"))
     try:
         result = fab("status", "--json")
         assert result.returncode == 1
@@ -67,7 +67,7 @@ def test_status_answers_for_the_rest_when_a_host_is_down(stack, lab_inventory):
         assert all(r["reachable"] for n, r in rows.items() if n != "cache1")
         assert rows["db1"]["pg_role"] == "primary"
     finally:
-        lab.docker("start", lab.container_name("cache1"))
+        engine.docker("start", engine.container_name("cache1"))
         lab._wait_ssh_ready("cache1")
     deadline = time.monotonic() + 60
     while not probe.probe(lab_inventory.hosts["cache1"], lab_inventory).healthy:

@@ -16,9 +16,9 @@ import subprocess
 
 import pytest
 
-from roadie import provision
 from roadie.core import ssh
 from roadie.deploy import stream_host
+from roadie.lab import provision
 from tests.lab.fabrun import fab
 
 MARK = "/dev/shm/roadie-attack-uid"   # a payload that runs writes its uid here (outside any PrivateTmp)

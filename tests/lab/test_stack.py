@@ -8,9 +8,9 @@ import uuid
 
 import pytest
 
-from roadie import provision
 from roadie.deploy import deploy
 from roadie.deploy.balancer import Balancer
+from roadie.lab import provision
 from tests.lab.hosts import psql_postgres
 from tests.lab.traffic import Traffic, get, slow_download
 

@@ -11,10 +11,10 @@ import time
 
 import yaml
 
-from roadie import provision
 from roadie.core import inventory, vault
 from roadie.core.paths import ROOT
 from roadie.db import fencing
+from roadie.lab import provision
 from tests.lab.fabrun import fab, ok
 from tests.lab.hosts import checked
 

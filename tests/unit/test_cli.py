@@ -10,10 +10,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from invoke import Context, Exit, Result, UnexpectedExit
 
-from roadie import lab
 from roadie.core import cli
 from roadie.core.errors import RoadieError
 from roadie.deploy import deploy
+from roadie.lab import engine
 from roadie.status import ops
 from tests.unit.cli_run import assert_one_line_error, run_cli
 
@@ -48,12 +48,12 @@ def test_docker_that_cannot_start_is_one_line(monkeypatch, tmp_path):
     fake = tmp_path / "dockerd"
     fake.write_text("#!/bin/sh\necho 'failed to start daemon: no space left on device' >&2\nexit 1\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(lab, "docker_running", lambda: False)
-    monkeypatch.setattr(lab, "_which", lambda tool: str(fake))
-    monkeypatch.setattr(lab, "LAB_STATE", tmp_path)
+    monkeypatch.setattr(engine, "docker_running", lambda: False)
+    monkeypatch.setattr(engine, "_which", lambda tool: str(fake))
+    monkeypatch.setattr(engine, "LAB_STATE", tmp_path)
     monkeypatch.setattr(os, "geteuid", lambda: 0)
     with pytest.raises(RoadieError) as err:
-        lab.ensure_docker(log=lambda _m: None, timeout=1.0)
+        engine.ensure_docker(log=lambda _m: None, timeout=1.0)
     message = str(err.value)
     assert message.startswith("the Docker engine did not start within 1 s: failed to start daemon: no space left")
     assert "\n" not in message
@@ -63,10 +63,10 @@ def test_inotify_limit_is_raised_for_many_systemd_hosts(monkeypatch, tmp_path):
     limit = tmp_path / "max_user_instances"
     limit.write_text("128\n")
     monkeypatch.setattr(os, "geteuid", lambda: 0)
-    lab.ensure_inotify(log=lambda _m: None, path=limit)
-    assert int(limit.read_text()) == lab.MIN_INOTIFY_INSTANCES
+    engine.ensure_inotify(log=lambda _m: None, path=limit)
+    assert int(limit.read_text()) == engine.MIN_INOTIFY_INSTANCES
     limit.write_text("4096\n")
-    lab.ensure_inotify(log=lambda _m: None, path=limit)
+    engine.ensure_inotify(log=lambda _m: None, path=limit)
     assert limit.read_text() == "4096\n"
 
 

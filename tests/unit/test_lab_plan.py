@@ -5,9 +5,9 @@ import ipaddress
 import pytest
 import yaml
 
-from roadie import lab
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
+from roadie.lab import engine, keys, lab
 
 
 def test_committed_lab_inventory_follows_the_address_plan():
@@ -63,7 +63,7 @@ def test_lab_inventory_outside_the_subnet_is_refused():
 
 
 def test_known_hosts_lines_name_host_and_address_per_key():
-    lines = lab.known_hosts_lines({
+    lines = keys.known_hosts_lines({
         "lb1": ("10.87.0.10", 22, ["ssh-ed25519 AAAAC3Nza root@lb1", "ecdsa-sha2-nistp256 AAAAE2Vj root@lb1"]),
         "db1": ("10.87.0.20", 2222, ["ssh-rsa AAAAB3Nz root@db1"]),
     })
@@ -79,18 +79,18 @@ def test_known_hosts_lines_load_in_paramiko(tmp_path):
 
     pub = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"
     path = tmp_path / "known_hosts"
-    path.write_text("\n".join(lab.known_hosts_lines({"lb1": ("10.87.0.10", 22, [pub])})) + "\n")
-    keys = paramiko.HostKeys(str(path))
-    assert keys.lookup("10.87.0.10")["ssh-ed25519"].get_base64() == pub.split()[1]
-    assert keys.lookup("lb1") is not None
+    path.write_text("\n".join(keys.known_hosts_lines({"lb1": ("10.87.0.10", 22, [pub])})) + "\n")
+    loaded = paramiko.HostKeys(str(path))
+    assert loaded.lookup("10.87.0.10")["ssh-ed25519"].get_base64() == pub.split()[1]
+    assert loaded.lookup("lb1") is not None
 
 
 def test_garbage_host_key_is_refused():
     with pytest.raises(RoadieError, match="unexpected public host key"):
-        lab.known_hosts_lines({"lb1": ("10.87.0.10", 22, ["Permission denied"])})
+        keys.known_hosts_lines({"lb1": ("10.87.0.10", 22, ["Permission denied"])})
 
 
 def test_recipe_hash_is_stable_and_names_the_image():
-    assert lab.recipe_hash() == lab.recipe_hash()
-    assert lab.image_tag().startswith("roadie-lab:base-")
-    assert "openssh-server" in lab.image_packages()
+    assert engine.recipe_hash() == engine.recipe_hash()
+    assert engine.image_tag().startswith("roadie-lab:base-")
+    assert "openssh-server" in engine.image_packages()

@@ -1,10 +1,10 @@
-"""`inv lint`'s list of shell programs (roadie/lint.py): found by their shebang, never a template."""
+"""`inv lint`'s list of shell programs (roadie/lab/lint.py): found by their shebang, never a template."""
 
 import pytest
 
-from roadie import lint
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.lab import lint
 
 
 def test_every_shell_program_of_the_checkout_is_found_and_none_is_a_template():

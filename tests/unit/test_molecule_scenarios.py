@@ -4,9 +4,9 @@ from pathlib import Path
 
 import pytest
 
-from roadie import molecule
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.lab import molecule
 
 
 def _scenario(roles: Path, role: str, name: str, *containers: str) -> None:

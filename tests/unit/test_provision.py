@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from roadie import provision
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
+from roadie.lab import provision
 
 RECAP = """
 PLAY RECAP *********************************************************************
