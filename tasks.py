@@ -15,7 +15,7 @@ from invoke import Collection, Exit, task
 from roadie.core import fleet, inventory
 from roadie.core.cli import emit_json, friendly, table
 from roadie.core.errors import RoadieError
-from roadie.deploy import deploy, release
+from roadie.deploy import builder, deploy, release
 from roadie.lab import engine, keys, lab, molecule, provision
 from roadie.lab import lint as roadie_lint
 
@@ -138,7 +138,7 @@ def provision_(c, playbook="site", inventory_=None, check=False, diff=False, lim
 @friendly
 def release_build(c, release_id=None, out="build/releases"):
     """Build a release artifact: the service, its wheels and a manifest with the payload checksum."""
-    built = release.build(Path(ROOT) / out, release_id)
+    built = builder.build(Path(ROOT) / out, release_id)
     m = built.manifest
     print(f"release {m.release_id}: {built.path} ({built.size / 1e6:.1f} MB, "
           f"payload sha256 {m.payload_sha256[:16]}...)")

@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.common import report
 from roadie.core import inventory, ssh
 from roadie.core.paths import ROOT
-from roadie.deploy import deploy, release, stream_host
+from roadie.deploy import builder, deploy, release, stream_host, wheelhouse
 from roadie.lab import lab, provision
 from tests.lab.traffic import Traffic
 
@@ -45,9 +45,9 @@ def variant(tag: str, workdir: Path, new_dependencies: bool = False) -> release.
     wheels = None
     if new_dependencies:
         wheels = workdir / f"wheels-{tag}-{time.time_ns()}"
-        shutil.copytree(release.wheelhouse(ROOT / "app" / "requirements.txt"), wheels)
+        shutil.copytree(wheelhouse.wheelhouse(ROOT / "app" / "requirements.txt"), wheels)
         (wheels / f"zz_bench_{tag}_{time.time_ns()}-1.0-py3-none-any.whl").write_bytes(b"PK never installed")
-    return release.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app, wheels=wheels)
+    return builder.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app, wheels=wheels)
 
 
 def prepare(count: int) -> deploy.Fleet:

@@ -1,7 +1,9 @@
 """Changing what the serving fleet runs: release artifacts, rolling deploys and rollbacks, drains,
 restarts and maintenance mode, each through the one change pipeline (roadie/change/).
 
-  release.py       the release artifact: build it offline, verify it, its dependency set
+  release.py       the release artifact: what it holds (manifest, payload), its id, verifying one
+  builder.py       building an artifact offline and reproducibly from the working tree
+  wheelhouse.py    the controller's cached wheels, and a release's dependency set (one venv each)
   artifacts.py     the artifact a deploy ships: one built earlier, a file, or a fresh build
   stream_host.py   one stream host over SSH: stage a release, switch `current`, restart, health-check
   balancer.py      HAProxy's runtime API on the balancer: drain, wait for sessions, enable, read state

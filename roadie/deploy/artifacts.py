@@ -6,7 +6,7 @@ from pathlib import Path
 
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
-from roadie.deploy import release
+from roadie.deploy import builder, release
 
 RELEASES_DIR = ROOT / "build" / "releases"
 
@@ -29,5 +29,5 @@ def resolve(release_id: str | None, artifact: str | None, build: bool,
             known = ", ".join(built(releases_dir))
             raise RoadieError(f"unknown release {release_id!r} (built: {known or 'none'}; use --build)")
     else:
-        path = release.build(releases_dir).path
+        path = builder.build(releases_dir).path
     return path, release.verify(path)

@@ -23,7 +23,7 @@ from roadie.change.pipeline import Change, stop_if_interrupted
 from roadie.core import contract, ssh
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.inventory import Host, Inventory
-from roadie.deploy import release, stream_host
+from roadie.deploy import builder, release, stream_host, wheelhouse
 from roadie.deploy.balancer import Balancer
 
 DEFAULT_KEEP = 5
@@ -187,7 +187,7 @@ class Rollout:
         """
         release_id = manifest.release_id
         remote = str(stream_host.RELEASES / f".{release_id}.tar.gz")
-        deps = release.dependencies(artifact)
+        deps = wheelhouse.dependencies(artifact)
         size = artifact.stat().st_size
         failed: list[str] = []
 
@@ -541,7 +541,7 @@ def seed_fleet(fleet: Fleet, report: Reporter) -> None:
 def build_and_deploy(inv: Inventory, out_dir: Path, message: str, report: Reporter,
                      seed: bool = False) -> tuple[Path, release.Manifest]:
     """Build a release from the working tree, deploy it with the default options, optionally seed."""
-    built = release.build(out_dir)
+    built = builder.build(out_dir)
     manifest = release.verify(built.path)
     fleet = Fleet.from_inventory(inv)
     deploy(fleet, built.path, manifest, Options(message=message), report)

@@ -18,7 +18,8 @@ from roadie import remote
 from roadie.core import contract
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
-from roadie.deploy.release import Dependencies, Manifest, check_release_id
+from roadie.deploy.release import Manifest, check_release_id
+from roadie.deploy.wheelhouse import Dependencies
 
 if TYPE_CHECKING:
     from roadie.core.ssh import HostConnection

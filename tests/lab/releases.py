@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from roadie.core.paths import ROOT
-from roadie.deploy import deploy, release
+from roadie.deploy import builder, deploy
 
 
 def build_variant(tmp_path: Path, release_id: str, patch: Callable[[Path], None] | None = None,
@@ -18,7 +18,7 @@ def build_variant(tmp_path: Path, release_id: str, patch: Callable[[Path], None]
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     if patch:
         patch(app)
-    return release.build(tmp_path / "out", release_id, app_dir=app, wheels=wheels).path
+    return builder.build(tmp_path / "out", release_id, app_dir=app, wheels=wheels).path
 
 
 def break_health(app: Path) -> None:

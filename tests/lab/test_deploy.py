@@ -12,7 +12,7 @@ import pytest
 from roadie.change import lock
 from roadie.core import ssh
 from roadie.core.paths import ROOT
-from roadie.deploy import deploy, release, stream_host
+from roadie.deploy import deploy, release, stream_host, wheelhouse
 from roadie.lab import engine, lab
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
@@ -171,7 +171,7 @@ def _venv_links(fleet) -> dict[str, dict[str, str]]:
 def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(stack, fleet, tmp_path):
     # A wheel no requirement asks for changes the dependency set (so the venv) without a download.
     extra = tmp_path / "wheels"
-    shutil.copytree(release.wheelhouse(ROOT / "app" / "requirements.txt"), extra)
+    shutil.copytree(wheelhouse.wheelhouse(ROOT / "app" / "requirements.txt"), extra)
     (extra / "zz_unused-1.0-py3-none-any.whl").write_bytes(b"PK never installed")
     stamp = int(time.time())
     other = build_variant(tmp_path, f"lab-deps-{stamp}", wheels=extra)
@@ -180,11 +180,11 @@ def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(s
     for artifact in (other, first, second):
         deploy.deploy(fleet, artifact, release.verify(artifact), deploy.Options(keep=2, message="venv test"),
                       report)
-    keys = {release.dependencies(a).key for a in (other, first, second)}
+    keys = {wheelhouse.dependencies(a).key for a in (other, first, second)}
     assert len(keys) == 2
     for host, links in _venv_links(fleet).items():
         one, two = links[f"lab-same-{stamp}-1"], links[f"lab-same-{stamp}-2"]
-        assert one == two and one.startswith(release.dependencies(first).key), (host, links)
+        assert one == two and one.startswith(wheelhouse.dependencies(first).key), (host, links)
         # keep=2: the deps-changed release is pruned, and with it the venv only it used.
         assert f"lab-deps-{stamp}" not in links, (host, links)
         assert links["*"].split() == sorted({v for k, v in links.items() if k != "*"}), (host, links)

@@ -21,7 +21,7 @@ import pytest
 
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
-from roadie.deploy import release, stream_host
+from roadie.deploy import builder, release, stream_host, wheelhouse
 from tests.unit import forge
 
 HOST = "stream1"
@@ -42,7 +42,7 @@ def good(stack, tmp_path_factory) -> release.Release:
     app = ROOT / "build" / "variants" / release_id / "app"
     shutil.rmtree(app.parent, ignore_errors=True)
     shutil.copytree(ROOT / "app", app, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
-    built = release.build(tmp_path_factory.mktemp("integrity") / "out", release_id, app_dir=app)
+    built = builder.build(tmp_path_factory.mktemp("integrity") / "out", release_id, app_dir=app)
     assert release.verify(built.path) == built.manifest
     return built
 
@@ -58,7 +58,7 @@ def _forget(conns, release_id: str) -> None:
     conns(HOST).run(f"rm -rf {stream_host.RELEASES / release_id}", hide=True, in_stream=False, timeout=60)
 
 
-def _stage(as_deploy, artifact: Path, manifest: release.Manifest, deps: release.Dependencies) -> bool:
+def _stage(as_deploy, artifact: Path, manifest: release.Manifest, deps: wheelhouse.Dependencies) -> bool:
     conn = as_deploy(HOST)
     remote = str(stream_host.RELEASES / f".{manifest.release_id}.tar.gz")
     conn.put(str(artifact), remote)
@@ -126,7 +126,7 @@ def test_a_forged_release_is_refused_by_the_host_and_leaves_nothing(good, as_dep
             "all": release.parse_manifest(json.dumps(forged).encode(), "forged")}[told]
     before = _state(conns)
     with pytest.raises(RoadieError) as caught:
-        _stage(as_deploy, forged_path, sent, release.dependencies(good.path))
+        _stage(as_deploy, forged_path, sent, wheelhouse.dependencies(good.path))
     message = str(caught.value)
     assert "\n" not in message and "Traceback" not in message
     assert message.startswith(f"{HOST}: staging {release_id} failed: refused: "), message
@@ -143,7 +143,7 @@ def test_the_same_release_unforged_stages(good, as_deploy, conns):
     _forget(conns, release_id)
     current = _state(conns).split("--")[0]
     try:
-        assert _stage(as_deploy, good.path, good.manifest, release.dependencies(good.path)) is True
+        assert _stage(as_deploy, good.path, good.manifest, wheelhouse.dependencies(good.path)) is True
         listing = conns(HOST).run(f"cd {stream_host.RELEASES / release_id} && test -f .roadie-complete && "
                                   "find . -type l -printf '%p -> %l\\n'", hide=True, warn=True, in_stream=False)
         assert listing.exited == 0, listing.stderr

@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from roadie.deploy import release
+from roadie.deploy import builder, release, wheelhouse
 
 Entry = tuple[tarfile.TarInfo, bytes | None]
 
@@ -143,7 +143,7 @@ class Built:
 
     artifact: Path
     manifest: release.Manifest
-    deps: release.Dependencies
+    deps: wheelhouse.Dependencies
 
 
 def build(repo_root: Path, release_id: str, change: Callable[[Path], None] | None = None) -> Built:
@@ -158,5 +158,5 @@ def build(repo_root: Path, release_id: str, change: Callable[[Path], None] | Non
         (wheels / name).write_bytes(data)
     if change:
         change(app)
-    artifact = release.build(repo_root / "out", release_id, app_dir=app, wheels=repo_root / "wheels").path
-    return Built(artifact, release.verify(artifact), release.dependencies(artifact))
+    artifact = builder.build(repo_root / "out", release_id, app_dir=app, wheels=repo_root / "wheels").path
+    return Built(artifact, release.verify(artifact), wheelhouse.dependencies(artifact))

@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie.core.errors import RoadieError
-from roadie.deploy import artifacts, release
+from roadie.deploy import artifacts, builder, release
 
 
 @pytest.fixture
@@ -27,7 +27,7 @@ def verified(monkeypatch):
     {"release_id": None, "artifact": "x.tar.gz", "build": True},
 ])
 def test_only_one_source_of_artifact_is_taken(choice, tmp_path, monkeypatch):
-    monkeypatch.setattr(release, "build", lambda out: pytest.fail("built"))
+    monkeypatch.setattr(builder, "build", lambda out: pytest.fail("built"))
     with pytest.raises(RoadieError, match="give one of --release, --artifact or --build"):
         artifacts.resolve(**choice, releases_dir=tmp_path)
 
@@ -62,7 +62,7 @@ def test_an_artifact_path_is_verified_as_given(tmp_path, verified):
 @pytest.mark.parametrize("build", [True, False])
 def test_without_a_release_the_working_tree_is_built(build, tmp_path, verified, monkeypatch):
     built = []
-    monkeypatch.setattr(release, "build", lambda out: built.append(out) or SimpleNamespace(path=out / "new.tar.gz"))
+    monkeypatch.setattr(builder, "build", lambda out: built.append(out) or SimpleNamespace(path=out / "new.tar.gz"))
     path, _ = artifacts.resolve(None, None, build, releases_dir=tmp_path)
     assert built == [tmp_path] and verified == [tmp_path / "new.tar.gz"] == [path]
 

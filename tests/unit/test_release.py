@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from roadie.core.errors import RoadieError
-from roadie.deploy import release
+from roadie.deploy import builder, release, wheelhouse
 from tests.unit import forge
 
 NOW = datetime(2025, 3, 4, 5, 6, 7, tzinfo=UTC)
@@ -112,7 +112,7 @@ def _one_line_error(artifact: Path, pattern: str) -> str:
 
 
 def test_build_writes_an_artifact_with_manifest_and_payload(source, wheels, tmp_path):
-    built = release.build(tmp_path / "out", app_dir=source, wheels=wheels, now=NOW)
+    built = builder.build(tmp_path / "out", app_dir=source, wheels=wheels, now=NOW)
     m = built.manifest
     head = _git(source, "rev-parse", "HEAD")
     assert m.release_id == f"20250304050607-{head[:len(m.release_id) - 15]}"
@@ -132,7 +132,7 @@ def test_build_writes_an_artifact_with_manifest_and_payload(source, wheels, tmp_
 
 
 def test_payload_holds_the_app_and_wheels_only_with_neutral_metadata(source, wheels, tmp_path):
-    built = release.build(tmp_path, "r1", app_dir=source, wheels=wheels, now=NOW)
+    built = builder.build(tmp_path, "r1", app_dir=source, wheels=wheels, now=NOW)
     with tarfile.open(fileobj=io.BytesIO(_payload(built.path)), mode="r:gz") as tar:
         members = tar.getmembers()
         assert [m.name for m in members] == [
@@ -140,19 +140,19 @@ def test_payload_holds_the_app_and_wheels_only_with_neutral_metadata(source, whe
             "app/streamsvc/migrations", "app/streamsvc/migrations/0001_init.sql", "app/streamsvc/wsgi.py",
             "requirements.txt", "wheels", "wheels/demo-1.0-py3-none-any.whl", "wheels/streamsvc-0.1.0-py3-none-any.whl"]
         for m in members:
-            assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", release.FIXED_MTIME)
+            assert (m.uid, m.gid, m.uname, m.gname, m.mtime) == (0, 0, "", "", builder.FIXED_MTIME)
             assert m.mode == (0o755 if m.isdir() else 0o644)
         requirements = tar.extractfile("requirements.txt").read().decode()
         app = tar.extractfile("wheels/streamsvc-0.1.0-py3-none-any.whl").read()
     demo = (wheels / "demo-1.0-py3-none-any.whl").read_bytes()
-    assert requirements == (release.PINS_HEADER + f"demo==1.0 --hash=sha256:{forge.sha256(demo)}\n\n"
+    assert requirements == (builder.PINS_HEADER + f"demo==1.0 --hash=sha256:{forge.sha256(demo)}\n\n"
                             f"{release.APP_MARKER}\nstreamsvc==0.1.0 --hash=sha256:{forge.sha256(app)}\n")
 
 
 def test_the_app_wheel_is_deterministic_and_installs_offline(source, tmp_path):
-    name, data = release.app_wheel(source)
+    name, data = builder.app_wheel(source)
     assert name == "streamsvc-0.1.0-py3-none-any.whl"
-    assert release.app_wheel(source)[1] == data
+    assert builder.app_wheel(source)[1] == data
     with zipfile.ZipFile(io.BytesIO(data)) as wheel:
         names = wheel.namelist()
         metadata = wheel.read("streamsvc-0.1.0.dist-info/METADATA").decode()
@@ -166,11 +166,11 @@ def test_the_app_wheel_is_deterministic_and_installs_offline(source, tmp_path):
 
 
 def test_the_payload_is_reproducible(source, wheels, tmp_path):
-    first = release.build(tmp_path / "a", "r1", app_dir=source, wheels=wheels, now=NOW)
+    first = builder.build(tmp_path / "a", "r1", app_dir=source, wheels=wheels, now=NOW)
     for path in source.rglob("*"):
         os.utime(path, (1_000_000_000, 1_000_000_000))
     os.chmod(source / "gunicorn.conf.py", 0o600)
-    second = release.build(tmp_path / "b", "r2", app_dir=source, wheels=wheels,
+    second = builder.build(tmp_path / "b", "r2", app_dir=source, wheels=wheels,
                            now=datetime(2030, 1, 1, tzinfo=UTC))
     assert first.manifest.payload_sha256 == second.manifest.payload_sha256
     assert _payload(first.path) == _payload(second.path)
@@ -179,9 +179,9 @@ def test_the_payload_is_reproducible(source, wheels, tmp_path):
 
 def test_uncommitted_changes_in_app_make_a_dirty_release(source, wheels, tmp_path):
     (source.parent / "other.txt").write_text("changed outside app/: still clean\n")
-    assert not release.build(tmp_path / "a", app_dir=source, wheels=wheels, now=NOW).manifest.dirty
+    assert not builder.build(tmp_path / "a", app_dir=source, wheels=wheels, now=NOW).manifest.dirty
     (source / "streamsvc" / "new.py").write_text("x = 1\n")
-    built = release.build(tmp_path / "b", app_dir=source, wheels=wheels, now=NOW)
+    built = builder.build(tmp_path / "b", app_dir=source, wheels=wheels, now=NOW)
     assert built.manifest.dirty and built.manifest.release_id.endswith("-dirty")
     assert release.verify(built.path).dirty
 
@@ -189,7 +189,7 @@ def test_uncommitted_changes_in_app_make_a_dirty_release(source, wheels, tmp_pat
 @pytest.mark.parametrize("bad", ["", ".hidden", "-rf", "../up", "a/b", "a b", "x" * 65, "ü", "a\nb", "..", 7])
 def test_bad_release_ids_are_refused_before_building(source, wheels, tmp_path, bad):
     with pytest.raises(RoadieError, match="bad release id") as caught:
-        release.build(tmp_path / "out", bad, app_dir=source, wheels=wheels)
+        builder.build(tmp_path / "out", bad, app_dir=source, wheels=wheels)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()
 
@@ -200,22 +200,22 @@ def test_good_release_ids(good):
 
 
 def test_an_existing_release_is_not_overwritten(source, wheels, tmp_path):
-    release.build(tmp_path, "r1", app_dir=source, wheels=wheels)
+    builder.build(tmp_path, "r1", app_dir=source, wheels=wheels)
     with pytest.raises(RoadieError, match="already exists"):
-        release.build(tmp_path, "r1", app_dir=source, wheels=wheels)
+        builder.build(tmp_path, "r1", app_dir=source, wheels=wheels)
 
 
 def test_outside_a_git_checkout_the_build_is_refused(tmp_path, wheels):
     app = tmp_path / "plain"
     (app / "streamsvc").mkdir(parents=True)
     with pytest.raises(RoadieError, match="not in a git checkout"):
-        release.build(tmp_path / "out", app_dir=app, wheels=wheels)
+        builder.build(tmp_path / "out", app_dir=app, wheels=wheels)
 
 
 def test_a_symlink_in_the_app_is_refused(source, wheels, tmp_path):
     (source / "streamsvc" / "link.py").symlink_to("/etc/hostname")
     with pytest.raises(RoadieError, match="symlink"):
-        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+        builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
 
 
 def _fake_pip(calls: list, extra: tuple[str, ...] = ()):
@@ -237,9 +237,9 @@ def test_wheels_are_downloaded_once_then_taken_from_the_cache(tmp_path, monkeypa
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("# pins\ndemo==1.0  # why\n")
     calls = []
-    monkeypatch.setattr(release.subprocess, "run", _fake_pip(calls))
-    first = release.wheelhouse(requirements, tmp_path / "cache")
-    second = release.wheelhouse(requirements, tmp_path / "cache")
+    monkeypatch.setattr(wheelhouse.subprocess, "run", _fake_pip(calls))
+    first = wheelhouse.wheelhouse(requirements, tmp_path / "cache")
+    second = wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     assert first == second and len(calls) == 1
     assert [p.name for p in first.glob("*.whl")] == ["demo-1.0-py3-none-any.whl"]
     command, asked = calls[0]
@@ -249,15 +249,15 @@ def test_wheels_are_downloaded_once_then_taken_from_the_cache(tmp_path, monkeypa
     recorded = json.loads((first / ".complete").read_text())["wheels"]
     assert recorded == {"demo-1.0-py3-none-any.whl": forge.sha256(b"PK demo==1.0")}
     requirements.write_text("demo==2.0\n")
-    assert release.wheelhouse(requirements, tmp_path / "cache") != first and len(calls) == 2
+    assert wheelhouse.wheelhouse(requirements, tmp_path / "cache") != first and len(calls) == 2
 
 
 def test_a_download_that_brings_an_unpinned_wheel_is_refused(tmp_path, monkeypatch):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("demo==1.0\n")
-    monkeypatch.setattr(release.subprocess, "run", _fake_pip([], extra=("sneaky-9.9-py3-none-any.whl",)))
+    monkeypatch.setattr(wheelhouse.subprocess, "run", _fake_pip([], extra=("sneaky-9.9-py3-none-any.whl",)))
     with pytest.raises(RoadieError, match="brought sneaky-9.9-py3-none-any.whl, which no line pins"):
-        release.wheelhouse(requirements, tmp_path / "cache")
+        wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -265,33 +265,33 @@ def test_option_lines_in_the_app_requirements_are_refused_before_pip_runs(tmp_pa
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("demo==1.0\n--extra-index-url http://evil.invalid/simple\n")
     calls = []
-    monkeypatch.setattr(release.subprocess, "run", _fake_pip(calls))
+    monkeypatch.setattr(wheelhouse.subprocess, "run", _fake_pip(calls))
     with pytest.raises(RoadieError, match="requirements.txt line 2 is an option line"):
-        release.wheelhouse(requirements, tmp_path / "cache")
+        wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     assert calls == []
 
 
 def test_a_wheel_cache_changed_since_its_download_is_refused(tmp_path, monkeypatch):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("demo==1.0\n")
-    monkeypatch.setattr(release.subprocess, "run", _fake_pip([]))
-    cached = release.wheelhouse(requirements, tmp_path / "cache")
+    monkeypatch.setattr(wheelhouse.subprocess, "run", _fake_pip([]))
+    cached = wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     (cached / "demo-1.0-py3-none-any.whl").write_bytes(b"PK swapped in the cache")
     with pytest.raises(RoadieError, match="demo-1.0-py3-none-any.whl changed since its download"):
-        release.wheelhouse(requirements, tmp_path / "cache")
+        wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     (cached / "demo-1.0-py3-none-any.whl").write_bytes(b"PK demo==1.0")
     (cached / "added-1.0-py3-none-any.whl").write_bytes(b"PK")
     with pytest.raises(RoadieError, match="does not hold the wheels it recorded"):
-        release.wheelhouse(requirements, tmp_path / "cache")
+        wheelhouse.wheelhouse(requirements, tmp_path / "cache")
 
 
 def test_a_failed_download_is_one_line_and_caches_nothing(tmp_path, monkeypatch):
     requirements = tmp_path / "requirements.txt"
     requirements.write_text("nosuchpackage==9\n")
-    monkeypatch.setattr(release.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
+    monkeypatch.setattr(wheelhouse.subprocess, "run", lambda command, **kw: subprocess.CompletedProcess(
         command, 1, "", "Looking in indexes\nERROR: No matching distribution found for nosuchpackage==9\n"))
     with pytest.raises(RoadieError, match="No matching distribution found for nosuchpackage==9$"):
-        release.wheelhouse(requirements, tmp_path / "cache")
+        wheelhouse.wheelhouse(requirements, tmp_path / "cache")
     assert list((tmp_path / "cache").iterdir()) == []
 
 
@@ -300,7 +300,7 @@ def test_a_failed_download_is_one_line_and_caches_nothing(tmp_path, monkeypatch)
 
 @pytest.fixture
 def artifact(source, wheels, tmp_path) -> Path:
-    return release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels, now=NOW).path
+    return builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels, now=NOW).path
 
 
 def test_a_tampered_payload_is_refused(artifact):
@@ -452,50 +452,50 @@ def test_an_artifact_whose_manifest_matches_a_rewritten_payload_verifies(artifac
 def test_app_requirements_that_are_not_exact_pins_are_refused_at_build(source, wheels, tmp_path, line):
     (source / "requirements.txt").write_text(f"demo==1.0\n{line}\n")
     with pytest.raises(RoadieError, match=r"app/requirements.txt: requirements.txt line 2 is (an option line|not a)"):
-        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+        builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
     assert not (tmp_path / "out" / "r1.tar.gz").exists()
 
 
 def test_a_pin_without_a_wheel_is_refused_at_build(source, wheels, tmp_path):
     (source / "requirements.txt").write_text("demo==1.0\nmissing==2.0\n")
     with pytest.raises(RoadieError, match=r"no wheel for missing==2.0 among the wheels of this build"):
-        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+        builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
 
 
 def test_hashes_pinned_in_the_app_requirements_must_match_the_wheel(source, wheels, tmp_path):
     demo = forge.sha256((wheels / "demo-1.0-py3-none-any.whl").read_bytes())
     (source / "requirements.txt").write_text(f"demo==1.0 --hash=sha256:{'0' * 64}\n")
     with pytest.raises(RoadieError, match="the wheel for demo==1.0 does not match the sha256 requirements.txt pins"):
-        release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
+        builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels)
     (source / "requirements.txt").write_text(f"demo==1.0 --hash=sha256:{demo}\n")
-    assert release.verify(release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels).path)
+    assert release.verify(builder.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels).path)
 
 
 # ------------------------------------------------------------------ dependency set (shared venvs)
 
 
 def test_releases_that_change_only_the_app_share_a_dependency_key(source, wheels, tmp_path):
-    first = release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels, now=NOW)
+    first = builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels, now=NOW)
     (source / "streamsvc" / "wsgi.py").write_text("# a new release of the app\n")
     project = source / "pyproject.toml"
     project.write_text(project.read_text().replace('version = "0.1.0"', 'version = "0.2.0"'))
-    second = release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels, now=NOW)
+    second = builder.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels, now=NOW)
     assert first.manifest.payload_sha256 != second.manifest.payload_sha256
-    one, two = release.dependencies(first.path), release.dependencies(second.path)
+    one, two = wheelhouse.dependencies(first.path), wheelhouse.dependencies(second.path)
     assert one.key == two.key and len(one.key) == 24
     assert (one.app_requirement, two.app_requirement) == ("streamsvc==0.1.0", "streamsvc==0.2.0")
 
 
 def test_a_changed_wheel_or_requirement_changes_the_dependency_key(source, wheels, tmp_path):
     (wheels / "extra-2.0-py3-none-any.whl").write_bytes(b"PK shipped from the start, pinned only in r3")
-    before = release.dependencies(release.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels,
+    before = wheelhouse.dependencies(builder.build(tmp_path / "out", "r1", app_dir=source, wheels=wheels,
                                                 now=NOW).path)
     (wheels / "demo-1.0-py3-none-any.whl").write_bytes(b"PK other bytes, same name")
-    rebuilt = release.dependencies(release.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels,
+    rebuilt = wheelhouse.dependencies(builder.build(tmp_path / "out", "r2", app_dir=source, wheels=wheels,
                                                  now=NOW).path)
     requirements = source / "requirements.txt"
     requirements.write_text(requirements.read_text() + "extra==2.0\n")
-    required = release.dependencies(release.build(tmp_path / "out", "r3", app_dir=source, wheels=wheels,
+    required = wheelhouse.dependencies(builder.build(tmp_path / "out", "r3", app_dir=source, wheels=wheels,
                                                   now=NOW).path)
     assert len({before.key, rebuilt.key, required.key}) == 3
 
@@ -507,5 +507,5 @@ def test_an_artifact_whose_requirements_do_not_name_the_app_has_no_dependency_ke
     files["requirements.txt"] = b"demo==1.0\n"
     tampered = _repack(artifact, {**members, "payload.tar.gz": _tar_gz(files)}, name="other.tar.gz")
     with pytest.raises(RoadieError, match="does not name the app") as caught:
-        release.dependencies(tampered)
+        wheelhouse.dependencies(tampered)
     assert "\n" not in str(caught.value)

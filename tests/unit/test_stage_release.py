@@ -23,7 +23,7 @@ import pytest
 
 from roadie import remote
 from roadie.core.errors import RoadieError
-from roadie.deploy import release, stream_host
+from roadie.deploy import release, stream_host, wheelhouse
 from roadie.remote import answer, stage_release
 from roadie.remote.stage_release import StageError
 from tests.unit import forge
@@ -65,7 +65,7 @@ class Host:
         self.outside.mkdir()
         (self.outside / "precious").write_text("untouched\n")
 
-    def stage(self, artifact: Path, manifest: release.Manifest, deps: release.Dependencies | None) -> bool:
+    def stage(self, artifact: Path, manifest: release.Manifest, deps: wheelhouse.Dependencies | None) -> bool:
         uploaded = self.releases / f".{manifest.release_id}.tar.gz"
         shutil.copyfile(artifact, uploaded)
         with pytest.MonkeyPatch.context() as patch:
@@ -87,7 +87,7 @@ class Host:
                     found.append((str(path), "dir"))
         return sorted(found)
 
-    def refused(self, artifact: Path, manifest: release.Manifest, deps: release.Dependencies | None,
+    def refused(self, artifact: Path, manifest: release.Manifest, deps: wheelhouse.Dependencies | None,
                 pattern: str) -> str:
         before = self.state()
         with pytest.raises(RoadieError) as caught:
