@@ -15,6 +15,7 @@ from invoke import Collection, Exit, task
 from roadie.core import fleet, inventory
 from roadie.core.cli import emit_json, friendly, table
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.deploy import builder, deploy, release
 from roadie.lab import engine, keys, lab, molecule, provision
 from roadie.lab import lint as roadie_lint
@@ -162,7 +163,7 @@ def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
     _provision("site")
     inv = inventory.load("lab")
     deploy.build_and_deploy(inv, Path(ROOT) / "build" / "releases", "inv up", deploy.Reporter(), seed=True)
-    fleet_ = deploy.Fleet.from_inventory(inv)
+    fleet_ = Fleet.from_inventory(inv)
     _fleet_check()
     url = f"http://{fleet_.balancer.address}"
     print(f"\nThe stack is up. Try:\n  curl {url}/tracks\n  curl -r 0-99 -o /dev/null -w '%{{http_code}}\\n' "

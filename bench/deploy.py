@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import report
 from roadie.core import inventory, ssh
+from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import builder, deploy, release, stream_host, wheelhouse
 from roadie.lab import lab, provision
@@ -50,15 +51,15 @@ def variant(tag: str, workdir: Path, new_dependencies: bool = False) -> release.
     return builder.build(workdir / "out", f"bench-{tag}-{int(time.time())}", app_dir=app, wheels=wheels)
 
 
-def prepare(count: int) -> deploy.Fleet:
+def prepare(count: int) -> Fleet:
     lab.up(count, log=quiet)
     run = provision.run("site", "lab", echo=False)
     if not run.ok:
         raise SystemExit("bench: site.yml failed:\n" + "\n".join(run.output.splitlines()[-30:]))
-    return deploy.Fleet.from_inventory(inventory.load("lab"))
+    return Fleet.from_inventory(inventory.load("lab"))
 
 
-def roll(fleet: deploy.Fleet, built: release.Release, batch: str) -> tuple[deploy.Outcome, int, int]:
+def roll(fleet: Fleet, built: release.Release, batch: str) -> tuple[deploy.Outcome, int, int]:
     manifest = release.verify(built.path)
     with Traffic(fleet.balancer.address, threads=2) as traffic:
         outcome = deploy.deploy(fleet, built.path, manifest, deploy.Options(batch=batch, message="bench"),
@@ -77,7 +78,7 @@ def measured(outcome: deploy.Outcome, sent: int, failed: int) -> dict:
             "outside_batches_s": outcome.duration_s - batches, "timings": outcome.timings}
 
 
-def plain_playbook(fleet: deploy.Fleet, built: release.Release) -> dict:
+def plain_playbook(fleet: Fleet, built: release.Release) -> dict:
     """bench/rolling-update.yml (its own staging, then serial: 1) under traffic."""
     manifest = release.verify(built.path)
     env = provision.ansible_env(warn=False)

@@ -11,13 +11,13 @@ from dataclasses import dataclass
 from roadie.change import audit, lock
 from roadie.core import inventory, ssh
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
-from roadie.deploy import deploy
 
 
 def lock_host(inventory_name: str | None) -> Host:
     """The host that keeps the deploy lock and the fleet's audit log (the first balancer)."""
-    return deploy.Fleet.from_inventory(inventory.load(inventory_name)).balancer
+    return Fleet.from_inventory(inventory.load(inventory_name)).balancer
 
 
 @dataclass

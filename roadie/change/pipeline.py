@@ -32,6 +32,7 @@ from types import FrameType
 from roadie.change import audit, lock
 from roadie.core import ssh
 from roadie.core.errors import Interrupted, RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 
 LEASE_TTL = lock.DEFAULT_TTL   # seconds a lease lives without a renewal: a lost operator's lock lapses this fast
@@ -43,11 +44,11 @@ class LeaseLost(RoadieError):
 
 
 def lock_host(inv: Inventory) -> Host:
-    """The host that holds the deploy lock and the audit log: the inventory's first balancer."""
-    balancers = inv.groups.get("balancer") or ()
-    if not balancers:
+    """The host that holds the deploy lock and the audit log: the fleet's balancer."""
+    balancer = Fleet.from_inventory(inv, partial=True).balancer
+    if balancer is None:
         raise RoadieError(f"inventory {inv.name} has no balancer host to hold the deploy lock")
-    return inv.hosts[balancers[0]]
+    return balancer
 
 
 class Change:

@@ -7,5 +7,5 @@
   cli.py        glue between the thin CLIs and the package: one-line errors, tables, JSON, questions
   vault.py      secrets: the lab's generated vault, any inventory's vault read without printing it
   contract.py   the host contract: paths, units, ports and names the roles decide
-  fleet.py      the fleet check: every host reachable, verified and who it should be
+  fleet.py      the fleet (the stream hosts behind their balancer, read once) and the fleet check
 """

@@ -1,4 +1,12 @@
-"""Fleet-wide checks over SSH: is every host reachable, verified, and who it should be."""
+"""The fleet as Roadie operates it, and the fleet check.
+
+`Fleet` is the stream hosts and the balancer in front of them, read from the inventory once: deploys,
+rollbacks, restarts, drains, `fab status` and the on-call tasks all take it. The balancer is the first
+host of its group; it also keeps the deploy lock and the fleet's audit log (the lock host).
+
+`check` is the fleet check (`fab check`, `inv lab.check`): every host reachable over SSH, its key
+verified, answering with its own name.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +14,25 @@ import dataclasses
 from dataclasses import dataclass
 
 from roadie.core import ssh
-from roadie.core.inventory import Inventory
+from roadie.core.inventory import Host, Inventory
+
+
+@dataclass
+class Fleet:
+    """The stream hosts and their balancer (None only in a fleet read with `partial`)."""
+
+    stream: list[Host]
+    balancer: Host | None
+
+    @classmethod
+    def from_inventory(cls, inv: Inventory, group: str = "stream", *, partial: bool = False) -> Fleet:
+        """The inventory's fleet; an inventory without the stream group or a balancer fails, unless
+        `partial` (`fab status` reports whatever there is): then a missing group reads as none."""
+        if partial:
+            balancers = inv.groups.get("balancer") or ()
+            return cls(stream=[inv.hosts[name] for name in inv.groups.get(group, ())],
+                       balancer=inv.hosts[balancers[0]] if balancers else None)
+        return cls(stream=inv.group(group), balancer=inv.group("balancer")[0])
 
 
 @dataclass

@@ -10,6 +10,7 @@ from roadie.change import audit, rollout
 from roadie.core import inventory, ssh
 from roadie.core.cli import Terminal, human_age, human_bytes
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Inventory
 from roadie.db import backups as db_backups
 from roadie.db import failover as db_failover
@@ -22,7 +23,7 @@ from roadie.deploy.stream_fleet import options
 
 def record(inv: Inventory, action: str, result: str, duration_s: float, **detail: object) -> None:
     """One audit record on the lock host for a database command that takes no lock."""
-    conn = ssh.connect(deploy.Fleet.from_inventory(inv).balancer)
+    conn = ssh.connect(Fleet.from_inventory(inv).balancer)
     try:
         audit.record(conn, audit.event(action, result=result, duration_s=duration_s, **detail))
     finally:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from roadie.change.pipeline import Change
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.db import client, replication
 from roadie.db.client import AS_POSTGRES
@@ -171,7 +172,7 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy
     started = time.monotonic()
     timings: dict[str, float] = {}
     notes: list[str] = []
-    fleet = deploy.Fleet.from_inventory(inv)
+    fleet = Fleet.from_inventory(inv)
     with Change(fleet.balancer, "db.failover", hosts=[plan.old_primary, plan.new_primary, *plan.stream_hosts],
                 message=options.message or f"promote {plan.new_primary}", report=report) as change:
         change.detail.update(old_primary=plan.old_primary, new_primary=plan.new_primary, forced=plan.force,
@@ -182,7 +183,7 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy
 def _failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options, restart: Callable,
               wait_timeout: float, change: Change, timings: dict[str, float], notes: list[str],
               started: float) -> FailoverResult:
-    fleet = deploy.Fleet.from_inventory(inv)
+    fleet = Fleet.from_inventory(inv)
     outcome = None
     new_conn = old_conn = None
     try:

@@ -22,6 +22,7 @@ from roadie.change import rollout, rotation
 from roadie.change.pipeline import Change, stop_if_interrupted
 from roadie.core import contract, ssh
 from roadie.core.errors import Interrupted, RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import builder, release, stream_host, wheelhouse
 from roadie.deploy.balancer import Balancer
@@ -87,20 +88,6 @@ class Outcome:
     timings: list[dict] = field(default_factory=list)
     cut_sessions: dict[str, int] = field(default_factory=dict)   # host -> sessions a drain limit cut
     left_out: dict[str, str] = field(default_factory=dict)       # host -> why it was not in the plan
-
-
-@dataclass
-class Fleet:
-    """The hosts a rollout touches, from the inventory."""
-
-    stream: list[Host]
-    balancer: Host
-
-    @classmethod
-    def from_inventory(cls, inv: Inventory, group: str = "stream") -> Fleet:
-        stream = inv.group(group)
-        balancers = inv.group("balancer")
-        return cls(stream=stream, balancer=balancers[0])
 
 
 class Rollout:

@@ -21,6 +21,7 @@ from roadie.change.pipeline import Change, lock_host
 from roadie.core import contract, inventory, ssh
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.core.paths import ROOT
 from roadie.db import client as pg_client
@@ -64,7 +65,7 @@ def undrain(balancer: Balancer, host: str, *, timeout: float, report: deploy.Rep
 
 
 # ------------------------------------------------------------------ restarts
-def rolling_restart(fleet: deploy.Fleet, options: deploy.Options, report: deploy.Reporter,
+def rolling_restart(fleet: Fleet, options: deploy.Options, report: deploy.Reporter,
                     hosts: list[str] | None = None, change: Change | None = None) -> deploy.Outcome:
     """Restart stream hosts batch by batch: drain, restart, health gate on their release, enable, UP.
 

@@ -13,6 +13,7 @@ from roadie.change import rollout
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import deploy, maintenance
 from roadie.deploy.stream_fleet import options
@@ -28,7 +29,7 @@ class RestartPlan:
     order: list[str]                  # the others in restart order: replicas first, the primary last
     primaries: list[str]              # PostgreSQL primaries among the others
     options: deploy.Options
-    fleet: deploy.Fleet | None        # the stream fleet behind its balancer, when stream hosts restart
+    fleet: Fleet | None        # the stream fleet behind its balancer, when stream hosts restart
 
     def describe(self) -> list[str]:
         """The plan as the operator reads it before the question."""
@@ -52,7 +53,7 @@ def plan(inv: Inventory, group: str, *, batch: str, min_serving: str, include_pr
     for h in others:
         maintenance.service_for(h)   # an unknown service fails before the question
     opts = options(batch, False, min_serving, deploy.default_drain_timeout(inv), 60, message)
-    fleet = deploy.Fleet.from_inventory(inv) if stream_hosts else None
+    fleet = Fleet.from_inventory(inv) if stream_hosts else None
     if stream_hosts:
         rollout.plan("restart", [h.name for h in stream_hosts], opts.batch, False, opts.min_serving)
     order = [h.name for h in maintenance.restart_order(inv, others)]

@@ -10,6 +10,7 @@ from roadie.change import lock, rollout, rotation
 from roadie.core import inventory
 from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import artifacts, deploy, maintenance, release, stream_host
 from roadie.deploy.balancer import Balancer
@@ -33,7 +34,7 @@ def deploy_release(inventory_name: str | None, *, release_id: str | None, artifa
     inv = inventory.load(inventory_name)
     opts = options(batch, canary, min_serving, drain_timeout or deploy.default_drain_timeout(inv), health_timeout,
                    message)
-    fleet = deploy.Fleet.from_inventory(inv)
+    fleet = Fleet.from_inventory(inv)
     path, manifest = artifacts.resolve(release_id, artifact, build)
     report = deploy.Reporter(as_json=as_json)
     if not dry_run:
@@ -52,7 +53,7 @@ def rollback(inventory_name: str | None, *, to: str | None, batch: str, min_serv
                    message)
     if to:
         release.check_release_id(to)
-    fleet = deploy.Fleet.from_inventory(inv)
+    fleet = Fleet.from_inventory(inv)
     if not dry_run:
         terminal.confirm(f"roll back the stream hosts to {to or 'their previous release'}")
     return deploy.rollback(fleet, opts, deploy.Reporter(as_json=as_json), to=to, dry_run=dry_run)
@@ -60,7 +61,7 @@ def rollback(inventory_name: str | None, *, to: str | None, batch: str, min_serv
 
 def releases(inventory_name: str | None) -> list[stream_host.Releases]:
     """Each stream host's current, previous and kept releases."""
-    return deploy.host_releases(deploy.Fleet.from_inventory(inventory.load(inventory_name)))
+    return deploy.host_releases(Fleet.from_inventory(inventory.load(inventory_name)))
 
 
 def seed(inventory_name: str | None) -> None:
@@ -68,7 +69,7 @@ def seed(inventory_name: str | None) -> None:
     inv = inventory.load(inventory_name)
     if inv.name == "production":
         raise RoadieError("seed writes demo data; it never runs against production")
-    fleet = deploy.Fleet.from_inventory(inv)
+    fleet = Fleet.from_inventory(inv)
     with maintenance.Guarded(inv, "seed", hosts=[h.name for h in fleet.stream]):
         deploy.seed_fleet(fleet, deploy.Reporter())
 
@@ -79,7 +80,7 @@ def stream_balancer(inv: Inventory, host: str) -> Host:
         raise RoadieError(f"unknown host {host!r} in inventory {inv.name}")
     if host not in inv.groups.get("stream", ()):
         raise RoadieError(f"{host} is not a stream host; only stream hosts sit behind the balancer")
-    return deploy.Fleet.from_inventory(inv).balancer
+    return Fleet.from_inventory(inv).balancer
 
 
 def drain(inventory_name: str | None, host: str, *, min_serving: str, force: bool, drain_timeout: str,

@@ -19,6 +19,7 @@ from roadie.cache import client as redis_client
 from roadie.change import lock, rotation
 from roadie.core import contract, ssh
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import stream_host
 from roadie.deploy.balancer import Balancer, ServerState
@@ -83,11 +84,12 @@ def _probe_args(host: Host, redis: redis_client.Admin, stream_addresses: list[st
             "stream_addresses": stream_addresses if data_host else []}
 
 
-def stream_addresses(inv: Inventory) -> list[str]:
-    """The stream hosts' private addresses (roadie_private_address), the ones that are IP addresses."""
+def stream_addresses(inv: Inventory, fleet: Fleet | None = None) -> list[str]:
+    """The stream hosts' private addresses (roadie_private_address), the ones that are IP addresses
+    (`fleet`: the inventory's, read here when not given)."""
     out = []
-    for name in inv.groups.get("stream", ()):
-        value = var_or(inv, name, "roadie_private_address", None)
+    for host in (fleet or Fleet.from_inventory(inv, partial=True)).stream:
+        value = var_or(inv, host.name, "roadie_private_address", None)
         try:
             out.append(str(ipaddress.ip_address(str(value))))
         except ValueError:
@@ -177,12 +179,12 @@ def _cannot(host: Host, what: str, exc: BaseException) -> str:
     return said if isinstance(exc, RoadieError) else f"cannot read {what} on {host.name}: {said}"
 
 
-def lock_host_view(inv: Inventory) -> LockHostView:
-    """One connection to the lock host; each part read on its own, so one failure does not hide the others."""
-    balancers = inv.groups.get("balancer") or ()
-    if not balancers:
+def lock_host_view(fleet: Fleet) -> LockHostView:
+    """One connection to the lock host (the fleet's balancer); each part read on its own, so one failure
+    does not hide the others. An empty view for a fleet without a balancer."""
+    host = fleet.balancer
+    if host is None:
         return LockHostView()
-    host = inv.hosts[balancers[0]]
     view = LockHostView(host=host.name)
     try:
         conn = ssh.connect(host)
@@ -210,8 +212,9 @@ def lock_host_view(inv: Inventory) -> LockHostView:
 
 def gather(inv: Inventory, pattern: str) -> tuple[list[HostStatus], LockHostView]:
     hosts = inv.select(pattern)
-    addresses = stream_addresses(inv) if any({"database", "cache"} & set(h.groups) for h in hosts) else []
-    results = ssh.parallel(lambda job: job(), [lambda: lock_host_view(inv)]
+    fleet = Fleet.from_inventory(inv, partial=True)
+    addresses = stream_addresses(inv, fleet) if any({"database", "cache"} & set(h.groups) for h in hosts) else []
+    results = ssh.parallel(lambda job: job(), [lambda: lock_host_view(fleet)]
                            + [lambda h=h: probe(h, inv, addresses) for h in hosts], max_workers=32)
     view, rows = results[0], results[1:]
     drained = view.drained or {}
@@ -229,9 +232,3 @@ def gather(inv: Inventory, pattern: str) -> tuple[list[HostStatus], LockHostView
         if row.host in drained:
             row.drained_on_purpose = drained[row.host].describe()
     return rows, view
-
-
-def fleet(inv: Inventory, pattern: str = "all") -> list[HostStatus]:
-    """Every selected host's row, probed in parallel, plus HAProxy's view of the stream hosts."""
-    return gather(inv, pattern)[0]
-

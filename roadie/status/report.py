@@ -13,6 +13,7 @@ from roadie.change import lock, rotation
 from roadie.core import ssh
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Inventory
 from roadie.status import probe
 from roadie.status.probe import HostStatus, Lease
@@ -72,8 +73,8 @@ def _fence_stale_primary(inv: Inventory, primaries: list[str]) -> list[Problem]:
 
 
 def _lock_host_name(inv: Inventory) -> str:
-    balancers = inv.groups.get("balancer") or ()
-    return balancers[0] if balancers else "the lock host"
+    balancer = Fleet.from_inventory(inv, partial=True).balancer
+    return balancer.name if balancer else "the lock host"
 
 
 def _holder(info: lock.LockInfo) -> str:

@@ -6,6 +6,7 @@ import time
 import pytest
 
 from roadie.core import inventory, ssh, vault
+from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.lab import engine, lab, provision
 
@@ -103,5 +104,5 @@ def stack(provisioned, lab_inventory):
 
     artifact, manifest = deploy.build_and_deploy(lab_inventory, ROOT / "build" / "releases", "lab tests",
                                                  deploy.Reporter(), seed=True)
-    fleet = deploy.Fleet.from_inventory(lab_inventory)
+    fleet = Fleet.from_inventory(lab_inventory)
     return {"manifest": manifest, "artifact": artifact, "fleet": fleet, "lb": fleet.balancer.address}

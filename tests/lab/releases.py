@@ -6,6 +6,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
+from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import builder, deploy
 
@@ -28,6 +29,6 @@ def break_health(app: Path) -> None:
     init.write_text(init.read_text() + "\nimport os as _os\n\n_os.environ['STREAM_RELEASE_ID'] = 'broken'\n")
 
 
-def currents(fleet: deploy.Fleet) -> dict[str, str | None]:
+def currents(fleet: Fleet) -> dict[str, str | None]:
     """stream host -> the release its `current` points at."""
     return {s.host: s.current for s in deploy.host_releases(fleet)}

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from roadie.change import audit, lock
+from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import deploy, release
 from roadie.deploy.balancer import Balancer
@@ -72,7 +73,7 @@ def paced_download(host: str, path: str, rate: int) -> dict:
             "seconds": time.monotonic() - started}
 
 
-def releases_now(fleet: deploy.Fleet) -> dict[str, str | None]:
+def releases_now(fleet: Fleet) -> dict[str, str | None]:
     return {s.host: s.current for s in deploy.host_releases(fleet)}
 
 

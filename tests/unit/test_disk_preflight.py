@@ -26,6 +26,7 @@ import pytest
 from roadie import remote
 from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
 from roadie.deploy import deploy, release, stream_host
 from roadie.remote import answer, free_space, stage_release
@@ -281,7 +282,7 @@ def _host(name: str) -> Host:
 
 def _rollout(conns: dict[str, Canned]) -> tuple[deploy.Rollout, io.StringIO]:
     out = io.StringIO()
-    fleet = deploy.Fleet(stream=[c.inventory_host for c in conns.values()], balancer=_host("lb1"))
+    fleet = Fleet(stream=[c.inventory_host for c in conns.values()], balancer=_host("lb1"))
     work = deploy.Rollout(fleet, deploy.Options(), deploy.Reporter(stream=out))
     work.conns = dict(conns)
     return work, out

@@ -6,6 +6,7 @@ import pytest
 
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.paths import INVENTORIES, ROOT
 
 GROUPS = {"balancer", "stream", "database", "database_primary", "database_replica", "cache"}
@@ -112,3 +113,16 @@ def test_an_address_with_a_trailing_newline_is_refused(tmp_path, address):
     with pytest.raises(RoadieError, match="bad address") as err:
         inventory.load(_write(tmp_path, text))
     assert "\n" not in str(err.value)
+
+
+def test_the_fleet_is_the_stream_hosts_behind_the_first_balancer():
+    names = ["lb1", "lb2", "stream1", "stream2", "db1"]
+    hosts = {n: inventory.Host(n, f"10.0.0.{i}", 22, "deploy", Path("/dev/null")) for i, n in enumerate(names, 1)}
+    inv = inventory.Inventory(Path("/x/lab"), hosts, {"balancer": ("lb1", "lb2"), "stream": ("stream1", "stream2")})
+    fleet = Fleet.from_inventory(inv)
+    assert [h.name for h in fleet.stream] == ["stream1", "stream2"] and fleet.balancer.name == "lb1"
+    assert Fleet.from_inventory(inv, partial=True) == fleet
+    bare = inventory.Inventory(Path("/x/db"), {"db1": hosts["db1"]}, {"database": ("db1",)})
+    with pytest.raises(RoadieError, match="inventory db has no group 'stream'"):
+        Fleet.from_inventory(bare)
+    assert Fleet.from_inventory(bare, partial=True) == Fleet(stream=[], balancer=None)

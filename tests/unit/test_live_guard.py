@@ -5,11 +5,12 @@ from types import SimpleNamespace
 import pytest
 
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.deploy import deploy
 
 
 def _rollout(states: dict[str, tuple[str, int]], min_serving: int) -> deploy.Rollout:
-    work = deploy.Rollout(deploy.Fleet(stream=[], balancer=None), deploy.Options(min_serving=min_serving),
+    work = deploy.Rollout(Fleet(stream=[], balancer=None), deploy.Options(min_serving=min_serving),
                           lambda *a, **k: None)
     servers = {name: SimpleNamespace(in_rotation=status.startswith("UP") and weight > 0)
                for name, (status, weight) in states.items()}

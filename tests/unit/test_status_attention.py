@@ -12,6 +12,7 @@ from roadie.cache import client as redis_client
 from roadie.change.lock import LockInfo
 from roadie.change.rotation import Drained
 from roadie.core.errors import RoadieError
+from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.remote import answer, status_probe
 from roadie.status import probe, report
@@ -198,7 +199,7 @@ def test_the_lock_host_view_reads_each_part_on_its_own(monkeypatch):
     monkeypatch.setattr(probe.ssh, "connect", lambda host: LockHost({"stat": STAT}))
     monkeypatch.setattr(probe.lock, "status", lambda conn: (None, NOW))
     monkeypatch.setattr(probe.rotation, "on_purpose", lambda conn: drained)
-    view = probe.lock_host_view(INV)
+    view = probe.lock_host_view(Fleet.from_inventory(INV, partial=True))
     assert view.host == "lb1" and view.errors == [] and view.lease == (None, NOW) and view.drained == drained
     assert {n: s.status for n, s in view.servers.items()} == {"stream1": "UP", "stream2": "DRAIN", "stream3": "DOWN"}
 
@@ -207,7 +208,7 @@ def test_the_lock_host_view_reads_each_part_on_its_own(monkeypatch):
                           "valid JSON (Expecting value: line 1 column 1 (char 0)); fix or remove it")
 
     monkeypatch.setattr(probe.rotation, "on_purpose", malformed)
-    view = probe.lock_host_view(INV)
+    view = probe.lock_host_view(Fleet.from_inventory(INV, partial=True))
     assert view.servers and view.lease == (None, NOW) and view.drained is None
     assert len(view.errors) == 1 and view.errors[0].startswith("on-purpose drains on lb1: list failed: refused:")
 
@@ -219,7 +220,7 @@ def test_check_joins_haproxy_the_lease_and_the_drains_to_the_rows(monkeypatch):
     servers = {s.server: s for s in parse_stat(STAT)}
     drained = {"stream2": Drained("stream2", "bob@laptop", "disk swap", NOW)}
     view = probe.LockHostView(host="lb1", servers=servers, lease=(None, NOW), drained=drained)
-    monkeypatch.setattr(probe, "lock_host_view", lambda inv: view)
+    monkeypatch.setattr(probe, "lock_host_view", lambda fleet: view)
     monkeypatch.setattr(probe, "probe", lambda host, inv, addresses: _row(
         host.name, haproxy=None, haproxy_weight=None, haproxy_check=None, sessions=None))
     found = report.check(INV)
