@@ -17,6 +17,7 @@ from roadie.core.cli import emit_json, friendly, table
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
 from roadie.deploy import builder, deploy, release
+from roadie.deploy.types import Reporter
 from roadie.lab import engine, keys, lab, molecule, provision
 from roadie.lab import lint as roadie_lint
 
@@ -162,7 +163,7 @@ def up(c, stream_hosts=lab.DEFAULT_STREAM_HOSTS):
     _print_status(lab.up(int(stream_hosts)))
     _provision("site")
     inv = inventory.load("lab")
-    deploy.build_and_deploy(inv, Path(ROOT) / "build" / "releases", "inv up", deploy.Reporter(), seed=True)
+    deploy.build_and_deploy(inv, Path(ROOT) / "build" / "releases", "inv up", Reporter(), seed=True)
     fleet_ = Fleet.from_inventory(inv)
     _fleet_check()
     url = f"http://{fleet_.balancer.address}"

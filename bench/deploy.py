@@ -28,6 +28,7 @@ from roadie.core import inventory, ssh
 from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import builder, deploy, release, stream_host, wheelhouse
+from roadie.deploy.types import Options, Outcome, Reporter
 from roadie.lab import lab, provision
 from tests.lab.traffic import Traffic
 
@@ -59,15 +60,15 @@ def prepare(count: int) -> Fleet:
     return Fleet.from_inventory(inventory.load("lab"))
 
 
-def roll(fleet: Fleet, built: release.Release, batch: str) -> tuple[deploy.Outcome, int, int]:
+def roll(fleet: Fleet, built: release.Release, batch: str) -> tuple[Outcome, int, int]:
     manifest = release.verify(built.path)
     with Traffic(fleet.balancer.address, threads=2) as traffic:
-        outcome = deploy.deploy(fleet, built.path, manifest, deploy.Options(batch=batch, message="bench"),
-                                deploy.Reporter(stream=open("/dev/null", "w")))  # noqa: SIM115
+        outcome = deploy.deploy(fleet, built.path, manifest, Options(batch=batch, message="bench"),
+                                Reporter(stream=open("/dev/null", "w")))  # noqa: SIM115
     return outcome, traffic.report.sent, traffic.report.failed
 
 
-def measured(outcome: deploy.Outcome, sent: int, failed: int) -> dict:
+def measured(outcome: Outcome, sent: int, failed: int) -> dict:
     """One deploy's figures: the floor (drain + switch, restart and health gate, per batch, summed)
     and where the rest went, from the deploy's own per-batch timings."""
     floor = sum(t.get("drain_s", 0) + t.get("switch_restart_health_s", 0) for t in outcome.timings)

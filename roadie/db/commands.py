@@ -17,8 +17,9 @@ from roadie.db import failover as db_failover
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.db.topology import topology
-from roadie.deploy import deploy, maintenance
+from roadie.deploy import maintenance
 from roadie.deploy.stream_fleet import options
+from roadie.deploy.types import Reporter
 
 
 def record(inv: Inventory, action: str, result: str, duration_s: float, **detail: object) -> None:
@@ -48,7 +49,7 @@ def backup(inventory_name: str | None, *, message: str | None, terminal: Termina
                  "reference; retention may remove the oldest backup)")
     terminal.confirm(f"take a base backup on {primary.name}")
     with maintenance.Guarded(inv, "db.backup", hosts=[primary.name], message=message or "") as change:
-        result = db_backups.backup(inv, deploy.Reporter())
+        result = db_backups.backup(inv, Reporter())
         change.detail = {"backup": result.backup.name, "size_bytes": result.backup.size_bytes}
     return Taken(primary.name, result.backup, result.duration_s)
 
@@ -105,7 +106,7 @@ def restore_check(inventory_name: str | None, backup_name: str | None, on: str |
     either way. Progress goes to stderr with --json. A RoadieError when the check could not run."""
     inv = inventory.load(inventory_name)
     db_restore.restore_target(inv, backup_name, on)   # bad input fails here, before any host
-    report = deploy.Reporter(stream=sys.stderr if as_json else None)
+    report = Reporter(stream=sys.stderr if as_json else None)
     started = time.monotonic()
     try:
         check = db_restore.restore_check(inv, report, backup_name, on)
@@ -178,4 +179,4 @@ def failover(inventory_name: str | None, *, force: bool, max_lag: object, to: st
     for line in plan.describe():
         terminal.say(line)
     terminal.confirm(f"promote {plan.new_primary} and fence {plan.old_primary}")
-    return FailedOver(db_failover.failover(inv, plan, deploy.Reporter(), opts), inv.name)
+    return FailedOver(db_failover.failover(inv, plan, Reporter(), opts), inv.name)

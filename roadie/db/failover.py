@@ -27,7 +27,8 @@ from roadie.db.client import AS_POSTGRES
 from roadie.db.fencing import DATA_DIR, FENCE_FILE, PG_BIN, PG_UNIT, fence_host
 from roadie.db.topology import Report, topology
 from roadie.db.wal import parse_lsn
-from roadie.deploy import deploy, stream_host
+from roadie.deploy import stream_host
+from roadie.deploy.types import Options
 
 if TYPE_CHECKING:
     from roadie.core.ssh import HostConnection
@@ -163,7 +164,7 @@ def _wait_replayed(conn: HostConnection, lsn: str, timeout: float) -> str:
                       f"{timeout:.0f} s; not promoting (the old primary stays fenced)")
 
 
-def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options,
+def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: Options,
              rolling_restart: Callable | None = None, wait_timeout: float = 120) -> FailoverResult:
     """Run a failover plan inside the change pipeline (lease with heartbeat, audit record, interrupts)."""
     from roadie.deploy import maintenance
@@ -180,7 +181,7 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy
         return _failover(inv, plan, report, options, restart, wait_timeout, change, timings, notes, started)
 
 
-def _failover(inv: Inventory, plan: FailoverPlan, report: Report, options: deploy.Options, restart: Callable,
+def _failover(inv: Inventory, plan: FailoverPlan, report: Report, options: Options, restart: Callable,
               wait_timeout: float, change: Change, timings: dict[str, float], notes: list[str],
               started: float) -> FailoverResult:
     fleet = Fleet.from_inventory(inv)

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host, Inventory
 
-# How progress is reported: deploy.Reporter, or any callable taking (text, host, event=...).
+# How progress is reported: deploy.types.Reporter, or any callable taking (text, host, event=...).
 Report = Callable[..., None]
 
 

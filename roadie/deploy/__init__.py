@@ -7,7 +7,10 @@ restarts and maintenance mode, each through the one change pipeline (roadie/chan
   artifacts.py     the artifact a deploy ships: one built earlier, a file, or a fresh build
   stream_host.py   one stream host over SSH: stage a release, switch `current`, restart, health-check
   balancer.py      HAProxy's runtime API on the balancer: drain, wait for sessions, enable, read state
-  deploy.py        rolling deploys and rollbacks behind HAProxy, batch by batch
+  deploy.py        rolling deploys and rollbacks behind HAProxy: the plan's order, then the executor
+  executor.py      Rollout: runs a plan batch by batch (guard, drain, switch, restart, health gate, enable)
+  staging.py       staging a release on every stream host at once, before anything is switched
+  types.py         a rollout's Options, Reporter and Outcome
   maintenance.py   on-call changes: drain and undrain, rolling restarts, maintenance mode
   restarts.py      `fab restart`: which hosts restart how, checked and shown first
   stream_fleet.py  what `fab deploy`, `rollback`, `releases`, `seed`, `drain` and `undrain` do with their flags

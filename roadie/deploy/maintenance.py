@@ -2,7 +2,7 @@
 
 Everything here goes through the same pieces as `fab deploy`: the HAProxy runtime API (balancer.py),
 the rollout planner and its capacity guard (rollout.py), the batch runner with its health gate and
-rollback (deploy.Rollout), the deploy lock and the audit log. Callers take the lock; these functions
+rollback (executor.Rollout), the deploy lock and the audit log. Callers take the lock; these functions
 assume it is held, but for turn_on and turn_off (`fab maintenance.on/off`), which take it themselves.
 """
 
@@ -27,6 +27,8 @@ from roadie.core.paths import ROOT
 from roadie.db import client as pg_client
 from roadie.deploy import deploy
 from roadie.deploy.balancer import Balancer
+from roadie.deploy.executor import Rollout
+from roadie.deploy.types import Options, Outcome, Reporter
 
 TEMPLATES = ROOT / "templates"
 
@@ -38,7 +40,7 @@ def serving_without(balancer: Balancer, hosts: list[str]) -> int:
 
 
 def drain(balancer: Balancer, host: str, *, min_serving: int, force: bool, timeout: float,
-          report: deploy.Reporter) -> bool:
+          report: Reporter) -> bool:
     """Take a stream host out of rotation and wait for its sessions; False if sessions outlived `timeout`."""
     state = balancer.server(host)
     left = serving_without(balancer, [host])
@@ -57,7 +59,7 @@ def drain(balancer: Balancer, host: str, *, min_serving: int, force: bool, timeo
     return drained
 
 
-def undrain(balancer: Balancer, host: str, *, timeout: float, report: deploy.Reporter) -> None:
+def undrain(balancer: Balancer, host: str, *, timeout: float, report: Reporter) -> None:
     """Put a host back in rotation and wait until health checks report it UP."""
     balancer.enable(host)
     state = balancer.wait_up(host, timeout)
@@ -65,17 +67,17 @@ def undrain(balancer: Balancer, host: str, *, timeout: float, report: deploy.Rep
 
 
 # ------------------------------------------------------------------ restarts
-def rolling_restart(fleet: Fleet, options: deploy.Options, report: deploy.Reporter,
-                    hosts: list[str] | None = None, change: Change | None = None) -> deploy.Outcome:
+def rolling_restart(fleet: Fleet, options: Options, report: Reporter,
+                    hosts: list[str] | None = None, change: Change | None = None) -> Outcome:
     """Restart stream hosts batch by batch: drain, restart, health gate on their release, enable, UP.
 
     Runs inside `change` (the caller's Guarded): its lease is checked before each step and a first
     Ctrl-C stops after the batch in hand. Hosts drained on purpose are left out (and stay out of
     rotation); hosts a lost command left out come first.
     """
-    work = deploy.Rollout(fleet, options, report, change)
+    work = Rollout(fleet, options, report, change)
     work.connect()
-    outcome = deploy.Outcome(release="", ok=False)
+    outcome = Outcome(release="", ok=False)
     started = time.monotonic()
     try:
         assert work.balancer is not None and work.lb_conn is not None
@@ -132,7 +134,7 @@ def service_for(host: Host) -> Service:
                       f"({', '.join(sorted(GROUP_SERVICES))} or stream)")
 
 
-def restart_one_by_one(inv: Inventory, hosts: list[Host], report: deploy.Reporter, timeout: float = 60,
+def restart_one_by_one(inv: Inventory, hosts: list[Host], report: Reporter, timeout: float = 60,
                        poll: float = 1.0) -> None:
     """Restart each host's service in turn; the next waits until the last one's health check passes."""
     for host in restart_order(inv, hosts):

@@ -15,8 +15,9 @@ from roadie.core.cli import Terminal
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
-from roadie.deploy import deploy, maintenance
+from roadie.deploy import maintenance
 from roadie.deploy.stream_fleet import options
+from roadie.deploy.types import Options, Reporter, default_drain_timeout
 
 
 @dataclass
@@ -28,7 +29,7 @@ class RestartPlan:
     others: list[Host]                # one at a time
     order: list[str]                  # the others in restart order: replicas first, the primary last
     primaries: list[str]              # PostgreSQL primaries among the others
-    options: deploy.Options
+    options: Options
     fleet: Fleet | None        # the stream fleet behind its balancer, when stream hosts restart
 
     def describe(self) -> list[str]:
@@ -52,7 +53,7 @@ def plan(inv: Inventory, group: str, *, batch: str, min_serving: str, include_pr
     others = [h for h in hosts if h.name not in stream]
     for h in others:
         maintenance.service_for(h)   # an unknown service fails before the question
-    opts = options(batch, False, min_serving, deploy.default_drain_timeout(inv), 60, message)
+    opts = options(batch, False, min_serving, default_drain_timeout(inv), 60, message)
     fleet = Fleet.from_inventory(inv) if stream_hosts else None
     if stream_hosts:
         rollout.plan("restart", [h.name for h in stream_hosts], opts.batch, False, opts.min_serving)
@@ -76,7 +77,7 @@ def restart(inventory_name: str | None, group: str | None, *, rolling: bool, bat
     for line in work.describe():
         terminal.say(f"restart: {line}")
     terminal.confirm(f"restart {len(work.hosts)} hosts")
-    report = deploy.Reporter()
+    report = Reporter()
     with maintenance.Guarded(inv, "restart", hosts=[h.name for h in work.hosts], message=message or "") as change:
         if work.stream:
             maintenance.rolling_restart(work.fleet, work.options, report, hosts=[h.name for h in work.stream],

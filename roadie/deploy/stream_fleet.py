@@ -14,13 +14,14 @@ from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import artifacts, deploy, maintenance, release, stream_host
 from roadie.deploy.balancer import Balancer
+from roadie.deploy.types import Options, Outcome, Reporter, default_drain_timeout
 
 
 def options(batch: str | int, canary: bool, min_serving: str | int, drain_timeout: str | float,
-            health_timeout: str | float, message: str | None) -> deploy.Options:
-    """deploy.Options from the command line's strings; a value that is no number is a RoadieError."""
+            health_timeout: str | float, message: str | None) -> Options:
+    """Options from the command line's strings; a value that is no number is a RoadieError."""
     try:
-        return deploy.Options(batch=str(batch), canary=canary, min_serving=int(min_serving),
+        return Options(batch=str(batch), canary=canary, min_serving=int(min_serving),
                               drain_timeout=float(drain_timeout), health_timeout=float(health_timeout),
                               message=message or "")
     except ValueError as exc:
@@ -29,14 +30,14 @@ def options(batch: str | int, canary: bool, min_serving: str | int, drain_timeou
 
 def deploy_release(inventory_name: str | None, *, release_id: str | None, artifact: str | None, build: bool,
                    batch: str, canary: bool, min_serving: str, drain_timeout: str | None, health_timeout: str,
-                   message: str | None, dry_run: bool, as_json: bool, terminal: Terminal) -> deploy.Outcome:
+                   message: str | None, dry_run: bool, as_json: bool, terminal: Terminal) -> Outcome:
     """Resolve the artifact, check the plan, ask, then roll the release out (deploy.deploy)."""
     inv = inventory.load(inventory_name)
-    opts = options(batch, canary, min_serving, drain_timeout or deploy.default_drain_timeout(inv), health_timeout,
+    opts = options(batch, canary, min_serving, drain_timeout or default_drain_timeout(inv), health_timeout,
                    message)
     fleet = Fleet.from_inventory(inv)
     path, manifest = artifacts.resolve(release_id, artifact, build)
-    report = deploy.Reporter(as_json=as_json)
+    report = Reporter(as_json=as_json)
     if not dry_run:
         rollout.plan(manifest.release_id, [h.name for h in fleet.stream], opts.batch, opts.canary,
                      opts.min_serving)  # a bad plan fails before the question
@@ -46,17 +47,17 @@ def deploy_release(inventory_name: str | None, *, release_id: str | None, artifa
 
 def rollback(inventory_name: str | None, *, to: str | None, batch: str, min_serving: str,
              drain_timeout: str | None, health_timeout: str, message: str | None, dry_run: bool, as_json: bool,
-             terminal: Terminal) -> deploy.Outcome:
+             terminal: Terminal) -> Outcome:
     """Check the target release id, ask, then roll back (deploy.rollback)."""
     inv = inventory.load(inventory_name)
-    opts = options(batch, False, min_serving, drain_timeout or deploy.default_drain_timeout(inv), health_timeout,
+    opts = options(batch, False, min_serving, drain_timeout or default_drain_timeout(inv), health_timeout,
                    message)
     if to:
         release.check_release_id(to)
     fleet = Fleet.from_inventory(inv)
     if not dry_run:
         terminal.confirm(f"roll back the stream hosts to {to or 'their previous release'}")
-    return deploy.rollback(fleet, opts, deploy.Reporter(as_json=as_json), to=to, dry_run=dry_run)
+    return deploy.rollback(fleet, opts, Reporter(as_json=as_json), to=to, dry_run=dry_run)
 
 
 def releases(inventory_name: str | None) -> list[stream_host.Releases]:
@@ -71,7 +72,7 @@ def seed(inventory_name: str | None) -> None:
         raise RoadieError("seed writes demo data; it never runs against production")
     fleet = Fleet.from_inventory(inv)
     with maintenance.Guarded(inv, "seed", hosts=[h.name for h in fleet.stream]):
-        deploy.seed_fleet(fleet, deploy.Reporter())
+        deploy.seed_fleet(fleet, Reporter())
 
 
 def stream_balancer(inv: Inventory, host: str) -> Host:
@@ -92,7 +93,7 @@ def drain(inventory_name: str | None, host: str, *, min_serving: str, force: boo
     stream_balancer(inv, host)
     with maintenance.Guarded(inv, "drain", hosts=[host], message=message or "") as change:
         drained = maintenance.drain(Balancer(change.conn), host, min_serving=opts.min_serving, force=force,
-                                    timeout=opts.drain_timeout, report=deploy.Reporter())
+                                    timeout=opts.drain_timeout, report=Reporter())
         rotation.record(change.conn, host, lock.who(), message or "")   # out on purpose: status knows
         change.detail["sessions_left"] = 0 if drained else "some"
     if not drained:
@@ -106,4 +107,4 @@ def undrain(inventory_name: str | None, host: str, *, message: str | None) -> No
     with maintenance.Guarded(inv, "undrain", hosts=[host], message=message or "") as change:
         # Cleared first: if the host does not come back, it is no longer out on purpose and status says so.
         change.detail["was_drained_on_purpose"] = rotation.clear(change.conn, host)
-        maintenance.undrain(Balancer(change.conn), host, timeout=60, report=deploy.Reporter())
+        maintenance.undrain(Balancer(change.conn), host, timeout=60, report=Reporter())

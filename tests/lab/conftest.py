@@ -8,6 +8,7 @@ import pytest
 from roadie.core import inventory, ssh, vault
 from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
+from roadie.deploy.types import Reporter
 from roadie.lab import engine, lab, provision
 
 
@@ -103,6 +104,6 @@ def stack(provisioned, lab_inventory):
     from roadie.deploy import deploy
 
     artifact, manifest = deploy.build_and_deploy(lab_inventory, ROOT / "build" / "releases", "lab tests",
-                                                 deploy.Reporter(), seed=True)
+                                                 Reporter(), seed=True)
     fleet = Fleet.from_inventory(lab_inventory)
     return {"manifest": manifest, "artifact": artifact, "fleet": fleet, "lb": fleet.balancer.address}

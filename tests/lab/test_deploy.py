@@ -13,6 +13,7 @@ from roadie.change import lock
 from roadie.core import ssh
 from roadie.core.paths import ROOT
 from roadie.deploy import deploy, release, stream_host, wheelhouse
+from roadie.deploy.types import DEFAULT_KEEP, Options, Reporter
 from roadie.lab import engine, lab
 from tests.lab.fabrun import fab, ok, one_line_error, popen_fab
 from tests.lab.releases import break_health, build_variant, currents
@@ -176,9 +177,9 @@ def test_releases_share_one_venv_per_dependency_set_and_unused_ones_are_pruned(s
     stamp = int(time.time())
     other = build_variant(tmp_path, f"lab-deps-{stamp}", wheels=extra)
     first, second = (build_variant(tmp_path, f"lab-same-{stamp}-{n}") for n in (1, 2))
-    report = deploy.Reporter(stream=io.StringIO())
+    report = Reporter(stream=io.StringIO())
     for artifact in (other, first, second):
-        deploy.deploy(fleet, artifact, release.verify(artifact), deploy.Options(keep=2, message="venv test"),
+        deploy.deploy(fleet, artifact, release.verify(artifact), Options(keep=2, message="venv test"),
                       report)
     keys = {wheelhouse.dependencies(a).key for a in (other, first, second)}
     assert len(keys) == 2
@@ -198,7 +199,7 @@ def test_a_deploy_keeps_the_retention_count_and_prunes_the_oldest_releases(stack
     stamp = int(time.time())
     # Complete releases older than every real one, planted on each stream host as the deploy user (the
     # account that writes release payloads): one more than the deploy keeps.
-    planted = [f"lab-old-{stamp}-{n}" for n in range(deploy.DEFAULT_KEEP + 1)]
+    planted = [f"lab-old-{stamp}-{n}" for n in range(DEFAULT_KEEP + 1)]
     plant = " && ".join(f"mkdir {stream_host.RELEASES / name} && "
                         f"touch -d @{OLD_MARK + n} {stream_host.RELEASES / name / stream_host.COMPLETE_MARK}"
                         for n, name in enumerate(planted))
@@ -213,7 +214,7 @@ def test_a_deploy_keeps_the_retention_count_and_prunes_the_oldest_releases(stack
         for state in deploy.host_releases(fleet):
             old = before[state.host]
             assert old.kept[:len(planted)] == planted, old                  # the planted ones are the oldest
-            assert len(state.kept) == deploy.DEFAULT_KEEP, state
+            assert len(state.kept) == DEFAULT_KEEP, state
             assert state.current == new_id and state.previous == old.current and state.previous in state.kept, state
             removed = [r for r in old.kept if r not in state.kept]
             # Oldest first: the oldest release went, and no newer release went while an older one stayed.

@@ -12,7 +12,7 @@ from invoke import Context, Exit, Result, UnexpectedExit
 
 from roadie.core import cli
 from roadie.core.errors import RoadieError
-from roadie.deploy import deploy
+from roadie.deploy.types import Reporter
 from roadie.lab import engine
 from roadie.status import ops
 from tests.unit.cli_run import assert_one_line_error, run_cli
@@ -118,7 +118,7 @@ def test_what_a_task_prints_and_its_error_pass_clean(capsys):
     @cli.friendly
     def task():
         print(f"stream1: {HOSTILE}")
-        deploy.Reporter()(f"switched to {HOSTILE}", host="stream2")      # created inside the task, as fab does
+        Reporter()(f"switched to {HOSTILE}", host="stream2")   # created inside the task, as fab does
         sys.stderr.write(f"stderr {HOSTILE}\n")
         raise RoadieError(f"stream1: stage failed: {HOSTILE}\nsecond line")
 

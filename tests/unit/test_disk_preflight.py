@@ -28,7 +28,9 @@ from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
-from roadie.deploy import deploy, release, stream_host
+from roadie.deploy import release, stream_host
+from roadie.deploy.executor import Rollout
+from roadie.deploy.types import Options, Reporter
 from roadie.remote import answer, free_space, stage_release
 from tests.unit import forge
 
@@ -280,10 +282,10 @@ def _host(name: str) -> Host:
     return Host(name, "192.0.2.1", 22, "deploy", Path("/nonexistent/known_hosts"))
 
 
-def _rollout(conns: dict[str, Canned]) -> tuple[deploy.Rollout, io.StringIO]:
+def _rollout(conns: dict[str, Canned]) -> tuple[Rollout, io.StringIO]:
     out = io.StringIO()
     fleet = Fleet(stream=[c.inventory_host for c in conns.values()], balancer=_host("lb1"))
-    work = deploy.Rollout(fleet, deploy.Options(), deploy.Reporter(stream=out))
+    work = Rollout(fleet, Options(), Reporter(stream=out))
     work.conns = dict(conns)
     return work, out
 

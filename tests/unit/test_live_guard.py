@@ -6,11 +6,12 @@ import pytest
 
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
-from roadie.deploy import deploy
+from roadie.deploy.executor import Rollout
+from roadie.deploy.types import Options
 
 
-def _rollout(states: dict[str, tuple[str, int]], min_serving: int) -> deploy.Rollout:
-    work = deploy.Rollout(Fleet(stream=[], balancer=None), deploy.Options(min_serving=min_serving),
+def _rollout(states: dict[str, tuple[str, int]], min_serving: int) -> Rollout:
+    work = Rollout(Fleet(stream=[], balancer=None), Options(min_serving=min_serving),
                           lambda *a, **k: None)
     servers = {name: SimpleNamespace(in_rotation=status.startswith("UP") and weight > 0)
                for name, (status, weight) in states.items()}

@@ -5,8 +5,9 @@ import pytest
 from roadie.cache import commands as cache_commands
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
-from roadie.deploy import deploy, maintenance
+from roadie.deploy import maintenance
 from roadie.deploy.balancer import Balancer
+from roadie.deploy.types import Reporter
 from roadie.status import ops, probe, report
 from tests.unit.cli_run import assert_one_line_error, run_cli
 from tests.unit.haproxy_canned import STAT, Canned
@@ -16,7 +17,7 @@ def test_drain_refuses_to_go_below_min_serving():
     # stream1 UP, stream2 DRAIN, stream3 DOWN: stream1 is the only host serving.
     lb = Balancer(Canned({"stat": STAT}), "stream")
     with pytest.raises(RoadieError, match=r"would leave 0 stream hosts in rotation, below --min-serving 1"):
-        maintenance.drain(lb, "stream1", min_serving=1, force=False, timeout=1, report=deploy.Reporter())
+        maintenance.drain(lb, "stream1", min_serving=1, force=False, timeout=1, report=Reporter())
     assert not any("set server" in c for c in lb.conn.sent)
 
 
