@@ -19,7 +19,7 @@ from roadie.core import ssh
 from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
-from roadie.deploy import release, staging, stream_host
+from roadie.deploy import release, staging, stream_host, stream_service
 from roadie.deploy.balancer import Balancer
 from roadie.deploy.types import Options, Outcome, Reporter
 
@@ -150,8 +150,8 @@ class Rollout:
             stream_host.switch(conn, release_id)
             self.running[host] = release_id
         self.touched.add(host)
-        stream_host.restart(conn)
-        gate = stream_host.health_gate(conn, release_id, passes=self.options.health_passes,
+        stream_service.restart(conn)
+        gate = stream_service.health_gate(conn, release_id, passes=self.options.health_passes,
                                        interval=self.options.health_interval, timeout=self.options.health_timeout)
         self.report(f"healthy on {release_id} ({gate.describe()})", host, event="healthy")
 
@@ -162,8 +162,8 @@ class Rollout:
             if previous and host in self.touched:
                 stream_host.switch(conn, previous)
                 self.running[host] = previous
-                stream_host.restart(conn)
-                stream_host.health_gate(conn, previous, passes=1, interval=self.options.health_interval,
+                stream_service.restart(conn)
+                stream_service.health_gate(conn, previous, passes=1, interval=self.options.health_interval,
                                         timeout=self.options.health_timeout)
             self._put_back(host)
             self.report(f"rolled back to {previous}" if host in self.touched else "put back in rotation, unchanged",

@@ -14,7 +14,7 @@ from pathlib import Path
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
 from roadie.core.inventory import Host
-from roadie.deploy import release, stream_host, wheelhouse
+from roadie.deploy import host_space, release, stream_host, wheelhouse
 from roadie.deploy.types import Reporter
 
 
@@ -27,7 +27,7 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
     runs on each host's thread as soon as that host is staged (deploy runs the migrations there on the
     first host while the others still stage); its failure is reported like a staging failure.
 
-    First every host is measured (stream_host.space): if one lacks room for the release, nothing is
+    First every host is measured (host_space.space): if one lacks room for the release, nothing is
     uploaded anywhere. A host that runs out of space all the same is named in one line and left with
     nothing of the release.
     """
@@ -37,9 +37,9 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
     size = artifact.stat().st_size
     failed: list[str] = []
 
-    def measure(host: Host) -> stream_host.Space | None:
+    def measure(host: Host) -> host_space.Space | None:
         try:
-            return stream_host.space(conns[host.name], manifest, size, deps, with_releases=True)
+            return host_space.space(conns[host.name], manifest, size, deps, with_releases=True)
         except Exception as exc:  # every host's failure is reported, then we stop
             failed.append(ssh.describe_failure(host, exc))
             return None
@@ -71,11 +71,11 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
         try:
             conn.put(str(artifact), remote)
         except OSError as exc:  # paramiko's SFTP errors; a full filesystem is a bare "Failure"
-            raise RoadieError(stream_host.upload_failure(conn, manifest, size, deps, remote, exc)) from None
+            raise RoadieError(host_space.upload_failure(conn, manifest, size, deps, remote, exc)) from None
         try:
             stream_host.stage(conn, remote, manifest, deps)
         except RoadieError as exc:
-            raise RoadieError(stream_host.staging_failure(conn, manifest, size, deps, remote, str(exc))) from None
+            raise RoadieError(host_space.staging_failure(conn, manifest, size, deps, remote, str(exc))) from None
         report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
 
     errors: list[str] = []

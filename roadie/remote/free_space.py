@@ -1,6 +1,6 @@
 """Measure the room a stream host has for a release, before anything of it is uploaded.
 
-roadie.deploy.stream_host.space runs this on the host as the deploy user (sent with roadie.remote.command):
+roadie.deploy.host_space.space runs this on the host as the deploy user (sent with roadie.remote.command):
   --releases, --venvs  the releases directory and the shared venvs directory
   --release            the release id (is it staged already?)
   --key                the dependency set's key, or "" (is its shared venv complete already?)

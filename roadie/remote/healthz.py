@@ -1,6 +1,6 @@
 """One answer of a stream host's /healthz, read on the host itself (through its nginx).
 
-roadie.deploy.stream_host.health runs this on the host as the deploy user, with roadie.remote.command:
+roadie.deploy.stream_service.health runs this on the host as the deploy user, with roadie.remote.command:
   healthz.py URL
 It prints one JSON line: {"status": HTTP status, "body": the JSON body or {}}; an HTTP error status is an
 answer too (its body when it is JSON, else {}); no answer at all (refused, timed out, not HTTP) is
@@ -22,7 +22,7 @@ TIMEOUT_S = 2
 def answer(url: str) -> dict:
     """What `url` answered, as described above."""
     try:
-        # The URL is the controller's own constant (stream_host.HEALTH_URL), an http:// address on loopback.
+        # The URL is the controller's own constant (stream_service.HEALTH_URL), an http:// address on loopback.
         with urllib.request.urlopen(url, timeout=TIMEOUT_S) as response:  # noqa: S310
             return {"status": response.status, "body": json.loads(response.read() or b"{}")}
     except urllib.error.HTTPError as exc:

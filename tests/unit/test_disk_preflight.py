@@ -28,7 +28,7 @@ from roadie.core.cli import human_bytes
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
-from roadie.deploy import release, stream_host
+from roadie.deploy import host_space, release, stream_host
 from roadie.deploy.executor import Rollout
 from roadie.deploy.types import Options, Reporter
 from roadie.remote import answer, free_space, stage_release
@@ -36,7 +36,7 @@ from tests.unit import forge
 
 MiB = 1024 * 1024
 PROGRAM = Path(free_space.__file__)
-FREE_SPACE_SOURCE = shlex.quote(remote.source(stream_host.FREE_SPACE_PROGRAM))
+FREE_SPACE_SOURCE = shlex.quote(remote.source(host_space.FREE_SPACE_PROGRAM))
 STAGE_SOURCE = shlex.quote(remote.source(stream_host.STAGE_PROGRAM))
 
 
@@ -60,10 +60,10 @@ def test_release_bytes_are_upload_plus_payload_plus_every_listed_member(built):
     dirs = [m for m in manifest.members if m.type == "dir"]
     assert files and dirs
     # Block 1: no rounding, so every byte is accounted for once.
-    assert stream_host.release_bytes(manifest, size, 1) == (
+    assert host_space.release_bytes(manifest, size, 1) == (
         size + manifest.payload_size + sum(m.size for m in files) + len(dirs) + len(manifest.to_json()))
     # Block 4096: every file and directory takes whole blocks.
-    assert stream_host.unpacked_bytes(manifest, 4096) == 4096 * (len(files) + len(dirs) + 1)
+    assert host_space.unpacked_bytes(manifest, 4096) == 4096 * (len(files) + len(dirs) + 1)
 
 
 def test_unpacked_estimate_covers_what_the_unpacked_payload_really_takes_on_disk(built, tmp_path):
@@ -77,7 +77,7 @@ def test_unpacked_estimate_covers_what_the_unpacked_payload_really_takes_on_disk
     taken = sum(os.lstat(Path(top, name)).st_blocks * 512
                 for top, dirs, files in os.walk(tree) for name in dirs + files)
     block = os.statvfs(tmp_path).f_frsize
-    assert 0 < taken <= stream_host.unpacked_bytes(built.manifest, block)
+    assert 0 < taken <= host_space.unpacked_bytes(built.manifest, block)
 
 
 def test_a_bigger_payload_needs_more_room_by_at_least_what_it_adds(built, tmp_path):
@@ -85,22 +85,22 @@ def test_a_bigger_payload_needs_more_room_by_at_least_what_it_adds(built, tmp_pa
     forged = tmp_path / "r1.tar.gz"
     forge.forge(built.artifact, forged, lambda entries: [*entries, forge.entry("app/blob.bin", blob)], relist=True)
     bigger = release.verify(forged)
-    before = stream_host.release_bytes(built.manifest, built.artifact.stat().st_size, 4096)
-    after = stream_host.release_bytes(bigger, forged.stat().st_size, 4096)
+    before = host_space.release_bytes(built.manifest, built.artifact.stat().st_size, 4096)
+    after = host_space.release_bytes(bigger, forged.stat().st_size, 4096)
     assert after - before >= 3 * MiB
 
 
 def test_venv_estimate_is_a_base_plus_a_factor_of_the_wheels(built):
     wheels = _wheel_bytes(built.artifact)
     assert wheels > 0
-    assert stream_host.venv_bytes(built.manifest) == stream_host.VENV_BASE_BYTES + stream_host.VENV_FACTOR * wheels
+    assert host_space.venv_bytes(built.manifest) == host_space.VENV_BASE_BYTES + host_space.VENV_FACTOR * wheels
 
 
 def test_margin_is_the_larger_of_the_fixed_and_the_fraction():
-    assert stream_host.with_margin(0) == 0
-    assert stream_host.with_margin(MiB) == MiB + stream_host.SPACE_MARGIN_BYTES
+    assert host_space.with_margin(0) == 0
+    assert host_space.with_margin(MiB) == MiB + host_space.SPACE_MARGIN_BYTES
     big = 10 * 1024 * MiB
-    assert stream_host.with_margin(big) == big + int(big * stream_host.SPACE_MARGIN_FRACTION)
+    assert host_space.with_margin(big) == big + int(big * host_space.SPACE_MARGIN_FRACTION)
 
 
 def _measured(free: int, *, venvs_free: int | None = None, staged: bool = False, ready: bool = False,
@@ -114,22 +114,22 @@ def _measured(free: int, *, venvs_free: int | None = None, staged: bool = False,
 
 def test_rooms_follow_where_the_venv_goes(built):
     manifest, size = built.manifest, built.artifact.stat().st_size
-    here = stream_host.release_bytes(manifest, size, 4096)
-    venv = stream_host.venv_bytes(manifest)
-    rooms = lambda **kw: [(r.path, r.needed) for r in stream_host.room_for("s", _measured(10**12, **kw),  # noqa: E731
+    here = host_space.release_bytes(manifest, size, 4096)
+    venv = host_space.venv_bytes(manifest)
+    rooms = lambda **kw: [(r.path, r.needed) for r in host_space.room_for("s", _measured(10**12, **kw),  # noqa: E731
                                                                             manifest, size).rooms]
     releases, venvs = str(stream_host.RELEASES), str(stream_host.VENVS)
     # Shared venv not built yet, same filesystem: one room holds both.
-    assert rooms() == [(releases, stream_host.with_margin(here + venv))]
+    assert rooms() == [(releases, host_space.with_margin(here + venv))]
     # The shared venv for this dependency set is complete: no venv to build.
-    assert rooms(ready=True) == [(releases, stream_host.with_margin(here))]
+    assert rooms(ready=True) == [(releases, host_space.with_margin(here))]
     # Venvs on another filesystem: the venv is needed there.
-    assert rooms(apart=True) == [(releases, stream_host.with_margin(here)), (venvs, stream_host.with_margin(venv))]
-    assert rooms(apart=True, ready=True) == [(releases, stream_host.with_margin(here))]
+    assert rooms(apart=True) == [(releases, host_space.with_margin(here)), (venvs, host_space.with_margin(venv))]
+    assert rooms(apart=True, ready=True) == [(releases, host_space.with_margin(here))]
     # No shared venvs directory the deploy user can write: the release builds its own venv in place.
-    assert rooms(apart=True, venv="own") == [(releases, stream_host.with_margin(here + venv))]
+    assert rooms(apart=True, venv="own") == [(releases, host_space.with_margin(here + venv))]
     # Staged already: nothing to upload or build.
-    found = stream_host.room_for("s", _measured(0, staged=True), manifest, size)
+    found = host_space.room_for("s", _measured(0, staged=True), manifest, size)
     assert found.rooms == () and found.enough
 
 
@@ -225,13 +225,13 @@ def test_space_sends_the_program_and_reads_its_answer(built, tmp_path, monkeypat
     monkeypatch.setattr(stream_host, "RELEASES", PurePosixPath(releases))
     monkeypatch.setattr(stream_host, "VENVS", PurePosixPath(venvs))
     size = built.artifact.stat().st_size
-    found = stream_host.space(LocalConn(bin_dir), built.manifest, size, built.deps)
+    found = host_space.space(LocalConn(bin_dir), built.manifest, size, built.deps)
     assert found.host == "local" and not found.staged
     [room] = found.rooms   # same filesystem: one room, the venv counted in it
     assert room.path == str(releases)
-    assert room.needed == stream_host.with_margin(
-        stream_host.release_bytes(built.manifest, size, os.statvfs(releases).f_frsize)
-        + stream_host.venv_bytes(built.manifest))
+    assert room.needed == host_space.with_margin(
+        host_space.release_bytes(built.manifest, size, os.statvfs(releases).f_frsize)
+        + host_space.venv_bytes(built.manifest))
     free = os.statvfs(releases).f_bavail * os.statvfs(releases).f_frsize
     assert abs(room.free - free) <= 8 * MiB
 
@@ -292,7 +292,7 @@ def _rollout(conns: dict[str, Canned]) -> tuple[Rollout, io.StringIO]:
 
 def _needed(built) -> int:
     size = built.artifact.stat().st_size
-    return stream_host.room_for("x", _measured(0), built.manifest, size).rooms[0].needed
+    return host_space.room_for("x", _measured(0), built.manifest, size).rooms[0].needed
 
 
 PLENTY = 50 * 1024 * MiB

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 
 from roadie.core.errors import RoadieError
-from roadie.deploy import stream_host
+from roadie.deploy import stream_service
 
 
 class Answers:
@@ -30,7 +30,7 @@ def ok(release="r2"):
 def test_gate_needs_consecutive_passes_on_the_new_release():
     conn = Answers([ok("r1"), ok(), ok(), {"status": 503, "body": {"release": "r2", "database": "error",
                                                                    "cache": "ok"}}, ok(), ok(), ok()])
-    health = stream_host.health_gate(conn, "r2", passes=3, interval=0, timeout=5)
+    health = stream_service.health_gate(conn, "r2", passes=3, interval=0, timeout=5)
     assert health.ok_for("r2")
     assert conn.calls == 7  # the streak restarted after the 503
 
@@ -38,7 +38,7 @@ def test_gate_needs_consecutive_passes_on_the_new_release():
 def test_gate_fails_with_the_last_answer_and_the_host():
     conn = Answers([{"status": 0, "error": "ConnectionRefusedError: [Errno 111] Connection refused"}])
     with pytest.raises(RoadieError) as err:
-        stream_host.health_gate(conn, "r2", passes=2, interval=0.01, timeout=0.1)
+        stream_service.health_gate(conn, "r2", passes=2, interval=0.01, timeout=0.1)
     message = str(err.value)
     assert message.startswith("stream1: health gate failed after 0 s: ConnectionRefusedError")
     assert "want release r2" in message and "\n" not in message
@@ -46,7 +46,7 @@ def test_gate_fails_with_the_last_answer_and_the_host():
 
 def test_old_release_answering_healthy_never_passes():
     with pytest.raises(RoadieError, match="release r1, database ok, cache ok"):
-        stream_host.health_gate(Answers([ok("r1")]), "r2", passes=1, interval=0.01, timeout=0.1)
+        stream_service.health_gate(Answers([ok("r1")]), "r2", passes=1, interval=0.01, timeout=0.1)
 
 
 @pytest.mark.parametrize("body", [{"release": "r2", "database": "ok", "cache": "error"},
@@ -54,5 +54,5 @@ def test_old_release_answering_healthy_never_passes():
                                   {"release": "r2"}])
 def test_unhealthy_dependencies_fail_the_gate(body):
     with pytest.raises(RoadieError):
-        stream_host.health_gate(Answers([{"status": 200, "body": body}]), "r2", passes=1, interval=0.01,
+        stream_service.health_gate(Answers([{"status": 200, "body": body}]), "r2", passes=1, interval=0.01,
                                 timeout=0.05)

@@ -24,7 +24,7 @@ from roadie.cache import client as redis_client
 from roadie.change import lock
 from roadie.db import backups as db_backups
 from roadie.db import fencing
-from roadie.deploy import stream_host
+from roadie.deploy import host_space, stream_host, stream_service
 from roadie.remote import disk_usage, fence_marker, list_backups, release_listing
 from roadie.status import netpolicy, ops
 
@@ -65,8 +65,8 @@ def test_every_program_is_standard_library_only_and_runs_as_a_script(name):
 
 
 def test_every_program_a_module_names_is_there():
-    named = [lock.PROGRAM, stream_host.LIST_PROGRAM, stream_host.HEALTH_PROGRAM, stream_host.PRUNE_PROGRAM,
-             stream_host.STAGE_PROGRAM, stream_host.FREE_SPACE_PROGRAM, db_backups.LIST_BACKUPS_PROGRAM,
+    named = [lock.PROGRAM, stream_host.LIST_PROGRAM, stream_service.HEALTH_PROGRAM, stream_host.PRUNE_PROGRAM,
+             stream_host.STAGE_PROGRAM, host_space.FREE_SPACE_PROGRAM, db_backups.LIST_BACKUPS_PROGRAM,
              fencing.FENCE_PROGRAM, redis_client.REDIS_PROGRAM, ops.DISK_PROGRAM, netpolicy.PROBE_PROGRAM]
     assert set(named) <= set(PROGRAMS)
     with pytest.raises(ValueError, match="no host program"):
@@ -75,7 +75,7 @@ def test_every_program_a_module_names_is_there():
 
 def test_the_libraries_are_sent_ahead_of_the_programs_that_import_them():
     # release_listing.py: one listing for list_releases.py and for free_space.py's --base.
-    for name in (stream_host.LIST_PROGRAM, stream_host.FREE_SPACE_PROGRAM):
+    for name in (stream_host.LIST_PROGRAM, host_space.FREE_SPACE_PROGRAM):
         defined = {node.name for node in ast.parse(remote.source(name)).body if isinstance(node, ast.FunctionDef)}
         assert {"listing", "target"} <= defined, name
         assert "from roadie" not in remote.source(name)
@@ -178,16 +178,16 @@ def _closed_port() -> int:
 
 
 def test_health_reads_an_answer_an_error_status_and_no_answer(health_url):
-    ok = stream_host.health(LocalConn(), f"{health_url}/ok")
+    ok = stream_service.health(LocalConn(), f"{health_url}/ok")
     assert (ok.status, ok.release, ok.database, ok.cache, ok.error) == (200, "r2", "ok", "ok", "")
     assert ok.ok_for("r2")
-    down = stream_host.health(LocalConn(), f"{health_url}/down")
+    down = stream_service.health(LocalConn(), f"{health_url}/down")
     assert (down.status, down.database) == (503, "error") and not down.ok_for("r2")
-    html = stream_host.health(LocalConn(), f"{health_url}/html")
+    html = stream_service.health(LocalConn(), f"{health_url}/html")
     assert (html.status, html.release, html.error) == (502, None, "")
-    garbled = stream_host.health(LocalConn(), f"{health_url}/garbled")
+    garbled = stream_service.health(LocalConn(), f"{health_url}/garbled")
     assert garbled.status == 0 and garbled.error.startswith("JSONDecodeError: ")
-    refused = stream_host.health(LocalConn(), f"http://127.0.0.1:{_closed_port()}/healthz")
+    refused = stream_service.health(LocalConn(), f"http://127.0.0.1:{_closed_port()}/healthz")
     assert refused.status == 0 and "Connection refused" in refused.error
 
 
