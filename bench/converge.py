@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import profile_lines, report
 from roadie.core.paths import ROOT
-from roadie.lab import provision
+from roadie.lab import provision, strategy
 
 STOCK_CFG = """\
 # Stock ansible-core settings, except what keeps the comparison honest: the same inventory, roles
@@ -54,7 +54,7 @@ ignore_patterns = known_hosts
 
 
 def run_stock(cfg: Path, control_dir: str) -> tuple[float, dict]:
-    env = provision.ansible_env({"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_STRATEGY": "linear",
+    env = strategy.ansible_env({"ANSIBLE_CONFIG": str(cfg), "ANSIBLE_STRATEGY": "linear",
                                  "ANSIBLE_SSH_CONTROL_PATH_DIR": control_dir}, warn=False)
     env.pop("ANSIBLE_STRATEGY_PLUGINS", None)
     started = time.monotonic()
@@ -68,16 +68,16 @@ def run_stock(cfg: Path, control_dir: str) -> tuple[float, dict]:
 
 
 def run_roadie(profile: bool, builtin: bool = False) -> tuple[float, dict, str]:
-    extra = {provision.MITOGEN_SWITCH: "0"} if builtin else {}
+    extra = {strategy.MITOGEN_SWITCH: "0"} if builtin else {}
     extra |= {"ANSIBLE_CALLBACKS_ENABLED": "ansible.posix.profile_tasks", "PROFILE_TASKS_TASK_OUTPUT_LIMIT": "15",
              "PROFILE_TASKS_SUMMARY_ONLY": "true"} if profile else {}
     if builtin:
-        os.environ[provision.MITOGEN_SWITCH] = "0"  # the strategy is chosen from this process's environment
+        os.environ[strategy.MITOGEN_SWITCH] = "0"  # the strategy is chosen from this process's environment
     try:
         run = provision.run("site", "lab", echo=False, env=extra)
     finally:
         if builtin:
-            del os.environ[provision.MITOGEN_SWITCH]
+            del os.environ[strategy.MITOGEN_SWITCH]
     check(run.ok, "roadie", run.recap, run.output)
     return run.duration_s, run.recap, run.output
 
@@ -95,7 +95,7 @@ def main() -> None:
     parser.add_argument("--fallback", action="store_true",
                         help="also Roadie's settings with the built-in linear strategy (no Mitogen)")
     args = parser.parse_args()
-    strategy = provision.strategy()
+    chosen = strategy.strategy()
     stock_s: list[float] = []
     roadie_s: list[float] = []
     builtin_s: list[float] = []
@@ -118,7 +118,7 @@ def main() -> None:
     stock, roadie = statistics.median(stock_s), statistics.median(roadie_s)
     slowest = profile_lines(output)
     rows = [(f"stock settings (median of {args.runs})", f"{stock:.1f} s  {[round(s, 1) for s in stock_s]}"),
-            (f"Roadie, strategy {strategy.name} (median of {args.runs})",
+            (f"Roadie, strategy {chosen.name} (median of {args.runs})",
              f"{roadie:.1f} s  {[round(s, 1) for s in roadie_s]}"),
             ("stock / Roadie", f"{stock / roadie:.2f}x"),
             *([(f"Roadie settings, built-in linear (median of {args.runs})",
@@ -128,7 +128,7 @@ def main() -> None:
     rows += [(f"slowest Roadie task {i + 1}", line) for i, line in enumerate(slowest[:8])]
     report("converge", rows, {"stock_s": stock_s, "roadie_s": roadie_s, "stock_median_s": stock,
                               "roadie_median_s": roadie,
-                              "builtin_linear_s": builtin_s, "ratio": stock / roadie, "strategy": strategy.name,
+                              "builtin_linear_s": builtin_s, "ratio": stock / roadie, "strategy": chosen.name,
                               "hosts": len(recap), "task_results": tasks, "roadie_profile": slowest})
 
 

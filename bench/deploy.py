@@ -29,7 +29,7 @@ from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import builder, deploy, release, stream_host, wheelhouse
 from roadie.deploy.types import Options, Outcome, Reporter
-from roadie.lab import lab, provision
+from roadie.lab import lab, provision, strategy
 from tests.lab.traffic import Traffic
 
 
@@ -82,7 +82,7 @@ def measured(outcome: Outcome, sent: int, failed: int) -> dict:
 def plain_playbook(fleet: Fleet, built: release.Release) -> dict:
     """bench/rolling-update.yml (its own staging, then serial: 1) under traffic."""
     manifest = release.verify(built.path)
-    env = provision.ansible_env(warn=False)
+    env = strategy.ansible_env(warn=False)
     argv = [provision._ansible_playbook(), "-i", str(ROOT / "inventories" / "lab"),
             str(ROOT / "bench" / "rolling-update.yml"), "-e", f"bench_release={manifest.release_id}",
             "-e", f"bench_artifact={built.path}"]

@@ -10,7 +10,7 @@ import pytest
 from roadie.core import ssh
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
-from roadie.lab import engine, provision
+from roadie.lab import engine, provision, strategy
 from tests.lab.fabrun import fab
 
 # Fabric logs in as the deploy user, which the common role creates.
@@ -81,10 +81,10 @@ def control_dir(tmp_path):
 def _reach(hosts: str, mitogen: bool, control_dir: Path, monkeypatch) -> tuple[subprocess.CompletedProcess, dict]:
     """tests/lab/playbooks/reach.yml with the environment every Roadie run gets, Mitogen on or off."""
     if mitogen:
-        monkeypatch.delenv(provision.MITOGEN_SWITCH, raising=False)
+        monkeypatch.delenv(strategy.MITOGEN_SWITCH, raising=False)
     else:
-        monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
-    env = provision.ansible_env({"ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)})
+        monkeypatch.setenv(strategy.MITOGEN_SWITCH, "0")
+    env = strategy.ansible_env({"ANSIBLE_SSH_CONTROL_PATH_DIR": str(control_dir)})
     assert env["ANSIBLE_STRATEGY"] == ("mitogen_linear" if mitogen else "linear")
     result = subprocess.run([str(VENV / "ansible-playbook"), "-i", "inventories/lab", "tests/lab/playbooks/reach.yml",
                              "-e", f"roadie_test_hosts={hosts}"], cwd=ROOT, env=env, capture_output=True,
@@ -107,7 +107,7 @@ def test_changed_host_key_fails_the_playbook_for_that_host(rotated_host_key, mit
 
 
 def test_a_playbook_runs_under_the_builtin_fallback(provisioned, control_dir, monkeypatch):
-    monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
+    monkeypatch.setenv(strategy.MITOGEN_SWITCH, "0")
     monkeypatch.setenv("ANSIBLE_SSH_CONTROL_PATH_DIR", str(control_dir))
     run = provision.run("common", "lab", limit="stream1", echo=False)
     assert run.ok, run.output[-3000:]

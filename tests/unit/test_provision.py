@@ -8,7 +8,7 @@ import pytest
 from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.core.paths import ROOT
-from roadie.lab import provision
+from roadie.lab import provision, strategy
 
 RECAP = """
 PLAY RECAP *********************************************************************
@@ -66,25 +66,25 @@ PLUGINS = "/venv/site-packages/ansible_mitogen/plugins/strategy"
 
 
 def test_mitogen_is_chosen_when_it_loads_and_supports_ansible_core():
-    chosen = provision.select_strategy("2.19.14", provision.MITOGEN_VERSION, PLUGINS)
-    assert chosen == provision.Strategy("mitogen_linear", PLUGINS)
+    chosen = strategy.select_strategy("2.19.14", strategy.MITOGEN_VERSION, PLUGINS)
+    assert chosen == strategy.Strategy("mitogen_linear", PLUGINS)
     assert chosen.env() == {"ANSIBLE_STRATEGY": "mitogen_linear", "ANSIBLE_STRATEGY_PLUGINS": PLUGINS}
-    assert provision.select_strategy("2.10.0", provision.MITOGEN_VERSION, PLUGINS).name == "mitogen_linear"
+    assert strategy.select_strategy("2.10.0", strategy.MITOGEN_VERSION, PLUGINS).name == "mitogen_linear"
 
 
 @pytest.mark.parametrize("core, mitogen, plugins, load_error, reason", [
-    ("2.20.0", provision.MITOGEN_VERSION, PLUGINS, None, "supports ansible-core 2.10-2.19, installed: 2.20.0"),
-    ("2.9.27", provision.MITOGEN_VERSION, PLUGINS, None, "installed: 2.9.27"),
-    ("3.0.0rc1", provision.MITOGEN_VERSION, PLUGINS, None, "installed: 3.0.0rc1"),
-    (None, provision.MITOGEN_VERSION, PLUGINS, None, "installed: none"),
+    ("2.20.0", strategy.MITOGEN_VERSION, PLUGINS, None, "supports ansible-core 2.10-2.19, installed: 2.20.0"),
+    ("2.9.27", strategy.MITOGEN_VERSION, PLUGINS, None, "installed: 2.9.27"),
+    ("3.0.0rc1", strategy.MITOGEN_VERSION, PLUGINS, None, "installed: 3.0.0rc1"),
+    (None, strategy.MITOGEN_VERSION, PLUGINS, None, "installed: none"),
     ("2.19.14", None, None, None, "not installed"),
     ("2.19.14", "0.3.99", PLUGINS, None, "mitogen 0.3.99 installed, Roadie is tested with"),
-    ("2.19.14", provision.MITOGEN_VERSION, None, "AnsibleError: Your version of Ansible is too old",
+    ("2.19.14", strategy.MITOGEN_VERSION, None, "AnsibleError: Your version of Ansible is too old",
      "it does not load: AnsibleError: Your version"),
-    ("2.19.14", provision.MITOGEN_VERSION, None, None, "it does not load: its strategy plugin is missing"),
+    ("2.19.14", strategy.MITOGEN_VERSION, None, None, "it does not load: its strategy plugin is missing"),
 ])
 def test_falls_back_to_builtin_linear_with_one_warning_line(core, mitogen, plugins, load_error, reason):
-    chosen = provision.select_strategy(core, mitogen, plugins, load_error=load_error)
+    chosen = strategy.select_strategy(core, mitogen, plugins, load_error=load_error)
     assert chosen.name == "linear" and chosen.plugin_dir is None
     assert chosen.env() == {"ANSIBLE_STRATEGY": "linear"}
     assert chosen.warning.startswith("warning: Mitogen not used (")
@@ -95,19 +95,19 @@ def test_falls_back_to_builtin_linear_with_one_warning_line(core, mitogen, plugi
 
 @pytest.mark.parametrize("switch", ["0", "off", "false", " No "])
 def test_switching_mitogen_off_chooses_builtin_linear_without_a_warning(switch):
-    chosen = provision.select_strategy("2.19.14", provision.MITOGEN_VERSION, PLUGINS, switch=switch)
-    assert chosen == provision.Strategy("linear")
+    chosen = strategy.select_strategy("2.19.14", strategy.MITOGEN_VERSION, PLUGINS, switch=switch)
+    assert chosen == strategy.Strategy("linear")
 
 
 @pytest.mark.parametrize("switch", [None, "", "1", "yes"])
 def test_other_switch_values_leave_mitogen_on(switch):
-    assert provision.select_strategy("2.19.14", provision.MITOGEN_VERSION, PLUGINS, switch=switch).name == \
+    assert strategy.select_strategy("2.19.14", strategy.MITOGEN_VERSION, PLUGINS, switch=switch).name == \
         "mitogen_linear"
 
 
 def test_every_run_gets_the_strategy_and_roadies_config(monkeypatch, capsys):
-    monkeypatch.setenv(provision.MITOGEN_SWITCH, "0")
-    env = provision.ansible_env({"EXTRA": "1"})
+    monkeypatch.setenv(strategy.MITOGEN_SWITCH, "0")
+    env = strategy.ansible_env({"EXTRA": "1"})
     assert env["ANSIBLE_STRATEGY"] == "linear" and "ANSIBLE_STRATEGY_PLUGINS" not in env
     assert env["ANSIBLE_CONFIG"].endswith("ansible.cfg") and env["EXTRA"] == "1"
     assert capsys.readouterr().err == ""
@@ -115,12 +115,12 @@ def test_every_run_gets_the_strategy_and_roadies_config(monkeypatch, capsys):
 
 def test_installed_mitogen_is_the_pinned_one_and_is_chosen(monkeypatch):
     # The venv bootstrap installs from pyproject.toml: the pin and the tested version must agree.
-    monkeypatch.delenv(provision.MITOGEN_SWITCH, raising=False)
-    chosen = provision.strategy()
+    monkeypatch.delenv(strategy.MITOGEN_SWITCH, raising=False)
+    chosen = strategy.strategy()
     assert chosen.name == "mitogen_linear", chosen.warning
     assert (Path(chosen.plugin_dir) / "mitogen_linear.py").is_file()
     pins = (ROOT / "pyproject.toml").read_text()
-    assert f'"mitogen=={provision.MITOGEN_VERSION}"' in pins
+    assert f'"mitogen=={strategy.MITOGEN_VERSION}"' in pins
 
 
 # ---- sshd's allowed sources: named networks, never any address, checked before ansible-playbook starts
