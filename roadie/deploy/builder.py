@@ -41,7 +41,7 @@ from roadie.deploy.release import (
     one_line,
 )
 from roadie.deploy.wheelhouse import pin_key, source_requirements, wheel_key, wheelhouse
-from roadie.remote.stage_release import Member, Requirement, StageError, canonical, check_members
+from roadie.remote.release_checks import Member, Requirement, StageError, canonical, check_members
 
 APP_DIR = paths.ROOT / "app"
 FIXED_MTIME = 315532800  # 1980-01-01T00:00:00Z, as in wheels: no build time leaks into the payload

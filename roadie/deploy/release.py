@@ -21,7 +21,7 @@ wheels less the app's own); the app always runs from the release's app/ (gunicor
 
 Requirement files carry exact pins only: an option line (`-r`, `-e`, `--index-url`, `--find-links`,
 ...), a URL or a path is refused at build, by `verify` and again on the host (the same check,
-roadie/remote/stage_release.py). Building an artifact: builder.py; its wheels: wheelhouse.py.
+roadie/remote/release_checks.py). Building an artifact: builder.py; its wheels: wheelhouse.py.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from roadie.core.errors import RoadieError
-from roadie.remote.stage_release import (
+from roadie.remote.release_checks import (
     RELEASE_ID,
     SHA256,
     Member,

@@ -28,7 +28,7 @@ from pathlib import Path
 from roadie.core import paths
 from roadie.core.errors import RoadieError
 from roadie.deploy.release import APP_MARKER, PAYLOAD_NAME, PLATFORM, PYTHON_VERSION, file_sha256, one_line
-from roadie.remote.stage_release import Requirement, StageError, canonical, parse_requirement_line, parse_requirements
+from roadie.remote.release_checks import Requirement, StageError, canonical, parse_requirement_line, parse_requirements
 
 WHEEL_CACHE = paths.ROOT / ".cache" / "wheels"
 PIP_TARGET = ["--only-binary=:all:", "--platform", PLATFORM, "--python-version", PYTHON_VERSION,

@@ -3,7 +3,8 @@
 Each is a standard-library-only Python script that reads what it needs from its arguments or stdin and
 reports a refusal as one line on stderr with a non-zero exit status. A program is sent as the text of
 `python3 -c`; the modules it may import from here, the LIBRARIES (answer.py: how a program reports;
-release_listing.py: the releases on a stream host), are sent ahead of it in the same text.
+release_listing.py: the releases on a stream host; release_checks.py: what a release may hold, also
+checked on the controller), are sent ahead of it in the same text.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from roadie.core.errors import RoadieError
 from roadie.core.ssh import python_command
 
 HERE = Path(__file__).resolve().parent
-LIBRARIES = ("answer.py", "release_listing.py")   # modules, not programs; they import no other module here
-_LIBRARY_IMPORT = re.compile(r"^from roadie\.remote\.(\w+) import [^\n]*\n", re.M)
+# Modules, not programs; they import no other module here.
+LIBRARIES = ("answer.py", "release_listing.py", "release_checks.py")
+# One import of a library: `from roadie.remote.NAME import a, b` or the parenthesised form over several lines.
+_LIBRARY_IMPORT = re.compile(r"^from roadie\.remote\.(\w+) import (?:\([^)]*\)|[^\n(]*)\n", re.M)
 _FUTURE = "from __future__ import annotations\n"
 
 
@@ -30,7 +33,7 @@ def source(name: str) -> str:
     if path.parent != HERE or path.suffix != ".py" or not path.is_file():
         raise ValueError(f"no host program {name!r} in {HERE}")
     text = path.read_text(encoding="utf-8")
-    used = [f"{module}.py" for module in _LIBRARY_IMPORT.findall(text)]
+    used = list(dict.fromkeys(f"{module}.py" for module in _LIBRARY_IMPORT.findall(text)))
     if used:
         if name in LIBRARIES or not set(used) <= set(LIBRARIES):
             raise ValueError(f"{name}: a host program imports only {', '.join(LIBRARIES)} from here, "

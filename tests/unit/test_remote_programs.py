@@ -81,6 +81,14 @@ def test_the_libraries_are_sent_ahead_of_the_programs_that_import_them():
         assert "from roadie" not in remote.source(name)
 
 
+def test_the_release_checks_are_sent_ahead_of_the_staging_program():
+    # release_checks.py: the checks the controller's verify makes too, in the one script the host runs.
+    text = remote.source(stream_host.STAGE_PROGRAM)
+    defined = {node.name for node in ast.parse(text).body if isinstance(node, ast.FunctionDef | ast.ClassDef)}
+    assert {"StageError", "check_members", "check_pins", "check_tree", "stage", "main"} <= defined
+    assert "from roadie" not in text
+
+
 # ---------------------------------------------------------------- deploy_lock.py (also tests/unit/test_lock.py)
 def test_the_lock_program_makes_its_directory_and_reports_a_free_lock(tmp_path):
     state = tmp_path / "state"

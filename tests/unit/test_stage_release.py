@@ -24,8 +24,8 @@ import pytest
 from roadie import remote
 from roadie.core.errors import RoadieError
 from roadie.deploy import release, stream_host, wheelhouse
-from roadie.remote import answer, stage_release
-from roadie.remote.stage_release import StageError
+from roadie.remote import answer, release_checks, stage_release
+from roadie.remote.release_checks import StageError
 from tests.unit import forge
 
 DEMO_WHEEL = "wheels/demo-1.0-py3-none-any.whl"
@@ -300,7 +300,7 @@ def test_the_program_reports_a_refusal_as_one_line_and_exit_status_3(tmp_path):
 @pytest.mark.parametrize("text", ["demo==1.0 --hash=sha256:" + "a" * 64, "demo==1.0 --hash=sha256:" + "a" * 64
                                   + " --hash=sha256:" + "b" * 64 + "  # two builds", "# only a comment", ""])
 def test_pins_with_hashes_comments_and_blank_lines_are_accepted(text):
-    found = stage_release.parse_requirements(text, require_hashes=True)
+    found = release_checks.parse_requirements(text, require_hashes=True)
     assert [r.pin for r in found] == (["demo==1.0"] if text.startswith("demo") else [])
 
 
@@ -314,7 +314,7 @@ def test_pins_with_hashes_comments_and_blank_lines_are_accepted(text):
 ])
 def test_loose_requirement_lines_are_refused(text, pattern):
     with pytest.raises(StageError, match=pattern):
-        stage_release.parse_requirements(text, require_hashes=True)
+        release_checks.parse_requirements(text, require_hashes=True)
 
 
 # ------------------------------------------------------------------ good releases (real venvs and pip)
