@@ -1,4 +1,4 @@
-"""The host contract (roadie/core/contract.py) against the roles' own defaults and vars."""
+"""The host contract (roadie/core/contract.py) against the roles' defaults and vars, and the deploy code against it."""
 
 from __future__ import annotations
 
@@ -8,12 +8,20 @@ import pytest
 
 from roadie.core import contract
 from roadie.core.paths import ROOT
+from roadie.deploy import stream_host
 
 ROLES = ROOT / "roles"
 
 
 def test_every_value_the_python_side_shares_with_the_roles_matches_the_roles():
     assert contract.disagreements(ROLES) == []
+
+
+def test_the_deploy_code_writes_where_the_contract_lays_releases_out():
+    # The contract's terms themselves, not copies: the test above holds them to the streaming role's layout.
+    layout = [stream_host.BASE, stream_host.RELEASES, stream_host.VENVS, stream_host.CURRENT, stream_host.ENV_FILE]
+    terms = ["STREAM_ROOT", "STREAM_RELEASES", "STREAM_VENVS", "STREAM_CURRENT", "STREAM_ENV_FILE"]
+    assert [str(path) for path in layout] == [str(contract.value(term)) for term in terms]
 
 
 @pytest.fixture
