@@ -1,7 +1,8 @@
 """Rolling deploys and rollbacks of the stream service behind HAProxy.
 
-plan -> lease (change.Change) -> stage on every host in parallel -> migrations once -> per batch: live
-capacity guard, drain, wait for sessions, switch, restart, health gate, enable, check through the balancer.
+plan -> lease (change.Change) -> stage on every host in parallel, migrations once on the first host staged
+-> per batch: live capacity guard, drain, wait for sessions, switch, restart, health gate, enable, check
+through the balancer; old releases are pruned while the last batch returns to rotation.
 Any failure in a batch puts that batch back on its previous release and into rotation, stops the deploy
 and says which host failed which gate and which hosts run which release. A first Ctrl-C makes the batch
 in hand safe and stops (exit 130); the lease is renewed by a heartbeat from the plan to the last audit line.
@@ -12,6 +13,7 @@ are in types.py.
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -75,11 +77,17 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
             report("dry run: nothing changed", event="dry_run")
             outcome.ok = True
             return outcome
+        migrating = threading.Lock()
+        migrated: list[str] = []
+
         def migrate(host: str, change: Change) -> None:
-            # Once, on the first host in the plan, as soon as it is staged: migrations are written to be
-            # safe under the release that still runs (every rollout runs old and new side by side).
-            if host != order[0]:
-                return
+            # Once, on the first host to be staged, at once: migrations are written to be safe under the
+            # release that still runs (every rollout runs old and new side by side), and every stream
+            # host reaches the database the same way.
+            with migrating:
+                if migrated:
+                    return
+                migrated.append(host)
             change.check()
             report("running migrations", host, event="migrate")
             stream_host.migrate(work.conns[host], manifest.release_id)
@@ -89,9 +97,8 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
             work.change, change.state = change, work.state
             try:
                 work.stage(artifact, manifest, then=lambda host: migrate(host, change))
-                work.run(plan, outcome)
+                work.run(plan, outcome, finish=work.prune)
                 outcome.ok = True
-                work.prune()
             except RoadieError as exc:
                 outcome.error = outcome.error or str(exc)
                 change.detail.update(done=outcome.done_hosts, rolled_back=outcome.rolled_back,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from roadie.change import rollout
@@ -22,6 +23,9 @@ from roadie.core.inventory import Host
 from roadie.deploy import release, staging, stream_host, stream_service
 from roadie.deploy.balancer import Balancer
 from roadie.deploy.types import Options, Outcome, Reporter
+
+# Where Rollout.run's `finish` goes while the last batch returns to rotation (one at a time).
+_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadie-finish")
 
 
 class Rollout:
@@ -175,8 +179,15 @@ class Rollout:
             return message
 
     # -------------------------------------------------------------- the rollout
-    def run(self, plan: rollout.Plan, outcome: Outcome, restart_only: bool = False) -> None:
-        """Run every batch; on failure roll the batch back and raise. `restart_only` switches nothing."""
+    def run(self, plan: rollout.Plan, outcome: Outcome, restart_only: bool = False,
+            finish: Callable[[], None] | None = None) -> None:
+        """Run every batch; on failure roll the batch back and raise. `restart_only` switches nothing.
+
+        `finish` (a deploy's prune) runs beside the last batch's return to rotation, once that batch passed
+        its health gate; it is waited for before anything else happens, and its failure is raised once the
+        batch is back in rotation.
+        """
+        finishing: Future | None = None
         for batch in plan.batches:
             started = time.monotonic()
             label = f"batch {batch.number}/{len(plan.batches)}" + (" (canary)" if batch.canary else "")
@@ -197,10 +208,14 @@ class Rollout:
                 target = None if restart_only else plan.release
                 ssh.parallel(lambda h, target=target: self._switch_and_gate(h, target), list(batch.hosts))
                 timing["switch_restart_health_s"] = time.monotonic() - t
+                if finish is not None and batch is plan.batches[-1]:
+                    finishing = _BACKGROUND.submit(finish)
                 t = time.monotonic()
                 ssh.parallel(self._put_back, list(batch.hosts))
                 timing["enable_s"] = time.monotonic() - t
             except Exception as exc:  # roll this batch back whatever went wrong
+                if finishing is not None:
+                    wait([finishing])   # nothing runs beside a rollback; its own error is not the one to report
                 outcome.error = str(exc) if isinstance(exc, RoadieError) else f"{type(exc).__name__}: {exc}"
                 self.report(f"{label} failed: {outcome.error}; rolling this batch back", event="batch_failed")
                 back = [(h, previous[h]) for h in batch.hosts]
@@ -219,6 +234,8 @@ class Rollout:
                 k: round(v, 2) for k, v in timing.items() if k.endswith("_s")})
             if batch is not plan.batches[-1]:
                 stop_if_interrupted(self.change, f"after {label}; {self.split()}; resume with the same command")
+        if finishing is not None:
+            finishing.result()
 
     def prune(self) -> None:
         def one(host: str) -> None:

@@ -24,8 +24,8 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
     """Upload and unpack on every host of `hosts` at once (`conns`: their connections); nothing is switched.
     Hosts install only what the verified `manifest` lists (the artifact could have changed since
     `release.verify`). `running` gets each host's current release as it is read. `then(host)`
-    runs on each host's thread as soon as that host is staged (deploy runs the migrations there on the
-    first host while the others still stage); its failure is reported like a staging failure.
+    runs on each host's thread as soon as that host is staged (deploy runs the migrations on the first
+    host staged while the others still stage); its failure is raised as it is once every host is done.
 
     First every host is measured (host_space.space): if one lacks room for the release, nothing is
     uploaded anywhere. A host that runs out of space all the same is named in one line and left with
