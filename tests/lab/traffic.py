@@ -12,16 +12,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from tests.web import request
+
 
 def get(host: str, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
     """One request to the balancer (or a host) on port 80: (status, headers with lower-case names, body)."""
-    conn = http.client.HTTPConnection(host, 80, timeout=15)
-    try:
-        conn.request(method, path, body=body, headers=headers or {})
-        response = conn.getresponse()
-        return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-    finally:
-        conn.close()
+    return request(host, 80, method, path, headers, body)
 
 
 @dataclass

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import http.client
 import os
 import signal
 import subprocess
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tests.service.servers import APP_DIR, free_port, wait_for
+from tests.web import request
 
 
 @dataclass
@@ -21,13 +21,7 @@ class Server:
 
     def request(self, method: str, path: str, headers: dict[str, str] | None = None,
                 body: bytes | None = None) -> tuple[int, dict[str, str], bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
-        try:
-            conn.request(method, path, body=body, headers=headers or {})
-            response = conn.getresponse()
-            return response.status, {k.lower(): v for k, v in response.getheaders()}, response.read()
-        finally:
-            conn.close()
+        return request("127.0.0.1", self.port, method, path, headers, body, timeout=10)
 
     def stop(self) -> int:
         if self.process.poll() is None:
