@@ -45,19 +45,23 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
             return None
 
     rooms = [found for found in ssh.parallel(measure, hosts) if found is not None]
-    listed = {found.host: found.present for found in rooms}
     if failed:
         raise RoadieError(f"free-space check failed, nothing uploaded: {'; '.join(failed)}")
     short = [found.describe() for found in rooms if not found.enough]
     if short:
         raise RoadieError(f"not enough space for release {release_id} on {'; '.join(short)}; nothing uploaded")
 
+    spaces = {found.host: found for found in rooms}
+    errors: list[str] = []
+    after: list[Exception] = []
+
     def one(host: Host) -> None:
         conn = conns[host.name]
         started = time.monotonic()
-        present = listed.get(host.name) or stream_host.releases(conn)
-        running[host.name] = present.current
-        if release_id in present.kept:
+        found = spaces[host.name]
+        assert found.present is not None   # measured with_releases
+        running[host.name] = found.present.current
+        if found.staged:
             report(f"release {release_id} already staged", host.name, event="staged")
         else:
             upload(host, conn, started)
@@ -77,9 +81,6 @@ def stage(conns: dict[str, ssh.HostConnection], hosts: list[Host], artifact: Pat
         except RoadieError as exc:
             raise RoadieError(host_space.staging_failure(conn, manifest, size, deps, remote, str(exc))) from None
         report(f"staged {release_id} in {time.monotonic() - started:.1f} s", host.name, event="staged")
-
-    errors: list[str] = []
-    after: list[Exception] = []
 
     def guarded(host: Host) -> None:
         try:
