@@ -53,10 +53,9 @@ def _redacted(text: str, secrets: dict[str, str]) -> str:
     return text
 
 
-def _fab(*args: str, outputs: dict, secrets: dict[str, str], label: str, expect_ok: bool = True) -> str:
+def _fab(*args: str, secrets: dict[str, str], label: str, expect_ok: bool = True) -> str:
+    """`fab --debug ARGS`; its output is searched with every other fab run of the session (fabrun.RAN)."""
     result = fab("--debug", *args, timeout=1200)
-    outputs[f"fab {label} (stdout)"] = result.stdout
-    outputs[f"fab {label} (stderr)"] = result.stderr
     assert (result.returncode == 0) == expect_ok, \
         f"fab {label}: exit {result.returncode}: {_redacted(result.stderr[-2000:], secrets)}"
     return result.stdout
@@ -78,7 +77,7 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
     outputs: dict[str, str] = {}
 
     def loud(*args: str, label: str, expect_ok: bool = True) -> str:
-        return _fab(*args, outputs=outputs, secrets=secrets, label=label, expect_ok=expect_ok)
+        return _fab(*args, secrets=secrets, label=label, expect_ok=expect_ok)
 
     # The session's site.yml rerun ran at -vvv (conftest.site_rerun); its hosts' journals are read below.
     run = site_rerun.run
@@ -111,7 +110,7 @@ def test_no_secret_appears_in_any_output_log_or_journal(stack, conns, lab_invent
             loud("db.failover", "--yes", "--message", "leak test", label="db.failover")
         finally:
             restore_topology(conns)
-    # Every fab run of the session so far (the loud ones above among them) is searched too.
+    # Every fab run of the session so far, the loud ones above among them, each once.
     for number, ran in enumerate(RAN, 1):
         outputs[f"fab run {number} {' '.join(ran.args)[:60]} (stdout)"] = ran.stdout
         outputs[f"fab run {number} {' '.join(ran.args)[:60]} (stderr)"] = ran.stderr
