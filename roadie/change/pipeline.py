@@ -27,6 +27,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 
 from roadie.change import audit, lock
@@ -110,6 +111,21 @@ class Change:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+        # The record and the release are apart on the lock host (the audit helper, the lock program): both
+        # go at once, over the one connection.
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadie-release") as pool:
+            releasing = pool.submit(self._lease.release) if self._lease is not None and not self.lost else None
+            try:
+                self._record(exc_type, exc)
+            finally:
+                try:
+                    if releasing is not None:
+                        releasing.result()
+                finally:
+                    self._close()
+
+    def _record(self, exc_type: type | None, exc: BaseException | None) -> None:
+        """The change's audit record: ok, failed or interrupted, with its error and `detail`."""
         try:
             if exc is None:
                 result, error = self.result or "ok", ""
@@ -134,12 +150,6 @@ class Change:
             if isinstance(exc, RoadieError):
                 raise type(exc)(f"{exc} (and {audit_error})") from None
             print(f"error: {audit_error}", file=sys.stderr)
-        finally:
-            try:
-                if self._lease is not None and not self.lost:
-                    self._lease.release()
-            finally:
-                self._close()
 
     def _close(self) -> None:
         for conn in (self.conn, self._beat_conn):

@@ -108,31 +108,42 @@ class Balancer:
                               f"(has: {', '.join(sorted(servers)) or 'none'})")
         return servers[name]
 
-    def set_state(self, name: str, state: str) -> None:
+    def set_state(self, name: str, state: str) -> dict[str, ServerState] | None:
+        """Change a server's state; the backend's servers as the helper read them just after (None from a
+        helper that answers nothing, before roles/haproxy answered with them)."""
         if state not in ("ready", "drain", "maint"):
             raise RoadieError(f"bad server state {state!r}")
         try:
-            self.command("state", self.backend, _check_name("server", name), state)
+            answer = self.command("state", self.backend, _check_name("server", name), state)
         except RoadieError:
             self.server(name)  # an unknown server gets its one clear line; asked only then (a round trip)
             raise
+        if not answer.lstrip().startswith("# "):
+            return None
+        return {s.server: s for s in parse_stat(answer) if s.backend == self.backend}
 
-    def drain(self, name: str) -> None:
-        """Stop sending new requests to a server; requests in flight go on."""
-        self.set_state(name, "drain")
+    def drain(self, name: str) -> dict[str, ServerState] | None:
+        """Stop sending new requests to a server; requests in flight go on. The servers just after."""
+        return self.set_state(name, "drain")
 
-    def enable(self, name: str) -> None:
-        """Put a drained or maintenance server back in rotation (health checks decide UP)."""
-        self.set_state(name, "ready")
+    def enable(self, name: str) -> dict[str, ServerState] | None:
+        """Put a drained or maintenance server back in rotation (health checks decide UP). The servers just
+        after."""
+        return self.set_state(name, "ready")
+
+    def _first(self, name: str, seen: dict[str, ServerState] | None) -> ServerState:
+        """The server from `seen` (what a state change answered) when it is there; else read now."""
+        return seen[name] if seen and name in seen else self.server(name)
 
     def wait_drained(self, name: str, timeout: float, poll: float = 0.5,
                      progress: Callable[[ServerState], None] | None = None,
-                     stop: Callable[[], bool] | None = None) -> tuple[bool, ServerState]:
+                     stop: Callable[[], bool] | None = None,
+                     seen: dict[str, ServerState] | None = None) -> tuple[bool, ServerState]:
         """Wait until the server has no sessions; returns (drained, last state) at the timeout, or as
-        soon as `stop()` says so."""
+        soon as `stop()` says so. `seen`: the drain's own answer, the first look."""
         deadline = time.monotonic() + timeout
+        state = self._first(name, seen)
         while True:
-            state = self.server(name)
             if state.sessions == 0:
                 return True, state
             if progress:
@@ -140,15 +151,19 @@ class Balancer:
             if time.monotonic() >= deadline or (stop is not None and stop()):
                 return False, state
             time.sleep(poll)
-
-    def wait_up(self, name: str, timeout: float, poll: float = 0.5) -> ServerState:
-        """Wait until health checks report the server UP and it takes traffic."""
-        deadline = time.monotonic() + timeout
-        while True:
             state = self.server(name)
+
+    def wait_up(self, name: str, timeout: float, poll: float = 0.5,
+                seen: dict[str, ServerState] | None = None) -> ServerState:
+        """Wait until health checks report the server UP and it takes traffic. `seen`: the enable's own
+        answer, the first look."""
+        deadline = time.monotonic() + timeout
+        state = self._first(name, seen)
+        while True:
             if state.in_rotation:
                 return state
             if time.monotonic() >= deadline:
                 raise RoadieError(f"{name} is not back in rotation on {self._host()} after {timeout:.0f} s "
                                   f"(status {state.status}, check {state.check_status})")
             time.sleep(poll)
+            state = self.server(name)

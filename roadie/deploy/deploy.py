@@ -1,8 +1,9 @@
 """Rolling deploys and rollbacks of the stream service behind HAProxy.
 
-plan -> lease (change.Change) -> stage on every host in parallel, migrations once on the first host staged
--> per batch: live capacity guard, drain, wait for sessions, switch, restart, health gate, enable, check
-through the balancer; old releases are pruned while the last batch returns to rotation.
+plan -> lease (change.Change) -> stage on every host in parallel, migrations once from the first host staged
+(the first batch drains meanwhile; nothing is switched before they end) -> per batch: live capacity
+guard, drain, wait for sessions, switch, restart, health gate, enable, check through the balancer; old
+releases are pruned while the last batch returns to rotation.
 Any failure in a batch puts that batch back on its previous release and into rotation, stops the deploy
 and says which host failed which gate and which hosts run which release. A first Ctrl-C makes the batch
 in hand safe and stops (exit 130); the lease is renewed by a heartbeat from the plan to the last audit line.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
+from concurrent.futures import Future, wait
 from pathlib import Path
 
 from roadie.change import rollout, rotation
@@ -24,19 +26,19 @@ from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.deploy import builder, release, stream_host
-from roadie.deploy.balancer import Balancer
-from roadie.deploy.executor import Rollout
+from roadie.deploy.balancer import ServerState
+from roadie.deploy.executor import BACKGROUND, Rollout
 from roadie.deploy.types import Options, Outcome, Reporter
 
 
-def plan_order(fleet: Fleet, balancer: Balancer, drained: dict[str, rotation.Drained],
+def plan_order(fleet: Fleet, servers: dict[str, ServerState], drained: dict[str, rotation.Drained],
                report: Reporter) -> tuple[list[str], dict[str, str]]:
-    """The stream hosts a rollout covers, in order, and those it leaves out with why.
+    """The stream hosts a rollout covers, in order, and those it leaves out with why (`servers`: the
+    backend as HAProxy reports it).
 
     Hosts drained on purpose (`fab drain`, recorded with who and why) stay out until `fab undrain`. Hosts a
     lost command left out of rotation come first: they serve nobody, so bringing them back costs nothing.
     """
-    servers = balancer.servers()
     names = [h.name for h in fleet.stream]
     left_out = {h: f"drained on purpose by {d.by}: {d.why or 'no reason given'}" for h, d in drained.items()
                 if h in names}
@@ -63,7 +65,7 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
     work.connect()
     try:
         assert work.balancer is not None and work.lb_conn is not None
-        order, outcome.left_out = plan_order(fleet, work.balancer, rotation.on_purpose(work.lb_conn), report)
+        order, outcome.left_out = plan_order(fleet, work.servers_seen, rotation.on_purpose(work.lb_conn), report)
         try:
             plan = rollout.plan(manifest.release_id, order, options.batch, options.canary, options.min_serving)
         except RoadieError as exc:
@@ -78,26 +80,30 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
             outcome.ok = True
             return outcome
         migrating = threading.Lock()
-        migrated: list[str] = []
+        migrations: list[Future] = []
 
         def migrate(host: str, change: Change) -> None:
-            # Once, on the first host to be staged, at once: migrations are written to be safe under the
-            # release that still runs (every rollout runs old and new side by side), and every stream
-            # host reaches the database the same way.
-            with migrating:
-                if migrated:
-                    return
-                migrated.append(host)
             change.check()
             report("running migrations", host, event="migrate")
             stream_host.migrate(work.conns[host], manifest.release_id)
+
+        def start_migrations(host: str, change: Change) -> None:
+            # Once, from the first host to be staged, at once and beside the rest of staging and the first
+            # drain: migrations are written to be safe under the release that still runs (every rollout runs
+            # old and new side by side), and every stream host reaches the database the same way.
+            with migrating:
+                if not migrations:
+                    migrations.append(BACKGROUND.submit(migrate, host, change))
 
         with Change(fleet.balancer, "deploy", hosts=order, release=manifest.release_id, message=options.message,
                     report=report, conn=work.lb_conn) as change:
             work.change, change.state = change, work.state
             try:
-                work.stage(artifact, manifest, then=lambda host: migrate(host, change))
-                work.run(plan, outcome, finish=work.prune)
+                try:
+                    work.stage(artifact, manifest, then=lambda host: start_migrations(host, change))
+                    work.run(plan, outcome, finish=work.prune, before_switch=migrations[0] if migrations else None)
+                finally:
+                    wait(migrations)   # the lease outlives them, whatever stopped the deploy
                 outcome.ok = True
             except RoadieError as exc:
                 outcome.error = outcome.error or str(exc)

@@ -21,11 +21,12 @@ from roadie.core.errors import Interrupted, RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host
 from roadie.deploy import release, staging, stream_host, stream_service
-from roadie.deploy.balancer import Balancer
+from roadie.deploy.balancer import Balancer, ServerState
 from roadie.deploy.types import Options, Outcome, Reporter
 
-# Where Rollout.run's `finish` goes while the last batch returns to rotation (one at a time).
-_BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadie-finish")
+# Work that runs beside the batches, one piece at a time: a deploy's migrations (waited for before the
+# first switch), then Rollout.run's `finish` while the last batch returns to rotation.
+BACKGROUND = ThreadPoolExecutor(max_workers=1, thread_name_prefix="roadie-beside")
 
 
 class Rollout:
@@ -39,6 +40,7 @@ class Rollout:
         self.conns: dict[str, ssh.HostConnection] = {}
         self.lb_conn: ssh.HostConnection | None = None
         self.balancer: Balancer | None = None
+        self.servers_seen: dict[str, ServerState] = {}   # the backend as connect() found it (the plan's view)
         # The release each host runs, as last read or switched to under the lock (saves a read per batch).
         self.running: dict[str, str | None] = {}
         self.out: set[str] = set()        # hosts this command took out of rotation and has not put back
@@ -87,7 +89,8 @@ class Rollout:
             self.close()
             raise RoadieError(f"{len(errors)} host(s) unreachable, nothing changed: {'; '.join(errors)}")
         self.balancer = Balancer(self.lb_conn, self.options.backend)
-        missing = [h.name for h in self.fleet.stream if h.name not in self.balancer.servers()]
+        self.servers_seen = self.balancer.servers()
+        missing = [h.name for h in self.fleet.stream if h.name not in self.servers_seen]
         if missing:
             self.close()
             raise RoadieError(f"backend {self.options.backend} on {self.fleet.balancer.name} has no server for "
@@ -109,10 +112,10 @@ class Rollout:
     def _take_out(self, host: str) -> None:
         assert self.balancer is not None
         self.out.add(host)
-        self.balancer.drain(host)
+        seen = self.balancer.drain(host)
         self.report("draining in HAProxy", host, event="drain")
         interrupted = (lambda: self.change.interrupted) if self.change is not None else None
-        drained, state = self.balancer.wait_drained(host, self.options.drain_timeout, stop=interrupted)
+        drained, state = self.balancer.wait_drained(host, self.options.drain_timeout, stop=interrupted, seen=seen)
         stop_if_interrupted(self.change, f"while {host} was draining")
         if not drained:
             # Never silently: the count goes to the output, --json and the audit record.
@@ -122,8 +125,8 @@ class Rollout:
 
     def _put_back(self, host: str) -> None:
         assert self.balancer is not None
-        self.balancer.enable(host)
-        state = self.balancer.wait_up(host, timeout=self.options.health_timeout)
+        seen = self.balancer.enable(host)
+        state = self.balancer.wait_up(host, timeout=self.options.health_timeout, seen=seen)
         self.out.discard(host)
         self.report(f"back in rotation ({state.status})", host, event="enabled")
 
@@ -180,12 +183,14 @@ class Rollout:
 
     # -------------------------------------------------------------- the rollout
     def run(self, plan: rollout.Plan, outcome: Outcome, restart_only: bool = False,
-            finish: Callable[[], None] | None = None) -> None:
+            finish: Callable[[], None] | None = None, before_switch: Future | None = None) -> None:
         """Run every batch; on failure roll the batch back and raise. `restart_only` switches nothing.
 
-        `finish` (a deploy's prune) runs beside the last batch's return to rotation, once that batch passed
-        its health gate; it is waited for before anything else happens, and its failure is raised once the
-        batch is back in rotation.
+        `before_switch` (a deploy's migrations, already running) is waited for once the first batch is
+        drained, before anything is switched: the drain and the migrations overlap. Its failure rolls that
+        batch back unchanged. `finish` (a deploy's prune) runs beside the last batch's return to rotation,
+        once that batch passed its health gate; it is waited for before anything else happens, and its
+        failure is raised once the batch is back in rotation.
         """
         finishing: Future | None = None
         for batch in plan.batches:
@@ -204,12 +209,17 @@ class Rollout:
                 t = time.monotonic()
                 ssh.parallel(self._take_out, list(batch.hosts))
                 timing["drain_s"] = time.monotonic() - t
+                if before_switch is not None and batch is plan.batches[0]:
+                    t = time.monotonic()
+                    before_switch.result()
+                    timing["before_switch_s"] = time.monotonic() - t
+                    stop_if_interrupted(self.change, f"before {label} switched anything")
                 t = time.monotonic()
                 target = None if restart_only else plan.release
                 ssh.parallel(lambda h, target=target: self._switch_and_gate(h, target), list(batch.hosts))
                 timing["switch_restart_health_s"] = time.monotonic() - t
                 if finish is not None and batch is plan.batches[-1]:
-                    finishing = _BACKGROUND.submit(finish)
+                    finishing = BACKGROUND.submit(finish)
                 t = time.monotonic()
                 ssh.parallel(self._put_back, list(batch.hosts))
                 timing["enable_s"] = time.monotonic() - t

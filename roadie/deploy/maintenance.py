@@ -49,9 +49,9 @@ def drain(balancer: Balancer, host: str, *, min_serving: int, force: bool, timeo
                           f"{min_serving}; nothing changed (--force to drain anyway)")
     if state.status.startswith(("DRAIN", "MAINT")):
         report(f"already out of rotation ({state.status})", host, event="drain")
-    balancer.drain(host)
+    seen = balancer.drain(host)
     report(f"draining; {left} hosts keep serving", host, event="drain")
-    drained, state = balancer.wait_drained(host, timeout)
+    drained, state = balancer.wait_drained(host, timeout, seen=seen)
     if drained:
         report("drained: no sessions left", host, event="drained")
     else:
@@ -61,8 +61,8 @@ def drain(balancer: Balancer, host: str, *, min_serving: int, force: bool, timeo
 
 def undrain(balancer: Balancer, host: str, *, timeout: float, report: Reporter) -> None:
     """Put a host back in rotation and wait until health checks report it UP."""
-    balancer.enable(host)
-    state = balancer.wait_up(host, timeout)
+    seen = balancer.enable(host)
+    state = balancer.wait_up(host, timeout, seen=seen)
     report(f"back in rotation ({state.status})", host, event="enabled")
 
 
@@ -81,7 +81,7 @@ def rolling_restart(fleet: Fleet, options: Options, report: Reporter,
     started = time.monotonic()
     try:
         assert work.balancer is not None and work.lb_conn is not None
-        order, outcome.left_out = deploy.plan_order(fleet, work.balancer, rotation.on_purpose(work.lb_conn), report)
+        order, outcome.left_out = deploy.plan_order(fleet, work.servers_seen, rotation.on_purpose(work.lb_conn), report)
         if hosts:
             order = [h for h in order if h in hosts]
         plan = rollout.plan("restart", order, options.batch, canary=False, min_serving=options.min_serving,

@@ -34,6 +34,24 @@ def test_a_state_change_is_one_request():
     assert len(conn.sent) == 1 and conn.sent[0].endswith("state stream stream1 drain")
 
 
+def test_a_drain_then_its_wait_reads_the_servers_from_the_drain_answer():
+    # The helper answers a state change with `show stat` just after it: the first look costs no request.
+    conn = Canned({"drain": STAT, "ready": STAT, "stat": STAT})
+    lb = balancer.Balancer(conn, "stream")
+    drained, state = lb.wait_drained("stream3", timeout=5, seen=lb.drain("stream3"))
+    assert drained and state.status == "DOWN"
+    assert lb.wait_up("stream1", timeout=5, seen=lb.enable("stream1")).status == "UP"
+    assert [c.rsplit(" ", 1)[-1] for c in conn.sent] == ["drain", "ready"]
+
+
+def test_a_helper_that_answers_nothing_is_read_after_the_change():
+    conn = Canned({"stat": STAT, "*": ""})
+    lb = balancer.Balancer(conn, "stream")
+    seen = lb.enable("stream1")
+    assert seen is None and lb.wait_up("stream1", timeout=5, seen=seen).status == "UP"
+    assert [c.rsplit(" ", 1)[-1] for c in conn.sent] == ["ready", "stat"]
+
+
 @pytest.mark.parametrize("name", ["a b", "x;reboot", "", "../s"])
 def test_bad_names_never_reach_the_socket(name):
     with pytest.raises(RoadieError, match="bad"):

@@ -50,9 +50,11 @@ def api(tmp_path):
 
 def test_drain_and_ready_reach_the_socket_for_a_known_server(api):
     settings, sent = api
-    helper.main(["state", "stream", "stream2", "drain"], settings)
+    after = helper.main(["state", "stream", "stream2", "drain"], settings)
     helper.main(["weight", "stream", "stream1", "0"], settings)
-    assert sent == ["show stat", "set server stream/stream2 state drain", "show stat", "set weight stream/stream1 0"]
+    assert sent == ["show stat", "set server stream/stream2 state drain", "show stat",
+                    "show stat", "set weight stream/stream1 0"]
+    assert after == STAT      # a state change answers with the servers' state after it
 
 
 @pytest.mark.parametrize("argv, refusal", [

@@ -1,8 +1,10 @@
 """Rollout.run's `finish` (a deploy's prune) runs beside the last batch's return to rotation, never beside a
-rollback, and its failure comes after the batch is back. The hosts are stubs: the order of events is what
+rollback, and its failure comes after the batch is back. Its `before_switch` (a deploy's migrations) runs
+beside the first drain, and nothing is switched before it ends. The hosts are stubs: the order of events is what
 is checked (the lab's deploy tests run the real thing)."""
 
 import threading
+from concurrent.futures import Future
 
 import pytest
 
@@ -98,3 +100,40 @@ def test_no_finish_when_an_earlier_batch_fails():
     with pytest.raises(RoadieError):
         stub.run(lambda: ran.append("finish"))
     assert ran == [] and "gate stream2" not in stub.events
+
+
+def _migrations(stub: Stub, fails: bool = False) -> Future:
+    """Migrations still running when the first batch starts; they end once the first host is drained."""
+    done: Future = Future()
+    original = stub.work._take_out
+
+    def take_out(host: str) -> None:
+        original(host)
+        if host == HOSTS[0] and not done.done():
+            stub.log("migrations end")
+            if fails:
+                done.set_exception(RoadieError("stream1: migrations of r1 failed: relation exists"))
+            else:
+                done.set_result(None)
+
+    stub.work._take_out = take_out
+    return done
+
+
+def test_the_first_batch_drains_beside_the_migrations_and_switches_only_after_them():
+    stub = Stub()
+    outcome = Outcome(release="r1", ok=False)
+    stub.work.run(rollout.plan("r1", HOSTS, 1), outcome, before_switch=_migrations(stub))
+    events = stub.events
+    assert events.index("drain stream1") < events.index("migrations end") < events.index("gate stream1")
+    assert outcome.done_hosts == HOSTS and "before_switch_s" in outcome.timings[0]
+    assert all("before_switch_s" not in t for t in outcome.timings[1:])
+
+
+def test_failed_migrations_put_the_drained_first_batch_back_unswitched():
+    stub = Stub()
+    outcome = Outcome(release="r1", ok=False)
+    with pytest.raises(RoadieError, match="migrations of r1 failed"):
+        stub.work.run(rollout.plan("r1", HOSTS, 1), outcome, before_switch=_migrations(stub, fails=True))
+    assert not any(e.startswith("gate") for e in stub.events)
+    assert stub.events[-1] == "rollback stream1" and outcome.rolled_back == [] and outcome.done_hosts == []

@@ -5,7 +5,7 @@ out the listening sockets or kill every session. This helper lets the deploy use
 deploys and on-call need, each request checked before it reaches the socket:
 
     roadie-haproxy stat                               servers' state (show stat, CSV)
-    roadie-haproxy state BACKEND SERVER ready|drain|maint
+    roadie-haproxy state BACKEND SERVER ready|drain|maint   then the servers' state after it (show stat, CSV)
     roadie-haproxy weight BACKEND SERVER 0..256
     roadie-haproxy maintenance-show                   the maintenance map as HAProxy has it now
     roadie-haproxy maintenance on|off RETRY_AFTER     flip maintenance mode (file and runtime)
@@ -159,7 +159,9 @@ def main(argv: list[str], settings: dict, stdin: bytes | None = None) -> str:
     if verb == "state" and len(args) == 3:
         if args[2] not in STATES:
             raise Refused(f"bad state {args[2][:20]!r} (ready, drain or maint)")
-        return ask(settings["socket"], f"set server {check_server(settings, args[0], args[1])} state {args[2]}")
+        ask(settings["socket"], f"set server {check_server(settings, args[0], args[1])} state {args[2]}")
+        # The state it leaves, in the same request: a deploy waits on it next (sessions, UP).
+        return ask(settings["socket"], "show stat")
     if verb == "weight" and len(args) == 3:
         if not re.fullmatch(r"[0-9]{1,3}", args[2]) or int(args[2]) > 256:
             raise Refused(f"bad weight {args[2][:20]!r} (0 to 256)")
