@@ -10,9 +10,10 @@ in HAProxy for the run, and everything is put back afterwards (track 1's file by
    per-client limits count each apart). Once all are open, an API client GETs /tracks and /tracks/<id>
    through lb1 for WINDOW seconds and times each request. Reported: listeners still receiving audio at the
    end of the window, their answers, and the API's p50/p99/max and failures.
-2. Throughput: curl on the controller fetches the 64 MiB file PARALLEL at a time, ROUNDS times, through
-   lb1 (the service checks, nginx delivers); then the same bytes from the stream host's nginx served
-   statically on a port of its own opened to the controller for the run. The ratio of the two.
+2. Throughput: curl on the controller fetches the 64 MiB file PARALLEL at a time, ROUNDS times: from the
+   stream host's nginx served statically on a port of its own; through the stream host's own site (the
+   service checks, nginx delivers) with no balancer in front; and through lb1. Each as a ratio to the first.
+   For the first two the stream host's firewall lets the controller in for the run.
 3. CPU per GB served in each throughput phase: the stream host's and lb1's containers (cgroup CPU time),
    and the controller (all of this machine's busy CPU time less the lab containers').
 """
@@ -37,6 +38,7 @@ from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy import deploy
 from roadie.deploy.balancer import Balancer
+from roadie.lab import lab
 from tests.lab.listeners import Listeners, lab_sources
 from tests.web import request
 
@@ -156,6 +158,7 @@ def main() -> None:
     serving, others = fleet.stream[0], fleet.stream[1:]
     lb = fleet.balancer.address
     container = f"roadie-{serving.name}"
+    controller = str(lab.GATEWAY)
     track = ROOT / "build" / "bench-audio-track.wav"
     track.parent.mkdir(exist_ok=True)
     track.write_bytes(os.urandom(SIZE))
@@ -169,8 +172,9 @@ def main() -> None:
                     f"printf 'server {{ listen {serving.address}:{STATIC_PORT}; sendfile on; tcp_nopush on; "
                     f"location /static/ {{ alias {STATIC_DIR}/; }} }}\\n' > /etc/nginx/conf.d/zz-bench-static.conf "
                     f"&& nginx -t -q && systemctl reload nginx && nft insert rule inet roadie input ip saddr "
-                    f"{fleet.balancer.address.rsplit('.', 1)[0]}.1 tcp dport {STATIC_PORT} accept comment bench-static")
+                    f"{controller} tcp dport {{ 80, {STATIC_PORT} }} accept comment bench-static")
         try:
+            balancer.wait_up(serving.name, timeout=120)
             with lab_sources(SOURCES) as sources:
                 listeners = slow_listeners(lb, args.listeners, args.rate, sources)
             # A host the listeners overwhelmed may be out of rotation for a while: wait until it serves again.
@@ -179,6 +183,7 @@ def main() -> None:
             listeners["recovery_s"] = round(time.monotonic() - recovered, 1)
             containers = [container, "roadie-lb1"]
             static = throughput("static", f"http://{serving.address}:{STATIC_PORT}/static/track.wav", containers)
+            direct = throughput(f"{serving.name}'s site", f"http://{serving.address}/tracks/1/audio", containers)
             through = throughput("through lb1", f"http://{lb}/tracks/1/audio", containers)
         finally:
             handle = docker_root(container, "nft -a list chain inet roadie input | sed -n "
@@ -192,6 +197,7 @@ def main() -> None:
             track.unlink(missing_ok=True)
             deploy.seed_fleet(fleet, lambda *a, **k: None)
     ratio = through["mb_s"] / static["mb_s"]
+    direct_ratio = direct["mb_s"] / static["mb_s"]
     rows = [
         (f"{args.label}: slow listeners on {serving.name} ({args.rate} B/s each)",
          f"{listeners['receiving']} of {args.listeners} receiving audio; answers {listeners['statuses']}, "
@@ -202,11 +208,16 @@ def main() -> None:
         (f"{args.label}: throughput through lb1 / nginx static on {serving.name}",
          f"{through['mb_s']:.0f} MB/s / {static['mb_s']:.0f} MB/s = {ratio:.2f}x "
          f"({through['failed']} and {static['failed']} of {PARALLEL * ROUNDS} downloads failed)"),
+        (f"{args.label}: throughput through {serving.name}'s site, no balancer / nginx static",
+         f"{direct['mb_s']:.0f} MB/s / {static['mb_s']:.0f} MB/s = {direct_ratio:.2f}x ({direct['failed']} failed)"),
+        (f"{args.label}: CPU s per GB through {serving.name}'s site",
+         ", ".join(f"{k} {v}" for k, v in direct["cpu_s_per_gb"].items())),
         (f"{args.label}: CPU s per GB through lb1", ", ".join(f"{k} {v}" for k, v in through["cpu_s_per_gb"].items())),
         (f"{args.label}: CPU s per GB nginx static", ", ".join(f"{k} {v}" for k, v in static["cpu_s_per_gb"].items())),
     ]
     report(f"audio-{args.label}", rows, {"listeners": listeners, "static": static, "through_lb1": through,
-                                         "ratio": ratio, "rate": args.rate})
+                                         "direct": direct, "ratio": ratio, "direct_ratio": direct_ratio,
+                                         "rate": args.rate})
 
 
 if __name__ == "__main__":

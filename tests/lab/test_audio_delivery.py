@@ -60,12 +60,13 @@ def test_ranges_keep_their_meaning_through_nginx(stack, track_file, method):
     status, headers, body = request(stack["lb"], 80, method, "/tracks/3/audio", {"Range": "bytes=100-1099"})
     assert status == 206 and headers["content-range"] == f"bytes 100-1099/{len(data)}"
     assert headers["content-length"] == "1000" and headers["content-type"] == "audio/wav"
-    assert headers["accept-ranges"] == "bytes" and "x-accel-redirect" not in headers
+    assert "x-accel-redirect" not in headers
     assert body == (data[100:1100] if method == "GET" else b"")
     status, headers, body = request(stack["lb"], 80, method, "/tracks/3/audio", {"Range": "bytes=-10"})
     assert status == 206 and body == (data[-10:] if method == "GET" else b"")
     status, headers, body = request(stack["lb"], 80, method, "/tracks/3/audio", {"Range": "bytes=0-1,5-6"})
     assert status == 200 and headers["content-length"] == str(len(data))        # several ranges: the whole file
+    assert headers["accept-ranges"] == "bytes"
     if method == "GET":
         assert hashlib.sha256(body).digest() == hashlib.sha256(data).digest()
 
