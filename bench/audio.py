@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/audio.py [--listeners 1000] [--rate 4096] [--label after]
 
-Needs a lab with a release deployed and seeded (`inv up`); one stream host serves, the others are drained
+Needs a lab with a release deployed (`inv up`, or `bench/deploy.py` before it); one stream host serves, the others are drained
 in HAProxy for the run, and everything is put back afterwards (track 1's file by `fab seed`).
 
 1. Slow listeners: `--listeners` GETs of track 1's audio (a 64 MiB file for the run) through lb1, each
@@ -159,6 +159,7 @@ def main() -> None:
     lb = fleet.balancer.address
     container = f"roadie-{serving.name}"
     controller = str(lab.GATEWAY)
+    deploy.seed_fleet(fleet, lambda *a, **k: None)     # the catalogue and media, whatever ran before
     track = ROOT / "build" / "bench-audio-track.wav"
     track.parent.mkdir(exist_ok=True)
     track.write_bytes(os.urandom(SIZE))
