@@ -54,6 +54,20 @@ def test_200_slow_listeners_leave_the_api_livez_and_the_health_gate_answering(st
         assert crowd.receiving(since) == 200, crowd.summary()                 # every one still gets audio
 
 
+def test_one_client_address_is_held_to_its_limits_on_a_host_and_on_the_balancer(stack, conns, one_host_serving):
+    # streaming_nginx_audio_per_client (32) on one host; haproxy_conn_per_client (64) across the balancer.
+    with lab_sources(1) as sources, Listeners(stack["lb"], "/tracks/1/audio", rate=1024, sources=sources) as crowd:
+        crowd.open(40)
+        assert crowd.summary()["statuses"] == {"200": 32, "429": 8}, crowd.summary()
+        for name in ("stream2", "stream3"):
+            Balancer(conns("lb1")).enable(name)
+        crowd.open(40)     # 80 connections from the address: the balancer refuses past 64, whatever host
+        statuses = crowd.summary()["statuses"]
+        assert statuses.get("200", 0) <= 64 and statuses["429"] >= 80 - 64, crowd.summary()
+    status, _, _ = request(stack["lb"], 80, "GET", "/tracks", timeout=5)     # another address is not held
+    assert status == 200
+
+
 @pytest.mark.parametrize("method", ["GET", "HEAD"])
 def test_ranges_keep_their_meaning_through_nginx(stack, track_file, method):
     name, data = track_file
