@@ -116,7 +116,17 @@ def stack(provisioned, lab_inventory):
 @pytest.fixture
 def big_track(stack, as_deploy):
     """Track 1's audio replaced, on every stream host, by the same 28 MiB of bytes; `fab seed` puts the
-    reference file back afterwards."""
+    reference file back afterwards. Its sha256."""
+    yield from _track_one_replaced(as_deploy)
+
+
+@pytest.fixture(scope="module")
+def big_track_for_module(stack, as_deploy):
+    """big_track for every test of a module."""
+    yield from _track_one_replaced(as_deploy)
+
+
+def _track_one_replaced(as_deploy):
     data = os.urandom(BIG)
     local = ROOT / "build" / "big-track.wav"
     local.write_bytes(data)

@@ -22,7 +22,8 @@ MEDIA = "/srv/stream/shared/media"
 
 @pytest.fixture
 def one_host_serving(stack, conns):
-    """stream2 and stream3 drained for the test: every listener lands on stream1."""
+    """stream2 and stream3 drained for the test: every listener lands on stream1. (Listeners read track 1
+    at 28 MiB, big_track_for_module: a file that small buffers swallow whole would leave nginx holding none.)"""
     lb = Balancer(conns("lb1"))
     for name in ("stream2", "stream3"):
         lb.drain(name)
@@ -39,7 +40,8 @@ def track_file(stack, conns):
     return name, data
 
 
-def test_200_slow_listeners_leave_the_api_livez_and_the_health_gate_answering(stack, conns, one_host_serving):
+def test_200_slow_listeners_leave_the_api_livez_and_the_health_gate_answering(stack, conns, big_track_for_module,
+                                                                             one_host_serving):
     with lab_sources(8) as sources, Listeners(stack["lb"], "/tracks/1/audio", rate=2048, sources=sources) as crowd:
         crowd.open(200)
         since = time.monotonic()
@@ -54,7 +56,8 @@ def test_200_slow_listeners_leave_the_api_livez_and_the_health_gate_answering(st
         assert crowd.receiving(since) == 200, crowd.summary()                 # every one still gets audio
 
 
-def test_one_client_address_is_held_to_its_limits_on_a_host_and_on_the_balancer(stack, conns, one_host_serving):
+def test_one_client_address_is_held_to_its_limits_on_a_host_and_on_the_balancer(stack, conns, big_track_for_module,
+                                                                               one_host_serving):
     # streaming_nginx_audio_per_client (32) on one host; haproxy_conn_per_client (64) across the balancer.
     with lab_sources(1) as sources, Listeners(stack["lb"], "/tracks/1/audio", rate=1024, sources=sources) as crowd:
         crowd.open(40)
@@ -115,7 +118,7 @@ def test_nothing_outside_the_media_directory_is_served(stack, conns, as_deploy):
         as_deploy("stream1").run(f"rm -f {MEDIA}/planted.wav", hide=True, in_stream=False)
 
 
-def test_a_deploy_drains_and_counts_the_listeners_nginx_holds_and_they_outlive_the_restart(stack, big_track,
+def test_a_deploy_drains_and_counts_the_listeners_nginx_holds_and_they_outlive_the_restart(stack, big_track_for_module,
                                                                                             tmp_path):
     from tests.lab.test_change_paths import new_release
 
