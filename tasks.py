@@ -268,7 +268,7 @@ def layout(c):
     c.run(shlex.join([_bin("python"), os.path.join(ROOT, "scripts", "layout_figures.py")]))
 
 
-BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout", "stdin")
+BENCHMARKS = ("lab", "converge", "provision", "deploy", "fanout", "stdin", "audio")
 
 
 @task(help={"which": f"Benchmarks to run, comma-separated: {', '.join(BENCHMARKS)} or all (default: all)."})

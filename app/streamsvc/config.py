@@ -10,6 +10,9 @@ STREAM_RELEASE_ID    release id reported by /healthz; when unset, read from the 
                      beside releases/<id>/app/streamsvc), or beside the venv running it
                      (releases/<id>/venv), else "unknown"
 STREAM_CACHE_TTL     seconds a catalogue entry stays in Redis (default 60; 0 disables the cache)
+STREAM_AUDIO_ACCEL   an internal nginx location (like /_media/) that serves STREAM_MEDIA_DIR: the service
+                     checks an audio request, then answers with X-Accel-Redirect and nginx delivers the
+                     bytes (sendfile, ranges); empty (the default) sends the file through the service
 STREAM_WRITE_RETRY_SECONDS  how long POST /plays retries a write after a lost database connection before
                      answering 503 (default 15: a failover's window; 0 disables; at most 25, below
                      gunicorn's 30 s worker timeout)
@@ -34,6 +37,7 @@ log = logging.getLogger("streamsvc")
 
 MANIFEST = Path(__file__).resolve().parent.parent.parent / "manifest.json"
 UNKNOWN_RELEASE = "unknown"
+_ACCEL = re.compile(r"/(?:[A-Za-z0-9_-]+/)+", re.ASCII)
 _RELEASE_ID = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}", re.ASCII)
 
 
@@ -72,11 +76,12 @@ class Config:
     release: str
     cache_ttl: int = 60
     write_retry_seconds: float = 15.0
+    audio_accel: str = ""
 
     def __repr__(self) -> str:
         return (f"Config(database_url={redact(self.database_url)!r}, redis_url={redact(self.redis_url)!r}, "
                 f"media_dir={str(self.media_dir)!r}, release={self.release!r}, cache_ttl={self.cache_ttl}, "
-                f"write_retry_seconds={self.write_retry_seconds})")
+                f"write_retry_seconds={self.write_retry_seconds}, audio_accel={self.audio_accel!r})")
 
     def secrets(self) -> list[str]:
         """The passwords in the URLs (raw and percent-decoded), longest first.
@@ -168,6 +173,10 @@ def from_env(env: Mapping[str, str] | None = None, manifest: Path | None = None)
     release = env.get("STREAM_RELEASE_ID", "").strip()
     if release and not _RELEASE_ID.fullmatch(release):
         raise ConfigError("STREAM_RELEASE_ID must be 1-64 characters of [A-Za-z0-9._-], not starting with . or -")
+    accel = env.get("STREAM_AUDIO_ACCEL", "").strip()
+    if accel and not _ACCEL.fullmatch(accel):
+        raise ConfigError("STREAM_AUDIO_ACCEL must be a location like /_media/ ([A-Za-z0-9_-] segments, "
+                          "starting and ending with /)")
     return Config(
         database_url=db_url,
         redis_url=redis_url,
@@ -175,6 +184,7 @@ def from_env(env: Mapping[str, str] | None = None, manifest: Path | None = None)
         release=release or read_release(manifest),
         cache_ttl=int(ttl_text),
         write_retry_seconds=retry,
+        audio_accel=accel,
     )
 
 

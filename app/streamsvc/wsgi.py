@@ -7,7 +7,9 @@ Routes (JSON unless noted; errors are {"error": "..."}):
   GET  /healthz              {release, database, cache}: 200 when both are "ok", else 503 (the deploy gate)
   GET  /tracks               the catalogue, ordered by id (cached in Redis)
   GET  /tracks/<id>          one track; 400 for an id that is not a positive integer, 404 unknown
-  GET  /tracks/<id>/audio    the audio file, with single-range HTTP Range support (see ranges.py)
+  GET  /tracks/<id>/audio    the audio file, with single-range HTTP Range support (see ranges.py); with
+                             STREAM_AUDIO_ACCEL the service checks the request (the track, the file inside
+                             the media directory, the range) and nginx delivers the bytes
   POST /plays                {"track_id": int, "listener_id": str} -> 201 {id, track_id, listener_id,
                              played_at}; 400 malformed, 404 unknown track, 411/413/415 for the body.
                              Optional header Idempotency-Key ([A-Za-z0-9_-]{1,64}): the same key stores
@@ -31,6 +33,7 @@ import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from typing import IO, Any
+from urllib.parse import quote
 
 from streamsvc import config as config_mod
 from streamsvc.cache import Cache, client
@@ -235,6 +238,9 @@ class StreamApp:
                 raise HTTPError(416, str(exc), [*headers, ("Content-Range", f"bytes */{size}")]) from None
             ext = os.path.splitext(path)[1].lower()
             headers.append(("Content-Type", CONTENT_TYPES.get(ext, "application/octet-stream")))
+            if self.config.audio_accel:
+                file.close()   # opened to check it is a readable regular file; nginx opens its own
+                return self._delivered_by_nginx(path, headers)
             if wanted is None:
                 status, start, length = 200, 0, size
             else:
@@ -248,6 +254,16 @@ class StreamApp:
         except BaseException:
             file.close()
             raise
+
+    def _delivered_by_nginx(self, path: str, headers: list[tuple[str, str]]) -> Response:
+        """Hand a checked file to nginx: it serves the same request's range from its internal location
+        (max_ranges 1, as parse_range) with sendfile, and no service thread waits on a slow listener."""
+        root = os.path.realpath(self.config.media_dir)
+        relative = os.path.relpath(path, root)
+        # The Content-Type set here is the one nginx sends; the rest (length, range) is nginx's.
+        kept = [(k, v) for k, v in headers if k == "Content-Type"]
+        return Response(200, [*kept, ("X-Accel-Redirect", self.config.audio_accel + quote(relative, safe="/"))],
+                        b"")
 
     def plays(self, environ: Environ) -> Response:
         media_type = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()

@@ -121,7 +121,8 @@ class Rollout:
             # Never silently: the count goes to the output, --json and the audit record.
             self.cut[host] = state.sessions
             self.report(f"drain limit of {self.options.drain_timeout:.0f} s reached with {state.sessions} sessions "
-                        f"still open: restarting cuts them", host, event="drain_timeout", sessions=state.sessions)
+                        "still open: going on; the restart cuts those the service holds (audio nginx sends goes on)",
+                        host, event="drain_timeout", sessions=state.sessions)
 
     def _put_back(self, host: str) -> None:
         assert self.balancer is not None

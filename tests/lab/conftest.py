@@ -1,6 +1,8 @@
 """Lab tests run against the real lab over SSH; the session brings it up if it is not (idempotent)."""
 
 import dataclasses
+import hashlib
+import os
 import time
 
 import pytest
@@ -10,6 +12,8 @@ from roadie.core.fleet import Fleet
 from roadie.core.paths import ROOT
 from roadie.deploy.types import Reporter
 from roadie.lab import engine, lab, provision
+from tests.lab.fabrun import fab
+from tests.lab.traffic import BIG
 
 
 def pytest_collection_modifyitems(items):
@@ -107,3 +111,32 @@ def stack(provisioned, lab_inventory):
                                                  Reporter(), seed=True)
     fleet = Fleet.from_inventory(lab_inventory)
     return {"manifest": manifest, "artifact": artifact, "fleet": fleet, "lb": fleet.balancer.address}
+
+
+@pytest.fixture
+def big_track(stack, as_deploy):
+    """Track 1's audio replaced, on every stream host, by the same 28 MiB of bytes; `fab seed` puts the
+    reference file back afterwards. Its sha256."""
+    yield from _track_one_replaced(as_deploy)
+
+
+@pytest.fixture(scope="module")
+def big_track_for_module(stack, as_deploy):
+    """big_track for every test of a module."""
+    yield from _track_one_replaced(as_deploy)
+
+
+def _track_one_replaced(as_deploy):
+    data = os.urandom(BIG)
+    local = ROOT / "build" / "big-track.wav"
+    local.write_bytes(data)
+    names = set()
+    for host in ("stream1", "stream2", "stream3"):
+        conn = as_deploy(host)
+        name = conn.run("ls /srv/stream/shared/media | grep '^tone-01-'", hide=True, in_stream=False).stdout.strip()
+        names.add(name)
+        conn.put(str(local), f"/srv/stream/shared/media/{name}")
+    assert len(names) == 1
+    yield hashlib.sha256(data).hexdigest()
+    local.unlink()
+    assert fab("seed").returncode == 0

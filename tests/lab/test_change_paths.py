@@ -18,14 +18,11 @@ import pytest
 
 from roadie.change import audit, lock
 from roadie.core.fleet import Fleet
-from roadie.core.paths import ROOT
 from roadie.deploy import deploy, release
 from roadie.deploy.balancer import Balancer
 from tests.lab.fabrun import fab, start_fab
 from tests.lab.releases import build_variant
-from tests.lab.traffic import Traffic
-
-BIG = 28 * 1024 * 1024          # bytes of the long stream: far more than every buffer on its way
+from tests.lab.traffic import BIG, Traffic
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, timeout: float = 300) -> None:
@@ -102,25 +99,6 @@ def whole(fleet, conns):
 
 
 # ------------------------------------------------------------------ long streams
-@pytest.fixture
-def big_track(fleet, as_deploy):
-    """Track 1's audio replaced, on every stream host, by the same 28 MiB of bytes; `fab seed` puts the
-    reference file back afterwards."""
-    data = os.urandom(BIG)
-    local = ROOT / "build" / "big-track.wav"
-    local.write_bytes(data)
-    names = set()
-    for host in ("stream1", "stream2", "stream3"):
-        conn = as_deploy(host)
-        name = conn.run("ls /srv/stream/shared/media | grep '^tone-01-'", hide=True, in_stream=False).stdout.strip()
-        names.add(name)
-        conn.put(str(local), f"/srv/stream/shared/media/{name}")
-    assert len(names) == 1
-    yield hashlib.sha256(data).hexdigest()
-    local.unlink()
-    assert fab("seed").returncode == 0
-
-
 def test_a_long_stream_crosses_a_deploy_byte_for_byte_and_the_lease_outlives_its_ttl(stack, fleet, big_track,
                                                                                     tmp_path, whole):
     artifact, new_id = new_release(tmp_path, "long-stream")

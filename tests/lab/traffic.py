@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from tests.web import request
 
+BIG = 28 * 1024 * 1024          # bytes of a long stream: far more than every buffer on its way
+
 
 def get(host: str, path: str, headers: dict | None = None, method: str = "GET", body: bytes | None = None):
     """One request to the balancer (or a host) on port 80: (status, headers with lower-case names, body)."""

@@ -162,6 +162,59 @@ def test_audio_never_leaves_the_media_directory(app, admin_db, media_dir, tmp_pa
         (media_dir / "fifo.wav").unlink()
 
 
+@pytest.fixture
+def accel_app(service_env):
+    application = create_app({**service_env, "STREAM_AUDIO_ACCEL": "/_media/"})
+    yield application
+    application.close()
+
+
+@pytest.mark.parametrize("method", ["GET", "HEAD"])
+def test_with_nginx_delivering_the_service_checks_then_hands_over_the_file(accel_app, media_dir, method):
+    track = seed.catalogue()[2]
+    result = call(accel_app, method, "/tracks/3/audio", headers={"Range": "bytes=10-19"})
+    # nginx serves the range of the same request from its internal location; the service sends no byte.
+    assert result.status == 200 and result.body == b""
+    assert result.headers["x-accel-redirect"] == f"/_media/{track.audio_file}"
+    assert result.headers["content-type"] == "audio/wav" and "content-length" not in result.headers
+
+
+def test_with_nginx_delivering_bad_ranges_and_paths_are_still_the_services_answer(accel_app, admin_db, media_dir,
+                                                                                tmp_path):
+    size = len(_audio_bytes(media_dir, 3))
+    refused = call(accel_app, "GET", "/tracks/3/audio", headers={"Range": "bytes=5-2"})
+    assert refused.status == 416 and refused.headers["content-range"] == f"bytes */{size}"
+    assert "x-accel-redirect" not in refused.headers
+    secret = tmp_path / "outside.wav"
+    secret.write_bytes(b"not for you")
+    (media_dir / "away.wav").symlink_to(secret)
+    ids = []
+    try:
+        for name in ("away.wav", os.path.relpath(secret, media_dir), "missing.wav"):
+            ids.append(admin_db.execute(
+                "INSERT INTO tracks (title, artist, duration_ms, audio_file) VALUES ('x', 'y', 1, %s) RETURNING id",
+                (name,)).fetchone()[0])
+        for track_id in ids:
+            result = call(accel_app, "GET", f"/tracks/{track_id}/audio")
+            assert result.status == 404 and "x-accel-redirect" not in result.headers, result
+    finally:
+        admin_db.execute("DELETE FROM tracks WHERE id = ANY(%s)", (ids,))
+        (media_dir / "away.wav").unlink()
+
+
+def test_a_media_name_that_needs_escaping_is_escaped_in_the_redirect(accel_app, admin_db, media_dir):
+    (media_dir / "a b?c#d.wav").write_bytes(b"RIFF")
+    track_id = admin_db.execute(
+        "INSERT INTO tracks (title, artist, duration_ms, audio_file) VALUES ('x', 'y', 1, 'a b?c#d.wav') RETURNING id"
+    ).fetchone()[0]
+    try:
+        result = call(accel_app, "GET", f"/tracks/{track_id}/audio")
+        assert result.headers["x-accel-redirect"] == "/_media/a%20b%3Fc%23d.wav"
+    finally:
+        admin_db.execute("DELETE FROM tracks WHERE id = %s", (track_id,))
+        (media_dir / "a b?c#d.wav").unlink()
+
+
 # ------------------------------------------------------------------ plays
 
 

@@ -331,6 +331,10 @@ def test_release_id_comes_from_the_environment_then_the_manifest(tmp_path):
     ({"STREAM_DATABASE_URL": "postgresql://u:topsecret@db1:5432,db2:x/x"}, "STREAM_DATABASE_URL is not a valid URL"),
     ({"STREAM_WRITE_RETRY_SECONDS": "30"}, "STREAM_WRITE_RETRY_SECONDS"),
     ({"STREAM_WRITE_RETRY_SECONDS": "nan"}, "STREAM_WRITE_RETRY_SECONDS"),
+    ({"STREAM_AUDIO_ACCEL": "_media/"}, "STREAM_AUDIO_ACCEL"),
+    ({"STREAM_AUDIO_ACCEL": "/_media"}, "STREAM_AUDIO_ACCEL"),
+    ({"STREAM_AUDIO_ACCEL": "/../etc/"}, "STREAM_AUDIO_ACCEL"),
+    ({"STREAM_AUDIO_ACCEL": "/a b/"}, "STREAM_AUDIO_ACCEL"),
 ])
 def test_bad_config_is_one_line_without_secrets(change, message):
     env = {"STREAM_DATABASE_URL": "postgresql://u:topsecret@db/x", "STREAM_REDIS_URL": "redis://u:topsecret@c/0",
