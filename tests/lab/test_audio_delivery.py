@@ -132,8 +132,11 @@ def test_a_deploy_drains_and_counts_the_listeners_nginx_holds_and_they_outlive_t
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
         events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
         counted = {e["host"]: e["sessions"] for e in events if e["event"] == "drain_timeout"}
-        # Every host held listeners (leastconn spreads them) and its drain saw them.
+        # Every host held listeners (leastconn spreads them) and its drain saw them; never silently: each
+        # count is in the output and in --json's last line.
         assert set(counted) == {"stream1", "stream2", "stream3"} and sum(counted.values()) >= 30, counted
+        assert events[-1]["event"] == "done" and events[-1]["cut_sessions"] == counted
+        assert all(f"{n} sessions still open" in result.stdout for n in counted.values())
         # nginx kept sending while each host's service restarted on the new release.
         assert crowd.receiving(since) == 30, crowd.summary()
     status, _, body = request(stack["lb"], 80, "GET", "/livez")
