@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/audio.py [--listeners 1000] [--rate 4096] [--label after]
 
-Needs a lab with a release deployed (`inv up`, or `bench/deploy.py` before it); one stream host serves, the others are drained
-in HAProxy for the run, and everything is put back afterwards (track 1's file by `fab seed`).
+Needs a lab with a release deployed (`inv up`, or `bench/deploy.py` before it); one stream host serves,
+the others are drained in HAProxy for the run, and everything is put back afterwards (track 1's file by
+`fab seed`).
 
 1. Slow listeners: `--listeners` GETs of track 1's audio (a 64 MiB file for the run) through lb1, each
    reading `--rate` bytes a second from one of SOURCES controller addresses on the lab network (the
