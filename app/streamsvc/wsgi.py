@@ -203,22 +203,24 @@ class StreamApp:
     def track(self, environ: Environ, track_id: str) -> Response:
         return json_response(200, _public(self._track_row(track_id)))
 
-    def _audio_path(self, name: Any) -> str | None:
-        """The real path of a track's audio file, or None when it would leave the media directory."""
+    def _audio_path(self, name: Any) -> tuple[str, str] | None:
+        """The real path of a track's audio file and that path below the media directory's real path, or
+        None when it would leave the media directory."""
         if not isinstance(name, str) or not name or "\x00" in name or os.path.isabs(name):
             return None
         root = os.path.realpath(self.config.media_dir)
         path = os.path.realpath(os.path.join(root, name))
         if path == root or os.path.commonpath([root, path]) != root:
             return None
-        return path
+        return path, os.path.relpath(path, root)
 
     def audio(self, environ: Environ, track_id: str) -> Response:
         track = self._track_row(track_id)
-        path = self._audio_path(track.get("audio_file"))
-        if path is None:
+        found = self._audio_path(track.get("audio_file"))
+        if found is None:
             self._warn(f"audio-path-{track['id']}", f"track {track['id']}: audio_file leaves the media directory")
             raise HTTPError(404, "no audio for this track")
+        path, inside = found
         try:
             # O_NONBLOCK: a FIFO where a file should be must not hang the thread in open().
             fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
@@ -236,11 +238,11 @@ class StreamApp:
                 wanted = parse_range(environ.get("HTTP_RANGE"), size)
             except RangeNotSatisfiable as exc:
                 raise HTTPError(416, str(exc), [*headers, ("Content-Range", f"bytes */{size}")]) from None
-            ext = os.path.splitext(path)[1].lower()
-            headers.append(("Content-Type", CONTENT_TYPES.get(ext, "application/octet-stream")))
+            content_type = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
             if self.config.audio_accel:
                 file.close()   # opened to check it is a readable regular file; nginx opens its own
-                return self._delivered_by_nginx(path, headers)
+                return self._delivered_by_nginx(inside, content_type)
+            headers.append(("Content-Type", content_type))
             if wanted is None:
                 status, start, length = 200, 0, size
             else:
@@ -255,15 +257,13 @@ class StreamApp:
             file.close()
             raise
 
-    def _delivered_by_nginx(self, path: str, headers: list[tuple[str, str]]) -> Response:
-        """Hand a checked file to nginx: it serves the same request's range from its internal location
-        (max_ranges 1, as parse_range) with sendfile, and no service thread waits on a slow listener."""
-        root = os.path.realpath(self.config.media_dir)
-        relative = os.path.relpath(path, root)
-        # The Content-Type set here is the one nginx sends; the rest (length, range) is nginx's.
-        kept = [(k, v) for k, v in headers if k == "Content-Type"]
-        return Response(200, [*kept, ("X-Accel-Redirect", self.config.audio_accel + quote(relative, safe="/"))],
-                        b"")
+    def _delivered_by_nginx(self, inside: str, content_type: str) -> Response:
+        """Hand a checked file (`inside`: its path below the media directory) to nginx: it serves the same
+        request's range from its internal location (max_ranges 1, as parse_range) with sendfile, and no
+        service thread waits on a slow listener. The Content-Type set here is the one nginx sends; the rest
+        (length, range, Accept-Ranges) is nginx's."""
+        return Response(200, [("Content-Type", content_type),
+                              ("X-Accel-Redirect", self.config.audio_accel + quote(inside, safe="/"))], b"")
 
     def plays(self, environ: Environ) -> Response:
         media_type = (environ.get("CONTENT_TYPE") or "").split(";", 1)[0].strip().lower()

@@ -99,7 +99,11 @@ class Balancer:
 
     def servers(self) -> dict[str, ServerState]:
         """This backend's servers by name."""
-        return {s.server: s for s in parse_stat(self.command("stat")) if s.backend == self.backend}
+        return self._backend_of(self.command("stat"))
+
+    def _backend_of(self, stat_csv: str) -> dict[str, ServerState]:
+        """This backend's servers by name, from a `show stat` answer."""
+        return {s.server: s for s in parse_stat(stat_csv) if s.backend == self.backend}
 
     def server(self, name: str) -> ServerState:
         servers = self.servers()
@@ -120,7 +124,7 @@ class Balancer:
             raise
         if not answer.lstrip().startswith("# "):
             return None
-        return {s.server: s for s in parse_stat(answer) if s.backend == self.backend}
+        return self._backend_of(answer)
 
     def drain(self, name: str) -> dict[str, ServerState] | None:
         """Stop sending new requests to a server; requests in flight go on. The servers just after."""
