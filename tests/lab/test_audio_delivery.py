@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 import time
 
 import pytest
@@ -69,6 +70,61 @@ def test_one_client_address_is_held_to_its_limits_on_a_host_and_on_the_balancer(
         assert statuses.get("200", 0) <= 64 and statuses["429"] >= 80 - 64, crowd.summary()
     status, _, _ = request(stack["lb"], 80, "GET", "/tracks", timeout=5)     # another address is not held
     assert status == 200
+
+
+def _stat(lb1, backend: str, server: str) -> dict:
+    """One line of HAProxy's `show stat`, read as root from the runtime API."""
+    out = lb1.run("echo 'show stat' | socat stdio /run/haproxy/admin.sock", hide=True, in_stream=False).stdout
+    head, *rows = out.lstrip("# ").splitlines()
+    fields = head.split(",")
+    for row in rows:
+        values = dict(zip(fields, row.split(",")))
+        if values.get("pxname") == backend and values.get("svname") == server:
+            return values
+    raise AssertionError(f"{backend}/{server} not in show stat")
+
+
+def _wait_for(what: str, condition, timeout: float = 5.0):
+    deadline = time.monotonic() + timeout
+    while not (value := condition()):
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+    return value
+
+
+def test_a_full_server_queues_requests_serves_them_in_turn_and_drops_those_whose_clients_left(
+        stack, conns, big_track_for_module, one_host_serving):
+    # Server maxconn 2 for the test (the role sets haproxy_server_maxconn); two listeners fill it.
+    lb1 = conns("lb1")
+    lb1.run("echo 'set maxconn server stream/stream1 2' | socat stdio /run/haproxy/admin.sock", hide=True,
+            in_stream=False)
+    served_before = int(_stat(lb1, "stream", "stream1")["stot"])
+    waiting: list[socket.socket] = []
+    try:
+        with lab_sources(1) as sources, Listeners(stack["lb"], "/tracks/1/audio", rate=1024,
+                                                  sources=sources) as crowd:
+            crowd.open(2)
+            assert crowd.summary()["statuses"] == {"200": 2}, crowd.summary()
+            for _ in range(5):
+                client = socket.create_connection((stack["lb"], 80), timeout=15)
+                client.sendall(f"GET /tracks HTTP/1.1\r\nHost: {stack['lb']}\r\nConnection: close\r\n\r\n".encode())
+                waiting.append(client)
+            _wait_for("five requests queued behind the full server",
+                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 5)
+            for client in waiting[1:]:     # four give up while queued (haproxy_timeout_queue is 10 s)
+                client.close()
+            # option abortonclose: they leave the queue now, not at the queue timeout, and never reach stream1.
+            _wait_for("the abandoned requests left the queue",
+                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 1, timeout=3)
+        # The listeners are gone: the request still waiting is served in its turn.
+        answer = waiting[0].recv(65536)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        assert int(_stat(lb1, "stream", "stream1")["stot"]) - served_before == 3    # 2 listeners + 1, not 7
+    finally:
+        for client in waiting:
+            client.close()
+        lb1.run("echo 'set maxconn server stream/stream1 4000' | socat stdio /run/haproxy/admin.sock", hide=True,
+                in_stream=False)
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])

@@ -102,6 +102,26 @@ def test_role_config_change_reloads_haproxy_without_dropping_an_audio_download(s
                    in_stream=False).stdout.strip() == master_pid, "HAProxy was restarted, not reloaded"
 
 
+def test_a_configuration_haproxy_cannot_load_fails_the_role_and_the_old_one_keeps_serving(stack, conns):
+    # A maxconn above the file limit the master started with: HAProxy alone logs "Loading failure", keeps its
+    # old workers and lets systemd report the reload as done.
+    lb1 = conns("lb1")
+    master_pid = lb1.run("systemctl show -p MainPID --value haproxy", hide=True, in_stream=False).stdout.strip()
+    try:
+        run = provision.run("balancer", "lab", echo=False, extra_args=("-e", "haproxy_maxconn=16384"))
+        assert not run.ok and run.recap["lb1"]["failed"] == 1, run.output[-2000:]
+        assert "haproxy.service" in run.output and "Reload" in run.output, run.output[-2000:]
+        journal = lb1.run("journalctl -u haproxy -n 20 --no-pager", hide=True, in_stream=False).stdout
+        assert "could not load the new configuration and kept its old one" in journal
+        assert get(stack["lb"], "/tracks")[0] == 200                   # the old configuration still serves
+    finally:
+        restore = provision.run("balancer", "lab", echo=False)
+    assert restore.ok, restore.output[-2000:]
+    assert lb1.run("systemctl show -p MainPID --value haproxy", hide=True,
+                   in_stream=False).stdout.strip() == master_pid, "HAProxy was restarted, not reloaded"
+    assert lb1.run("grep -c '^    maxconn 8000$' /etc/haproxy/haproxy.cfg", hide=True, in_stream=False).stdout.strip() == "1"
+
+
 @pytest.fixture(autouse=True)
 def _all_stream_hosts_back(stack, conns):
     yield
