@@ -14,7 +14,9 @@ the others are drained in HAProxy for the run, and everything is put back afterw
 2. Throughput: curl on the controller fetches the 64 MiB file PARALLEL at a time, ROUNDS times: from the
    stream host's nginx served statically on a port of its own; through the stream host's own site (the
    service checks, nginx delivers) with no balancer in front; and through lb1. Each as a ratio to the first.
-   For the first two the stream host's firewall lets the controller in for the run.
+   For the first two the stream host's firewall lets the controller in for the run. Then the most any
+   hop through lb1: the kernel alone forwarding lb1's port FORWARD_PORT to the stream host's site
+   (nftables DNAT and masquerade in lb1, no proxy, no TCP ended there), as a ratio to the first too.
 3. CPU per GB served in each throughput phase: the stream host's and lb1's containers (cgroup CPU time),
    and the controller (all of this machine's busy CPU time less the lab containers').
 """
@@ -50,6 +52,8 @@ PARALLEL, ROUNDS = 4, 3
 STATIC_PORT = 8089
 MEDIA = "/srv/stream/shared/media"
 STATIC_DIR = "/var/lib/roadie-bench-static"
+FORWARD_PORT = 8090
+FORWARD_TABLE = "roadie_bench_forward"
 
 
 def docker_root(container: str, command: str) -> str:
@@ -108,6 +112,24 @@ def throughput(label: str, url: str, containers: list[str]) -> dict:
     return {"label": label, "seconds": seconds, "bytes": fetched, "failed": failed, "mb_s": fetched / seconds / 1e6,
             "cpu_s_per_gb": {**{k: round(v / gb, 2) for k, v in used.items() if k != "machine"},
                              "controller": round((used["machine"] - lab_cpu) / gb, 2)}}
+
+
+def kernel_forward(lb_container: str, target: str) -> None:
+    """lb1's port FORWARD_PORT forwarded by the kernel to target:80 (both directions through lb1)."""
+    docker_root(lb_container, f"nft add table ip {FORWARD_TABLE} && "
+                f"nft add chain ip {FORWARD_TABLE} pre '{{ type nat hook prerouting priority -100; }}' && "
+                f"nft add chain ip {FORWARD_TABLE} post '{{ type nat hook postrouting priority 100; }}' && "
+                f"nft add rule ip {FORWARD_TABLE} pre tcp dport {FORWARD_PORT} dnat to {target}:80 && "
+                f"nft add rule ip {FORWARD_TABLE} post ip daddr {target} tcp dport 80 masquerade && "
+                f"nft insert rule inet roadie forward ip daddr {target} accept comment bench-forward && "
+                f"nft insert rule inet roadie forward ip saddr {target} accept comment bench-forward")
+
+
+def remove_rules(container: str, chain: str, comment: str) -> None:
+    numbers = docker_root(container, f"nft -a list chain inet roadie {chain} | sed -n "
+                          f"'s/.*comment \"{comment}\" # handle \\([0-9]*\\).*/\\1/p'").split()
+    for number in numbers:
+        docker_root(container, f"nft delete rule inet roadie {chain} handle {number}")
 
 
 def slow_listeners(lb: str, count: int, rate: int, sources: tuple[str, ...]) -> dict:
@@ -187,11 +209,12 @@ def main() -> None:
             static = throughput("static", f"http://{serving.address}:{STATIC_PORT}/static/track.wav", containers)
             direct = throughput(f"{serving.name}'s site", f"http://{serving.address}/tracks/1/audio", containers)
             through = throughput("through lb1", f"http://{lb}/tracks/1/audio", containers)
+            kernel_forward("roadie-lb1", serving.address)
+            forwarded = throughput("kernel forward", f"http://{lb}:{FORWARD_PORT}/tracks/1/audio", containers)
         finally:
-            handle = docker_root(container, "nft -a list chain inet roadie input | sed -n "
-                                 "'s/.*comment \"bench-static\" # handle \\([0-9]*\\).*/\\1/p'").split()
-            for number in handle:
-                docker_root(container, f"nft delete rule inet roadie input handle {number}")
+            remove_rules(container, "input", "bench-static")
+            remove_rules("roadie-lb1", "forward", "bench-forward")
+            docker_root("roadie-lb1", f"nft delete table ip {FORWARD_TABLE} 2>/dev/null || true")
             docker_root(container, f"rm -rf {STATIC_DIR} /etc/nginx/conf.d/zz-bench-static.conf && "
                         "systemctl reload nginx")
             for host in others:
@@ -200,6 +223,7 @@ def main() -> None:
             deploy.seed_fleet(fleet, lambda *a, **k: None)
     ratio = through["mb_s"] / static["mb_s"]
     direct_ratio = direct["mb_s"] / static["mb_s"]
+    forward_ratio = forwarded["mb_s"] / static["mb_s"]
     rows = [
         (f"{args.label}: slow listeners on {serving.name} ({args.rate} B/s each)",
          f"{listeners['receiving']} of {args.listeners} receiving audio; answers {listeners['statuses']}, "
@@ -212,13 +236,19 @@ def main() -> None:
          f"({through['failed']} and {static['failed']} of {PARALLEL * ROUNDS} downloads failed)"),
         (f"{args.label}: throughput through {serving.name}'s site, no balancer / nginx static",
          f"{direct['mb_s']:.0f} MB/s / {static['mb_s']:.0f} MB/s = {direct_ratio:.2f}x ({direct['failed']} failed)"),
+        (f"{args.label}: lb1's kernel forwarding, no proxy (the most a hop through lb1 gives) / nginx static",
+         f"{forwarded['mb_s']:.0f} MB/s / {static['mb_s']:.0f} MB/s = {forward_ratio:.2f}x "
+         f"({forwarded['failed']} failed)"),
         (f"{args.label}: CPU s per GB through {serving.name}'s site",
          ", ".join(f"{k} {v}" for k, v in direct["cpu_s_per_gb"].items())),
         (f"{args.label}: CPU s per GB through lb1", ", ".join(f"{k} {v}" for k, v in through["cpu_s_per_gb"].items())),
+        (f"{args.label}: CPU s per GB forwarded by lb1's kernel",
+         ", ".join(f"{k} {v}" for k, v in forwarded["cpu_s_per_gb"].items())),
         (f"{args.label}: CPU s per GB nginx static", ", ".join(f"{k} {v}" for k, v in static["cpu_s_per_gb"].items())),
     ]
     report(f"audio-{args.label}", rows, {"listeners": listeners, "static": static, "through_lb1": through,
                                          "direct": direct, "ratio": ratio, "direct_ratio": direct_ratio,
+                                         "kernel_forward": forwarded, "forward_ratio": forward_ratio,
                                          "rate": args.rate})
 
 
