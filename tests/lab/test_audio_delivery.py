@@ -78,7 +78,7 @@ def _stat(lb1, backend: str, server: str) -> dict:
     head, *rows = out.lstrip("# ").splitlines()
     fields = head.split(",")
     for row in rows:
-        values = dict(zip(fields, row.split(",")))
+        values = dict(zip(fields, row.split(","), strict=False))
         if values.get("pxname") == backend and values.get("svname") == server:
             return values
     raise AssertionError(f"{backend}/{server} not in show stat")

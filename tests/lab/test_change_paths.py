@@ -260,6 +260,45 @@ def _redis_pid(conns) -> str:
                                in_stream=False).stdout.strip()
 
 
+def _streaming(conns) -> bool:
+    return _pg(conns, "db1", "SELECT state FROM pg_stat_replication") == "streaming"
+
+
+def test_a_standby_sensitive_setting_that_goes_down_restarts_the_primary_before_its_replica(stack, conns, whole):
+    # A replica restarted first with a max_connections lower than its primary's refuses to start ("recovery
+    # aborted because of insufficient parameter settings"): a decrease goes primary first, a rise replica first.
+    from roadie.lab import provision
+
+    started = "SELECT extract(epoch FROM pg_postmaster_start_time())"
+    db1_start, db2_start = _pg(conns, "db1", started), _pg(conns, "db2", started)
+    before = _pg(conns, "db1", "SHOW max_connections")
+    lowered = str(int(before) - 10)
+    change = ("-e", f"postgresql_max_connections={lowered}")
+    try:
+        # Without the flag, with the stream hosts connected: refused before anything restarts.
+        with Traffic(stack["lb"]) as traffic:
+            refused = provision.run_in_change("database", "lab", extra_args=change)
+        assert refused.returncode != 0
+        assert ("max_connections go down, so the primary restarts before its replicas: nothing has restarted"
+                in refused.output and "--restart-primary" in refused.output), refused.output[-3000:]
+        assert traffic.report.failed == 0, traffic.report.failures
+        assert (_pg(conns, "db1", started), _pg(conns, "db2", started)) == (db1_start, db2_start)
+        assert _pg(conns, "db2", "SHOW max_connections") == before and _streaming(conns)
+
+        applied = provision.run_in_change("database", "lab", extra_args=change, restart_primary=True)
+        assert applied.ok, applied.output[-3000:]
+        primary_at, replica_at = float(_pg(conns, "db1", started)), float(_pg(conns, "db2", started))
+        assert float(db1_start) < primary_at < replica_at, "the replica restarted before its primary"
+        assert _pg(conns, "db1", "SHOW max_connections") == _pg(conns, "db2", "SHOW max_connections") == lowered
+        assert _streaming(conns)
+    finally:
+        back = provision.run_in_change("database", "lab", restart_primary=True)    # a rise: the replica first
+        assert back.ok, back.output[-3000:]
+    assert _pg(conns, "db1", "SHOW max_connections") == _pg(conns, "db2", "SHOW max_connections") == before
+    assert float(_pg(conns, "db2", started)) < float(_pg(conns, "db1", started))
+    assert _streaming(conns)
+
+
 def test_data_tier_restarts_go_replica_first_and_a_primary_with_clients_needs_the_flag(stack, conns, whole):
     from roadie.lab import provision
 
