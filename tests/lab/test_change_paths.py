@@ -273,7 +273,7 @@ def test_a_standby_sensitive_setting_that_goes_down_restarts_the_primary_before_
     db1_start, db2_start = _pg(conns, "db1", started), _pg(conns, "db2", started)
     before = _pg(conns, "db1", "SHOW max_connections")
     lowered = str(int(before) - 10)
-    change = ("-e", f"postgresql_max_connections={lowered}")
+    change = ("-e", json.dumps({"postgresql_max_connections": int(lowered)}))     # an int, as the spec wants
     try:
         # Without the flag, with the stream hosts connected: refused before anything restarts.
         with Traffic(stack["lb"]) as traffic:
