@@ -260,8 +260,15 @@ def _redis_pid(conns) -> str:
                                in_stream=False).stdout.strip()
 
 
-def _streaming(conns) -> bool:
-    return _pg(conns, "db1", "SELECT state FROM pg_stat_replication") == "streaming"
+def _streaming(conns, timeout: float = 30) -> bool:
+    """Whether db2 streams from db1, waiting for a replica that reconnects after its primary's restart
+    (the WAL receiver retries every wal_retrieve_retry_interval, 5 s)."""
+    deadline = time.monotonic() + timeout
+    while _pg(conns, "db1", "SELECT state FROM pg_stat_replication") != "streaming":
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.2)
+    return True
 
 
 def test_a_standby_sensitive_setting_that_goes_down_restarts_the_primary_before_its_replica(stack, conns, whole):
