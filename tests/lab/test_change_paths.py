@@ -282,6 +282,14 @@ def test_a_standby_sensitive_setting_that_goes_down_restarts_the_primary_before_
     lowered = str(int(before) - 10)
     change = ("-e", json.dumps({"postgresql_max_connections": int(lowered)}))     # an int, as the spec wants
     try:
+        # One going down beside one going up has no safe order: refused before anything restarts, flag or not.
+        mixed = provision.run_in_change("database", "lab", restart_primary=True, extra_args=(
+            "-e", json.dumps({"postgresql_max_connections": int(lowered), "postgresql_max_wal_senders": 12})))
+        assert mixed.returncode != 0
+        assert ("max_connections go down (the primary restarts before its replicas) while max_wal_senders go up"
+                in " ".join(mixed.output.split())), mixed.output[-3000:]
+        assert (_pg(conns, "db1", started), _pg(conns, "db2", started)) == (db1_start, db2_start)
+
         # Without the flag, with the stream hosts connected: refused before anything restarts.
         with Traffic(stack["lb"]) as traffic:
             refused = provision.run_in_change("database", "lab", extra_args=change)
