@@ -10,7 +10,9 @@ It prints one JSON line: {"now": <this host's clock>, "held": <the lock as it wa
 plus "info" and "replaced" when `acquire` took the lock.
 
 The state directory is made when missing; every op holds flock(2) on deploy.lock.guard, so two takers
-never both get the lock. A change is written to deploy.lock.json.tmp, synced, then renamed over the lock.
+never both get the lock. A change is written to deploy.lock.json.tmp, synced, then renamed over the lock. No
+file is opened through a link: one planted at any of the three names makes the op fail, and nothing is
+read or written through it.
 
 Standard library only: it runs on the host's python3.
 """
@@ -27,9 +29,14 @@ FILE = "deploy.lock.json"
 GUARD = "deploy.lock.guard"
 
 
+def _open(path: str, flags: int) -> int:
+    """A file of the state directory, never through a link planted in its place (O_NOFOLLOW: ELOOP)."""
+    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+
+
 def _write(path: str, info: dict) -> None:
     tmp = path + ".tmp"
-    with open(tmp, "w") as f:
+    with os.fdopen(_open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), "w") as f:
         json.dump(info, f)
         f.flush()
         os.fsync(f.fileno())
@@ -40,10 +47,10 @@ def apply(op: str, state_dir: str, payload: dict) -> dict:
     """Do `op` on the lock in `state_dir` under its flock; what the controller is told (see above)."""
     os.makedirs(state_dir, exist_ok=True)
     path = os.path.join(state_dir, FILE)
-    with open(os.path.join(state_dir, GUARD), "a") as guard:
+    with os.fdopen(_open(os.path.join(state_dir, GUARD), os.O_WRONLY | os.O_CREAT | os.O_APPEND), "a") as guard:
         fcntl.flock(guard, fcntl.LOCK_EX)
         try:
-            with open(path) as f:
+            with os.fdopen(_open(path, os.O_RDONLY)) as f:
                 held = json.load(f)
         except FileNotFoundError:
             held = None

@@ -41,9 +41,9 @@ def new_release(tmp_path: Path, tag: str) -> tuple[Path, str]:
     return artifact, release.verify(artifact).release_id
 
 
-def paced_download(host: str, path: str, rate: int) -> dict:
+def paced_download(host: str, path: str, rate: int, answered: threading.Event | None = None) -> dict:
     """GET `path` through the balancer at about `rate` bytes a second with a tiny receive buffer (so it stays
-    in flight end to end); the status, the body's length and sha256."""
+    in flight end to end); the status, the body's length and sha256. Sets `answered` once the head is in."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     sock.settimeout(60)
@@ -57,6 +57,8 @@ def paced_download(host: str, path: str, rate: int) -> dict:
         head += chunk
     head, _, body = head.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
+    if answered is not None:
+        answered.set()
     digest, length, started = hashlib.sha256(body), len(body), time.monotonic()
     while chunk := sock.recv(8192):
         digest.update(chunk)
@@ -104,11 +106,12 @@ def test_a_long_stream_crosses_a_deploy_byte_for_byte_and_the_lease_outlives_its
     artifact, new_id = new_release(tmp_path, "long-stream")
     got: dict = {}
     # About 100 s at 280 KiB/s: well past the old 60 s drain limit and past the 90 s lease TTL.
+    answered = threading.Event()
     reader = threading.Thread(target=lambda: got.update(paced_download(stack["lb"], "/tracks/1/audio",
-                                                                       rate=280 * 1024)))
+                                                                       rate=280 * 1024, answered=answered)))
     with Traffic(stack["lb"]) as traffic:
         reader.start()
-        time.sleep(2)
+        assert answered.wait(30), "the long stream got no answer"
         started = time.monotonic()
         proc = start_fab("deploy", "--artifact", str(artifact), "--yes")
         # The lease's TTL is 90 s: well after it, a second deploy is still refused (the heartbeat renews it).
@@ -222,12 +225,13 @@ def test_a_playbook_change_under_load_restarts_host_by_host_and_drops_nothing(st
         conns(host).run("ln -sfn /etc/nginx/sites-available/default /etc/nginx/sites-enabled/default",
                         hide=True, in_stream=False)
     got: dict = {}
+    answered = threading.Event()
     reader = threading.Thread(target=lambda: got.update(paced_download(stack["lb"], "/tracks/1/audio",
-                                                                       rate=700 * 1024)))
+                                                                       rate=700 * 1024, answered=answered)))
     try:
         with Traffic(stack["lb"]) as traffic:
             reader.start()
-            time.sleep(2)
+            assert answered.wait(30), "the download got no answer"
             # Through the change pipeline, as `inv provision` runs it (a serving fleet: the lease is taken).
             run = provision.run_in_change("stream", "lab", extra_args=("-e", "streaming_cache_ttl=61"))
             reader.join(timeout=300)

@@ -94,3 +94,15 @@ def test_lock_file_holds_owner_time_release_and_message(conn, state, tmp_path):
 def test_bad_ttl(conn, state):
     with pytest.raises(RoadieError, match="TTL"):
         lock.acquire(conn, "deploy", state_dir=state, ttl=0)
+
+
+@pytest.mark.parametrize("name", ["deploy.lock.json", "deploy.lock.json.tmp", "deploy.lock.guard"])
+def test_a_link_planted_in_the_state_directory_is_never_followed(conn, state, tmp_path, name):
+    import os
+    target = tmp_path / "elsewhere"
+    target.write_text("not the lock's\n")
+    os.makedirs(state)
+    os.symlink(target, os.path.join(state, name))
+    with pytest.raises(RoadieError, match="acquire failed: .*symbolic links"):
+        lock.acquire(conn, "deploy", "r1", state_dir=state, owner="alice@ci").release()
+    assert target.read_text() == "not the lock's\n"
