@@ -11,8 +11,8 @@ plus "info" and "replaced" when `acquire` took the lock.
 
 The state directory is made when missing; every op holds flock(2) on deploy.lock.guard, so two takers
 never both get the lock. A change is written to deploy.lock.json.tmp, synced, then renamed over the lock. No
-file is opened through a link: one planted at any of the three names makes the op fail, and nothing is
-read or written through it.
+file is opened through a link, nor one that is not a regular file: one planted at any of the three names
+makes the op fail, and nothing is read or written through it.
 
 Standard library only: it runs on the host's python3.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import stat
 import sys
 import time
 
@@ -30,8 +31,13 @@ GUARD = "deploy.lock.guard"
 
 
 def _open(path: str, flags: int) -> int:
-    """A file of the state directory, never through a link planted in its place (O_NOFOLLOW: ELOOP)."""
-    return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """A regular file of the state directory: never through a link planted in its place (O_NOFOLLOW: ELOOP),
+    never a FIFO or device, which would block the open or the read while the guard is held."""
+    fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, 0o600)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise OSError(f"{path} is not a regular file")
+    return fd
 
 
 def _write(path: str, info: dict) -> None:

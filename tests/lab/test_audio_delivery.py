@@ -96,35 +96,42 @@ def test_a_full_server_queues_requests_serves_them_in_turn_and_drops_those_whose
         stack, conns, big_track_for_module, one_host_serving):
     # Server maxconn 2 for the test (the role sets haproxy_server_maxconn); two listeners fill it.
     lb1 = conns("lb1")
+    limit = _stat(lb1, "stream", "stream1")["slim"]
     lb1.run("echo 'set maxconn server stream/stream1 2' | socat stdio /run/haproxy/admin.sock", hide=True,
             in_stream=False)
     served_before = int(_stat(lb1, "stream", "stream1")["stot"])
-    waiting: list[socket.socket] = []
+    queued: list[socket.socket] = []
+
+    def queue_one() -> socket.socket:
+        client = socket.create_connection((stack["lb"], 80), timeout=15)
+        client.sendall(f"GET /tracks HTTP/1.1\r\nHost: {stack['lb']}\r\nConnection: close\r\n\r\n".encode())
+        queued.append(client)
+        return client
+
     try:
         with lab_sources(1) as sources, Listeners(stack["lb"], "/tracks/1/audio", rate=1024,
                                                   sources=sources) as crowd:
             crowd.open(2)
             assert crowd.summary()["statuses"] == {"200": 2}, crowd.summary()
-            for _ in range(5):
-                client = socket.create_connection((stack["lb"], 80), timeout=15)
-                client.sendall(f"GET /tracks HTTP/1.1\r\nHost: {stack['lb']}\r\nConnection: close\r\n\r\n".encode())
-                waiting.append(client)
-            _wait_for("five requests queued behind the full server",
-                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 5)
-            for client in waiting[1:]:     # four give up while queued (haproxy_timeout_queue is 10 s)
+            gone = [queue_one() for _ in range(4)]
+            _wait_for("four requests queued behind the full server",
+                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 4)
+            for client in gone:            # their clients give up while queued (haproxy_timeout_queue is 10 s)
                 client.close()
             # option abortonclose: they leave the queue now, not at the queue timeout, and never reach stream1.
             _wait_for("the abandoned requests left the queue",
-                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 1, timeout=3)
+                      lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 0, timeout=3)
+            waiting = queue_one()
+            _wait_for("a fifth request queued", lambda: int(_stat(lb1, "stream", "BACKEND")["qcur"]) == 1)
         # The listeners are gone: the request still waiting is served in its turn.
-        answer = waiting[0].recv(65536)
+        answer = waiting.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
         assert int(_stat(lb1, "stream", "stream1")["stot"]) - served_before == 3    # 2 listeners + 1, not 7
     finally:
-        for client in waiting:
+        for client in queued:
             client.close()
-        lb1.run("echo 'set maxconn server stream/stream1 4000' | socat stdio /run/haproxy/admin.sock", hide=True,
-                in_stream=False)
+        lb1.run(f"echo 'set maxconn server stream/stream1 {limit}' | socat stdio /run/haproxy/admin.sock",
+                hide=True, in_stream=False)
 
 
 @pytest.mark.parametrize("method", ["GET", "HEAD"])

@@ -107,13 +107,16 @@ def test_a_configuration_haproxy_cannot_load_fails_the_role_and_the_old_one_keep
     # old workers and lets systemd report the reload as done.
     lb1 = conns("lb1")
     master_pid = lb1.run("systemctl show -p MainPID --value haproxy", hide=True, in_stream=False).stdout.strip()
+    since = lb1.run("date '+%Y-%m-%d %H:%M:%S'", hide=True, in_stream=False).stdout.strip()
     try:
         run = provision.run("balancer", "lab", echo=False, extra_args=("-e", "haproxy_maxconn=16384"))
         assert not run.ok and run.recap["lb1"]["failed"] == 1, run.output[-2000:]
-        assert "haproxy.service" in run.output and "Reload" in run.output, run.output[-2000:]
-        journal = lb1.run("journalctl -u haproxy -n 20 --no-pager", hide=True, in_stream=False).stdout
-        assert "could not load the new configuration and kept its old one" in journal
-        assert get(stack["lb"], "/tracks")[0] == 200                   # the old configuration still serves
+        assert "Unable to reload service haproxy" in run.output, run.output[-2000:]
+        journal = lb1.run(f"journalctl -u haproxy --since '{since}' --no-pager", hide=True, in_stream=False).stdout
+        assert "could not load the new configuration and kept its old one" in journal, journal[-2000:]
+        info = lb1.run("echo 'show info' | socat stdio /run/haproxy/admin.sock", hide=True, in_stream=False).stdout
+        assert "\nMaxconn: 8000\n" in info, info                      # the old configuration still serves
+        assert get(stack["lb"], "/tracks")[0] == 200
     finally:
         restore = provision.run("balancer", "lab", echo=False)
     assert restore.ok, restore.output[-2000:]

@@ -95,6 +95,7 @@ def docker_dns_kept():
     in_netns = ["nsenter", "-t", pid, "-n"]
     saved = subprocess.run([*in_netns, "iptables-save", "-t", "nat"], check=True, capture_output=True,
                            text=True).stdout
+    assert "DOCKER_OUTPUT" in saved, saved       # the controller's iptables sees the rules Docker made
     yield
     subprocess.run([*in_netns, "iptables-restore", "-T", "nat"], input=saved, check=True, capture_output=True,
                    text=True)

@@ -106,3 +106,11 @@ def test_a_link_planted_in_the_state_directory_is_never_followed(conn, state, tm
     with pytest.raises(RoadieError, match="acquire failed: .*symbolic links"):
         lock.acquire(conn, "deploy", "r1", state_dir=state, owner="alice@ci").release()
     assert target.read_text() == "not the lock's\n"
+
+
+def test_a_fifo_planted_as_the_lock_fails_the_op_instead_of_blocking_it(conn, state):
+    import os
+    os.makedirs(state)
+    os.mkfifo(os.path.join(state, "deploy.lock.json"))
+    with pytest.raises(RoadieError, match="acquire failed: .*not a regular file"):
+        lock.acquire(conn, "deploy", "r1", state_dir=state, owner="alice@ci").release()
