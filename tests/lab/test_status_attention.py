@@ -22,6 +22,12 @@ def _status() -> tuple[int, dict]:
     return result.returncode, json.loads(result.stdout)
 
 
+def _unhealthy(data: dict) -> list[dict]:
+    """The rows that make `fab status` exit non-zero without a problem line (a service not active, a probe
+    error), for the failure message."""
+    return [row for row in data["hosts"] if not row["healthy"]]
+
+
 def _recorded(conns) -> dict:
     """drained.json on the lock host, read as root ({} when there is none)."""
     out = conns(LOCK_HOST).run(f"cat {STATE_DIR}/{DRAINED_FILE} 2>/dev/null || echo '{{}}'", hide=True,
@@ -36,7 +42,7 @@ def _back_in_rotation(lb: Balancer) -> None:
 
 def test_a_host_drained_behind_roadies_back_makes_status_fail_naming_it(stack, conns):
     code, before = _status()
-    assert code == 0 and before["problems"] == [], before["problems"]
+    assert code == 0 and before["problems"] == [], (before["problems"], _unhealthy(before))
     lb = Balancer(conns(LOCK_HOST))
     lb.drain(HOST)                                   # root on the runtime API: no lease, no record
     try:
@@ -63,7 +69,7 @@ def test_a_host_drained_on_purpose_keeps_status_at_zero_until_undrained(stack, c
         record = _recorded(conns)[HOST]
         assert record["by"].startswith(f"{OPERATOR}@") and record["why"] == "x"
         code, data = _status()
-        assert code == 0 and data["problems"] == [], data["problems"]
+        assert code == 0 and data["problems"] == [], (data["problems"], _unhealthy(data))
         row = {r["host"]: r for r in data["hosts"]}[HOST]
         assert row["haproxy"] == "DRAIN" and row["drained_on_purpose"] == f"drained by {record['by']}: x"
         table = ok(fab("status"))
@@ -74,5 +80,5 @@ def test_a_host_drained_on_purpose_keeps_status_at_zero_until_undrained(stack, c
     assert lb.server(HOST).in_rotation
     assert HOST not in _recorded(conns)
     code, data = _status()
-    assert code == 0 and data["problems"] == [], data["problems"]
+    assert code == 0 and data["problems"] == [], (data["problems"], _unhealthy(data))
     assert {r["host"]: r for r in data["hosts"]}[HOST]["drained_on_purpose"] is None
