@@ -286,6 +286,14 @@ def test_a_standby_sensitive_setting_that_goes_down_restarts_the_primary_before_
     lowered = str(int(before) - 10)
     change = ("-e", json.dumps({"postgresql_max_connections": int(lowered)}))     # an int, as the spec wants
     try:
+        # A run limited to the replica skips the play that restarts the primary first: the replica refuses
+        # to restart below what its primary runs.
+        limited = provision.run_in_change("database", "lab", limit="db2", extra_args=change)
+        assert limited.returncode != 0
+        assert (f"db2: max_connections {lowered} (the primary runs {before}): a replica restarted below its primary"
+                in " ".join(limited.output.split())), limited.output[-3000:]
+        assert _pg(conns, "db2", started) == db2_start and _streaming(conns)
+
         # One going down beside one going up has no safe order: refused before anything restarts, flag or not.
         mixed = provision.run_in_change("database", "lab", restart_primary=True, extra_args=(
             "-e", json.dumps({"postgresql_max_connections": int(lowered), "postgresql_max_wal_senders": 12})))
