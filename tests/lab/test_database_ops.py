@@ -84,10 +84,29 @@ with open("base.tar.gz", "r+b") as f:
     f.write(bytes([byte[0] ^ 0xFF]))
 """
 
+# Damage that decodes to a zero block where a member's header was: plain `tar -xzf` takes it for the end of
+# the archive and exits 0 with half a cluster unpacked, never hearing gzip's CRC error. The trailer keeps the
+# undamaged archive's CRC and length, as a damaged file's would.
+ZERO_BLOCK = """
+import gzip, io, tarfile, zlib
+raw = gzip.decompress(open("base.tar.gz", "rb").read())
+members = tarfile.open(fileobj=io.BytesIO(raw)).getmembers()
+at = members[len(members) // 2].offset
+packed = bytearray(gzip.compress(raw[:at] + bytes(1024) + raw[at + 1024:]))
+packed[-8:-4] = zlib.crc32(raw).to_bytes(4, "little")
+open("base.tar.gz", "wb").write(packed)
+"""
+
+STRIP_SHA256 = """
+meta = json.load(open("roadie-backup.json"))
+meta.pop("sha256")
+json.dump(meta, open("roadie-backup.json", "w"))
+"""
+
 
 def test_a_damaged_backup_fails_loudly_naming_what_failed(fresh_backup, conns):
     db1 = conns("db1")
-    names = ["20000101T000001Z", "20000101T000002Z", "20000101T000003Z"]
+    names = ["20000101T000001Z", "20000101T000002Z", "20000101T000003Z", "20000101T000004Z"]
     try:
         # 1. A flipped byte in base.tar.gz: the sha256 recorded at backup time names the file.
         _damaged_copy(db1, fresh_backup, names[0], FLIP_BYTE)
@@ -96,16 +115,17 @@ def test_a_damaged_backup_fails_loudly_naming_what_failed(fresh_backup, conns):
         assert "RESTORE CHECK FAILED" in result.stderr and "base.tar.gz" in result.stderr
         assert "does not match the sha256 recorded at backup time" in result.stderr
         # 2. The same damage with the recorded checksums gone: the restore itself fails, loudly.
-        strip = FLIP_BYTE + """
-meta = json.load(open("roadie-backup.json"))
-meta.pop("sha256")
-json.dump(meta, open("roadie-backup.json", "w"))
-"""
-        _damaged_copy(db1, fresh_backup, names[1], strip)
+        _damaged_copy(db1, fresh_backup, names[1], FLIP_BYTE + STRIP_SHA256)
         result = fab("db.restore-check", "--backup", names[1])
         assert result.returncode == 1
         assert f"RESTORE CHECK FAILED: backup {names[1]}: restore on db2 failed" in result.stderr
-        assert "base.tar.gz" in result.stderr
+        assert "cannot unpack" in result.stderr and "base.tar.gz" in result.stderr
+        # 2b. Damage that unpacks as an early end of the archive: gzip's CRC still fails the unpack.
+        _damaged_copy(db1, fresh_backup, names[3], ZERO_BLOCK + STRIP_SHA256)
+        result = fab("db.restore-check", "--backup", names[3])
+        assert result.returncode == 1
+        assert f"RESTORE CHECK FAILED: backup {names[3]}: restore on db2 failed" in result.stderr
+        assert "cannot unpack" in result.stderr and "base.tar.gz" in result.stderr
         # 3. A changed row reference: the restore works, the comparison names the table.
         change = """
 ref = json.load(open("roadie-reference.json"))
