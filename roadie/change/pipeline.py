@@ -37,7 +37,7 @@ from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 
 LEASE_TTL = lock.DEFAULT_TTL   # seconds a lease lives without a renewal: a lost operator's lock lapses this fast
-HEARTBEAT_S = 15              # seconds between renewals: several renewals fit in one TTL
+BEATS_PER_TTL = 6             # renewals in one TTL (every 15 s at 90): a few may fail or lag and the lease holds
 
 
 class LeaseLost(RoadieError):
@@ -56,11 +56,12 @@ class Change:
     """One change to the running fleet: lease, heartbeat, audit record, interrupts (see the module)."""
 
     def __init__(self, host: Host, action: str, *, hosts: list[str], release: str = "", message: str = "",
-                 take_lock: bool = True, ttl: int = LEASE_TTL, heartbeat: float = HEARTBEAT_S,
+                 take_lock: bool = True, ttl: int = LEASE_TTL, heartbeat: float | None = None,
                  report: Callable[..., None] | None = None, state_dir: str = lock.STATE_DIR,
                  conn: ssh.HostConnection | None = None) -> None:
         self.host, self.action, self.hosts, self.release, self.message = host, action, hosts, release, message
-        self.take_lock, self.ttl, self.heartbeat, self.state_dir = take_lock, ttl, heartbeat, state_dir
+        self.take_lock, self.ttl, self.state_dir = take_lock, ttl, state_dir
+        self.heartbeat = heartbeat if heartbeat is not None else ttl / BEATS_PER_TTL
         self.report = report or (lambda message, host=None, **data: print(f"{host or action}: {message}"))
         self.detail: dict = {}
         self.result: str | None = None
@@ -78,10 +79,6 @@ class Change:
         self._thread: threading.Thread | None = None
         self._old_handler = None
         self._started = 0.0
-
-    @classmethod
-    def of(cls, inv: Inventory, action: str, **kwargs: object) -> Change:
-        return cls(lock_host(inv), action, **kwargs)
 
     # -------------------------------------------------------------- enter / exit
     def __enter__(self) -> Change:

@@ -175,7 +175,8 @@ def failover(inv: Inventory, plan: FailoverPlan, report: Report, options: Option
     notes: list[str] = []
     fleet = Fleet.from_inventory(inv)
     with Change(fleet.balancer, "db.failover", hosts=[plan.old_primary, plan.new_primary, *plan.stream_hosts],
-                message=options.message or f"promote {plan.new_primary}", report=report) as change:
+                message=options.message or f"promote {plan.new_primary}", report=report,
+                ttl=fleet.lease_ttl) as change:
         change.detail.update(old_primary=plan.old_primary, new_primary=plan.new_primary, forced=plan.force,
                              timings=timings)
         return _failover(inv, plan, report, options, restart, wait_timeout, change, timings, notes, started)

@@ -96,7 +96,7 @@ def deploy(fleet: Fleet, artifact: Path, manifest, options: Options, report: Rep
                     migrations.append(BACKGROUND.submit(migrate, host, change))
 
         with Change(fleet.balancer, "deploy", hosts=order, release=manifest.release_id, message=options.message,
-                    report=report, conn=work.lb_conn) as change:
+                    report=report, conn=work.lb_conn, ttl=fleet.lease_ttl) as change:
             work.change, change.state = change, work.state
             try:
                 try:
@@ -170,7 +170,7 @@ def rollback(fleet: Fleet, options: Options, report: Reporter, to: str | None = 
             return outcome
         started = time.monotonic()
         with Change(fleet.balancer, "rollback", hosts=todo, release=to, message=options.message,
-                    report=report, conn=work.lb_conn) as change:
+                    report=report, conn=work.lb_conn, ttl=fleet.lease_ttl) as change:
             work.change, change.state = change, work.state
             try:
                 work.run(plan, outcome)

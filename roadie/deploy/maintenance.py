@@ -233,4 +233,6 @@ class Guarded(Change):
 
     def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "",
                  lock: bool = True) -> None:
-        super().__init__(lock_host(inv), action, hosts=hosts, message=message, release=release, take_lock=lock)
+        fleet = Fleet.from_inventory(inv, partial=True)
+        super().__init__(lock_host(inv), action, hosts=hosts, message=message, release=release, take_lock=lock,
+                         ttl=fleet.lease_ttl)

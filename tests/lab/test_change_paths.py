@@ -105,23 +105,25 @@ def test_a_long_stream_crosses_a_deploy_byte_for_byte_and_the_lease_outlives_its
                                                                                     tmp_path, whole):
     artifact, new_id = new_release(tmp_path, "long-stream")
     got: dict = {}
-    # About 100 s at 280 KiB/s: well past the old 60 s drain limit and past the 90 s lease TTL.
+    # Past the old 60 s drain limit and well past the lease's TTL (the lab's roadie_lease_ttl).
+    ttl = fleet.lease_ttl
+    long_s = max(60, ttl + 10) + 15
     answered = threading.Event()
     reader = threading.Thread(target=lambda: got.update(paced_download(stack["lb"], "/tracks/1/audio",
-                                                                       rate=280 * 1024, answered=answered)))
+                                                                       rate=BIG // long_s, answered=answered)))
     with Traffic(stack["lb"]) as traffic:
         reader.start()
         assert answered.wait(30), "the long stream got no answer"
         started = time.monotonic()
         proc = start_fab("deploy", "--artifact", str(artifact), "--yes")
-        # The lease's TTL is 90 s: well after it, a second deploy is still refused (the heartbeat renews it).
-        time.sleep(max(0.0, lock.DEFAULT_TTL + 10 - (time.monotonic() - started)))
+        # Well after the lease's TTL, a second deploy is still refused (the heartbeat renews it).
+        time.sleep(max(0.0, ttl + 10 - (time.monotonic() - started)))
         assert proc.poll() is None, "".join(proc.lines)[-3000:]       # still draining the long stream
         second = fab("deploy", "--artifact", str(artifact), "--yes", timeout=120)
         assert second.returncode == 1 and "deploy lock on lb1 is held by" in second.stderr, second.stderr
         assert proc.wait(timeout=900) == 0, "".join(proc.lines)[-3000:]
         reader.join(timeout=300)
-    assert got["status"] == 200 and got["length"] == BIG and got["seconds"] > 90, got
+    assert got["status"] == 200 and got["length"] == BIG and got["seconds"] > max(60, ttl + 10), got
     assert got["sha256"] == big_track                                      # byte for byte
     assert traffic.report.failed == 0, traffic.report.failures
     assert set(releases_now(fleet).values()) == {new_id}
@@ -155,7 +157,7 @@ def test_a_killed_deploy_is_flagged_by_status_and_the_next_deploy_makes_the_flee
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(timeout=30)
         # The lease lapses by itself within its TTL: nobody renews it any more.
-        deadline = time.monotonic() + lock.DEFAULT_TTL + 30
+        deadline = time.monotonic() + fleet.lease_ttl + 30
         while time.monotonic() < deadline:
             holder, now = lock.status(conns("lb1"))
             if holder is not None and holder.expires_at < now:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from roadie.core.cli import Terminal, prefixed
 from roadie.core.errors import RoadieError
+from roadie.core.inventory import Host, UndefinedVariable
 
 
 class ScriptedTerminal(Terminal):
@@ -46,3 +47,12 @@ class RecordedChange:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+def addresses_only(hosts: dict[str, Host]):
+    """An inventory resolver that knows each host's roadie_private_address and no other variable."""
+    def resolve(host: str, name: str) -> str:
+        if name != "roadie_private_address":
+            raise UndefinedVariable(f"inventory lab: {host} has no variable {name}")
+        return hosts[host].address
+    return resolve

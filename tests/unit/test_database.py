@@ -14,6 +14,7 @@ from roadie.db import fencing, wal
 from roadie.db import replication as db_replication
 from roadie.db import restore_check as db_restore
 from roadie.db import topology as db_topology
+from tests.unit.fakes import addresses_only
 
 
 def _host(name: str, address: str, groups: tuple[str, ...]) -> Host:
@@ -30,7 +31,7 @@ def _inventory(replicas: tuple[str, ...] = ("db2",), primaries: tuple[str, ...] 
         hosts[name] = _host(name, addresses[name], ("database_replica",))
     groups = {"balancer": ("lb1",), "stream": ("s1", "s2"), "database_primary": primaries,
               "database_replica": replicas, "all": tuple(hosts)}
-    return Inventory(Path("/x/lab"), hosts, groups, resolver=lambda host, name: hosts[host].address)
+    return Inventory(Path("/x/lab"), hosts, groups, resolver=addresses_only(hosts))
 
 
 def test_lsn_round_trip_and_bad_input():

@@ -16,6 +16,7 @@ from roadie.core.fleet import Fleet
 from roadie.core.inventory import Host, Inventory
 from roadie.remote import answer, status_probe
 from roadie.status import probe, report
+from tests.unit.fakes import addresses_only
 from tests.unit.haproxy_canned import STAT, Canned
 
 NOW = 1_700_000_000.0
@@ -30,7 +31,7 @@ def _inventory() -> Inventory:
                      tuple(sorted(g for g, members in GROUPS.items() if n in members)))
              for i, n in enumerate(names)}
     return Inventory(Path("/x/lab"), hosts, {**GROUPS, "all": tuple(names)},
-                     resolver=lambda host, name: hosts[host].address)
+                     resolver=addresses_only(hosts))
 
 
 INV = _inventory()
