@@ -18,12 +18,12 @@ from dataclasses import asdict, dataclass
 from typing import Protocol
 
 from roadie import remote
-from roadie.core import contract, fleet
+from roadie.core import contract, inventory
 from roadie.core.errors import RoadieError
 
 # A lease, not a long hold: every change renews it with a heartbeat (roadie/change/pipeline.py), so the lock of an
 # operator who was killed or cut off lapses within this many seconds (the inventory's roadie_lease_ttl, if set).
-DEFAULT_TTL = fleet.DEFAULT_LEASE_TTL
+DEFAULT_TTL = inventory.DEFAULT_LEASE_TTL
 STATE_DIR = contract.STATE_DIR
 
 # roadie/remote/: reads and changes the lock file under flock(2) on the lock host.

@@ -4,9 +4,8 @@
 rollbacks, restarts, drains, `fab status` and the on-call tasks all take it. The balancer is the first
 host of its group; it also keeps the deploy lock and the fleet's audit log (the lock host).
 
-The inventory may set `roadie_lease_ttl` (whole seconds) for the lease every change holds on the lock host:
-how fast a killed operator's lock lapses. A bad value fails here, when the fleet is read, before any host is
-contacted.
+`lease_ttl` is the inventory's `roadie_lease_ttl` (roadie/core/inventory.py): how long the lease every change
+holds on the lock host lives without a renewal.
 
 `check` is the fleet check (`fab check`, `inv lab.check`): every host reachable over SSH, its key
 verified, answering with its own name.
@@ -18,12 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from roadie.core import ssh
-from roadie.core.errors import RoadieError
-from roadie.core.inventory import Host, Inventory, UndefinedVariable
-
-LEASE_TTL_VAR = "roadie_lease_ttl"
-DEFAULT_LEASE_TTL = 90       # seconds; long enough that a slow renewal on a loaded lock host never lapses it
-LEASE_TTL_RANGE = (10, 3600)
+from roadie.core.inventory import DEFAULT_LEASE_TTL, Host, Inventory, lease_ttl
 
 
 @dataclass
@@ -42,26 +36,10 @@ class Fleet:
             balancers = inv.groups.get("balancer") or ()
             balancer = inv.hosts[balancers[0]] if balancers else None
             return cls(stream=[inv.hosts[name] for name in inv.groups.get(group, ())], balancer=balancer,
-                       lease_ttl=lease_ttl(inv, balancer))
+                       lease_ttl=lease_ttl(inv))
         stream = inv.group(group)
         balancer = inv.group("balancer")[0]
-        return cls(stream=stream, balancer=balancer, lease_ttl=lease_ttl(inv, balancer))
-
-
-def lease_ttl(inv: Inventory, lock_host: Host | None) -> int:
-    """`roadie_lease_ttl` as the lock host sees it, else the default; anything but whole seconds in range fails."""
-    if lock_host is None or inv.resolver is None:
-        return DEFAULT_LEASE_TTL
-    try:
-        raw = inv.host_var(lock_host.name, LEASE_TTL_VAR)
-    except UndefinedVariable:
-        return DEFAULT_LEASE_TTL
-    low, high = LEASE_TTL_RANGE
-    value = int(raw) if isinstance(raw, str) and raw.strip().isdigit() else raw
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise RoadieError(f"inventory {inv.name}: {LEASE_TTL_VAR} must be whole seconds from {low} to {high}, "
-                          f"got {raw!r}")
-    return value
+        return cls(stream=stream, balancer=balancer, lease_ttl=lease_ttl(inv))
 
 
 @dataclass

@@ -24,6 +24,12 @@ from roadie.core.paths import INVENTORIES, ROOT
 NAMED_INVENTORIES = ("lab", "staging", "production")
 DEFAULT_INVENTORY = "lab"
 
+# Seconds the lease every change holds on the lock host (the first balancer) lives without a renewal: how
+# fast a killed operator's lock lapses. Long enough that a slow renewal on a loaded lock host never lapses it.
+LEASE_TTL_VAR = "roadie_lease_ttl"
+DEFAULT_LEASE_TTL = 90
+LEASE_TTL_RANGE = (10, 3600)
+
 _LABEL = r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 _HOSTNAME = re.compile(rf"(?=.{{1,253}}\Z){_LABEL}(\.{_LABEL})*")
 
@@ -189,7 +195,28 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
     if not hosts:
         raise RoadieError(f"inventory {path} has no hosts")
     _check_unique_addresses(path, hosts.values())
-    return Inventory(source=path, hosts=hosts, groups=groups, resolver=resolver)
+    inv = Inventory(source=path, hosts=hosts, groups=groups, resolver=resolver)
+    lease_ttl(inv)   # a bad value stops every command here, before any host is contacted
+    return inv
+
+
+def lease_ttl(inv: Inventory) -> int:
+    """`roadie_lease_ttl` as the lock host (the first balancer) sees it, else the default; anything but whole
+    seconds in range fails in one line."""
+    balancers = inv.groups.get("balancer") or ()
+    if not balancers or inv.resolver is None:
+        return DEFAULT_LEASE_TTL
+    try:
+        raw = inv.host_var(balancers[0], LEASE_TTL_VAR)
+    except UndefinedVariable:
+        return DEFAULT_LEASE_TTL
+    low, high = LEASE_TTL_RANGE
+    digits = isinstance(raw, str) and raw.strip().isascii() and raw.strip().isdecimal()
+    value = int(raw) if digits else raw
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise RoadieError(f"inventory {inv.name}: {LEASE_TTL_VAR} must be whole seconds from {low} to {high}, "
+                          f"got {raw!r}")
+    return value
 
 
 def _first_cause(text: str) -> str:

@@ -233,6 +233,5 @@ class Guarded(Change):
 
     def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "",
                  lock: bool = True) -> None:
-        fleet = Fleet.from_inventory(inv, partial=True)
         super().__init__(lock_host(inv), action, hosts=hosts, message=message, release=release, take_lock=lock,
-                         ttl=fleet.lease_ttl)
+                         ttl=inventory.lease_ttl(inv))

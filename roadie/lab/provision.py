@@ -206,19 +206,15 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     """`run`, inside the change pipeline when the fleet may be serving: the lease (so no deploy or on-call
     change runs alongside) and an audit record. A check run changes nothing and takes no lease; so does the
     first provisioning of a fleet, whose lock host has no deploy account yet (nothing of Roadie runs there)."""
-    from roadie.change.pipeline import Change
+    from roadie.change.pipeline import Change, lock_host
     from roadie.core import ssh
-    from roadie.core.fleet import Fleet
 
     # Bad input (playbook, limit, tags, secrets) is one line before the lock host is even reached.
     path, inv, argv = prepare(name, inventory, check=check, diff=diff, limit=limit, tags=tags,
                               extra_args=extra_args, restart_primary=restart_primary)
     if check:
         return _execute(path, argv)
-    fleet = Fleet.from_inventory(inv, partial=True)
-    if fleet.balancer is None:
-        raise RoadieError(f"inventory {inv.name} has no balancer host to hold the deploy lock")
-    host = fleet.balancer
+    host = lock_host(inv)
     try:
         probe = ssh.connect(host)
     except ssh.AuthenticationFailed:
@@ -229,7 +225,7 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     # The connection that found the deploy account holds the lease too.
     with probe, Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
                        + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else ""),
-                       conn=probe, ttl=fleet.lease_ttl) as change:
+                       conn=probe, ttl=inventory_mod.lease_ttl(inv)) as change:
         result = _execute(path, argv)
         change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
         if not result.ok:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from roadie.core import fleet, inventory
+from roadie.core import inventory
 from roadie.core.errors import RoadieError
 from roadie.core.fleet import Fleet
 from roadie.core.paths import INVENTORIES, ROOT
@@ -129,16 +129,17 @@ def test_the_fleet_is_the_stream_hosts_behind_the_first_balancer():
     assert Fleet.from_inventory(bare, partial=True) == Fleet(stream=[], balancer=None)
 
 
-def test_the_lease_ttl_comes_from_the_inventory_and_a_bad_one_fails_in_one_line(tmp_path):
+def test_the_lease_ttl_comes_from_the_inventory_and_a_bad_one_stops_the_load_in_one_line(tmp_path):
     assert Fleet.from_inventory(inventory.load("lab")).lease_ttl == 30          # the lab's, shorter for its tests
-    assert Fleet.from_inventory(inventory.load("production")).lease_ttl == fleet.DEFAULT_LEASE_TTL
+    assert Fleet.from_inventory(inventory.load("production")).lease_ttl == inventory.DEFAULT_LEASE_TTL
     hosts = ("all:\n  children:\n    balancer:\n      hosts:\n        lb1:\n          ansible_host: 10.0.0.1\n"
              "    stream:\n      hosts:\n        stream1:\n          ansible_host: 10.0.0.2\n")
     for i, (good, want) in enumerate((("45", 45), ('"120"', 120))):
         inv = inventory.load(_write(tmp_path / f"good{i}", hosts + f"  vars:\n    roadie_lease_ttl: {good}\n"))
         assert Fleet.from_inventory(inv).lease_ttl == want
-    for i, bad in enumerate(("5", "7200", "true", "1.5", "soon", "-30")):
-        inv = inventory.load(_write(tmp_path / f"bad{i}", hosts + f"  vars:\n    roadie_lease_ttl: {bad}\n"))
+        assert Fleet.from_inventory(inv, partial=True).lease_ttl == want
+    # Every command loads the inventory first: a bad value stops it there, before any host is contacted.
+    for i, bad in enumerate(("5", "7200", "true", "1.5", "soon", "-30", '"²"')):
         with pytest.raises(RoadieError, match="roadie_lease_ttl must be whole seconds from 10 to 3600") as err:
-            Fleet.from_inventory(inv, partial=True)
+            inventory.load(_write(tmp_path / f"bad{i}", hosts + f"  vars:\n    roadie_lease_ttl: {bad}\n"))
         assert "\n" not in str(err.value)
