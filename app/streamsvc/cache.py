@@ -21,6 +21,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from streamsvc import metrics
+
 log = logging.getLogger("streamsvc.cache")
 
 TIMEOUT = 1.0  # seconds, to connect and for each reply
@@ -58,6 +60,7 @@ class Cache:
         self._log_lock = threading.Lock()
 
     def _failed(self, action: str, exc: Exception) -> None:
+        metrics.DEPENDENCY_ERRORS.labels(dependency="cache").inc()
         with self._log_lock:
             now = time.monotonic()
             if now - self._last_log < LOG_EVERY:

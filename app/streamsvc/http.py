@@ -54,6 +54,7 @@ Handler = Callable[..., Response]
 
 @dataclass(frozen=True)
 class Route:
+    path: str                      # as added, `<name>` segments and all: a bounded metrics label
     pattern: re.Pattern[str]
     methods: dict[str, Handler]
 
@@ -66,7 +67,11 @@ class Router:
 
     def add(self, path: str, **methods: Handler) -> None:
         regex = re.sub(r"<(\w+)>", r"(?P<\1>[^/]+)", path)
-        self._routes.append(Route(re.compile(regex), {m.upper(): h for m, h in methods.items()}))
+        self._routes.append(Route(path, re.compile(regex), {m.upper(): h for m, h in methods.items()}))
+
+    def route(self, path: str) -> Route | None:
+        """The route whose pattern matches `path`, or None."""
+        return next((r for r in self._routes if r.pattern.fullmatch(path)), None)
 
     def match(self, method: str, path: str) -> tuple[Handler, dict[str, str]]:
         """The handler and path arguments; HTTPError 404 or 405 (with Allow) otherwise."""

@@ -36,6 +36,7 @@ from typing import IO, Any
 from urllib.parse import quote
 
 from streamsvc import config as config_mod
+from streamsvc import metrics
 from streamsvc.cache import Cache, client
 from streamsvc.db import Database, KeyReused, Unavailable
 from streamsvc.http import Environ, HTTPError, Response, Router, StartResponse, error, json_response, read_body
@@ -46,6 +47,8 @@ log = logging.getLogger("streamsvc")
 
 CHUNK = 64 * 1024
 LOG_EVERY = 30.0
+# Methods named in the metrics; any other is counted as "other" (a client picks the method: keep labels few).
+COUNTED_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
 CONTENT_TYPES = {".wav": "audio/wav", ".mp3": "audio/mpeg", ".ogg": "audio/ogg", ".oga": "audio/ogg",
                  ".opus": "audio/ogg", ".flac": "audio/flac", ".m4a": "audio/mp4", ".aac": "audio/aac"}
 
@@ -121,15 +124,18 @@ class StreamApp:
     # ------------------------------------------------------------------ plumbing
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Any:
+        began = time.monotonic()
         method = environ.get("REQUEST_METHOD", "GET").upper()
+        path = environ.get("PATH_INFO") or "/"
         try:
-            handler, args = self.router.match(method, environ.get("PATH_INFO") or "/")
+            handler, args = self.router.match(method, path)
             response = handler(environ, **args)
         except HTTPError as exc:
             response = exc.response()
         except BadRequest as exc:
             response = error(400, str(exc))
         except Unavailable as exc:
+            metrics.DEPENDENCY_ERRORS.labels(dependency="database").inc()
             self._warn("database", f"database unavailable: {exc}")
             response = error(503, "database unavailable")
         except Exception:
@@ -142,6 +148,11 @@ class StreamApp:
             if close is not None:
                 close()
         start_response(response.status_line, response.headers)
+        route = self.router.route(path)
+        label = route.path if route is not None else metrics.UNMATCHED
+        metrics.REQUESTS.labels(route=label, method=method if method in COUNTED_METHODS else "other",
+                                status=str(response.status)).inc()
+        metrics.LATENCY.labels(route=label).observe(time.monotonic() - began)
         if method == "HEAD":
             return [b""]
         return [body] if isinstance(body, bytes) else body
@@ -189,6 +200,7 @@ class StreamApp:
             try:
                 check()
             except Exception as exc:  # any failure means "not ok"; the reason goes to the log
+                metrics.DEPENDENCY_ERRORS.labels(dependency=name).inc()
                 self._warn(f"health-{name}", f"health: {name} check failed: {type(exc).__name__}: {exc}")
                 state[name] = "error"
             else:
@@ -241,6 +253,7 @@ class StreamApp:
             content_type = CONTENT_TYPES.get(os.path.splitext(path)[1].lower(), "application/octet-stream")
             if self.config.audio_accel:
                 file.close()   # opened to check it is a readable regular file; nginx opens its own
+                metrics.AUDIO_BYTES.inc(size if wanted is None else wanted.length)
                 return self._delivered_by_nginx(inside, content_type)
             headers.append(("Content-Type", content_type))
             if wanted is None:
@@ -249,6 +262,7 @@ class StreamApp:
                 status, start, length = 206, wanted.start, wanted.length
                 headers.append(("Content-Range", wanted.content_range))
             headers.append(("Content-Length", str(length)))
+            metrics.AUDIO_BYTES.inc(length)
             file.seek(start)
             body = BoundedFile(file, length)
             wrapper = environ.get("wsgi.file_wrapper")
@@ -273,6 +287,7 @@ class StreamApp:
         key = parse_idempotency_key(environ.get("HTTP_IDEMPOTENCY_KEY")) or uuid.uuid4().hex
 
         def retrying(attempt: int, exc: BaseException) -> None:
+            metrics.WRITE_RETRIES.inc()
             self._warn("plays-retry", f"POST /plays: database write failed (attempt {attempt}), retrying for up to "
                                       f"{self.config.write_retry_seconds} s: {type(exc).__name__}: {exc}")
 
@@ -287,6 +302,7 @@ class StreamApp:
         if row["attempts"] > 1:
             headers.append(("X-Write-Attempts", str(row["attempts"])))
         if not row["replayed"]:
+            metrics.PLAYS.inc()
             # The play is committed; a Redis failure only loses the counter increment (logged).
             self.cache.count_play(play.track_id)
         return json_response(201, {"id": row["id"], "track_id": play.track_id, "listener_id": play.listener_id,
@@ -307,4 +323,6 @@ def create_app(env: Mapping[str, str] | None = None) -> StreamApp:
     """Build the application from the environment. Connects to nothing yet: a database that is down
     at boot makes /healthz answer 503, it does not stop the worker."""
     configure_logging()
-    return StreamApp(config_mod.from_env(env))
+    app = StreamApp(config_mod.from_env(env))
+    metrics.started(app.config.release)
+    return app

@@ -34,7 +34,7 @@ class Server:
         return self.process.returncode
 
 
-def start_gunicorn(env: dict[str, str], workdir: Path) -> Server:
+def start_gunicorn(env: dict[str, str], workdir: Path, workers: int = 1) -> Server:
     """gunicorn as systemd would start it, but from another directory (the config chdirs to app/)."""
     port = free_port()
     log = workdir / "gunicorn.log"
@@ -42,7 +42,7 @@ def start_gunicorn(env: dict[str, str], workdir: Path) -> Server:
         process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", str(APP_DIR / "gunicorn.conf.py")],
             env={"PATH": os.environ["PATH"], "HOME": str(workdir), **env, "STREAM_BIND": f"127.0.0.1:{port}",
-                 "STREAM_WORKERS": "1", "STREAM_THREADS": "4", "STREAM_GRACEFUL_TIMEOUT": "5"},
+                 "STREAM_WORKERS": str(workers), "STREAM_THREADS": "4", "STREAM_GRACEFUL_TIMEOUT": "5"},
             cwd=workdir, stdout=out, stderr=subprocess.STDOUT)
     server = Server(process, port, log)
 
