@@ -45,7 +45,8 @@ def _measure(inv, policy) -> dict[tuple[str, str, int], str]:
     return got
 
 
-def test_exactly_the_allowed_connections_succeed(provisioned, lab_inventory):
+def test_exactly_the_allowed_connections_succeed(stack, lab_inventory):
+    # `stack`: a release runs, so the stream service's metrics listener is up to be probed like the rest.
     policy = netpolicy.load(ROOT / "inventories" / "lab")
     wanted = netpolicy.expected(policy, lab_inventory)
     got = _measure(lab_inventory, policy)
