@@ -83,8 +83,11 @@ def test_only_the_service_user_is_matched_and_everything_else_it_sends_is_reject
     # REJECT, not DROP: a refused connect() fails at once (TCP reset), never after a timeout.
     assert rules[-2:] == ['\t\tmeta l4proto tcp counter reject with tcp reset comment "anything else"',
                           '\t\tcounter reject with icmpx admin-prohibited comment "anything else"']
-    assert all(ALLOW.match(rule) for rule in rules[1:-2])
+    # The metrics listener may answer (an established connection, from its own port); it opens nothing.
+    assert rules[-3] == '\t\tct state established tcp sport 9200 accept comment "answers of the metrics listener"'
+    assert all(ALLOW.match(rule) for rule in rules[1:-3])
     assert "drop" not in text.split("table inet roadie_stream_egress {", 1)[1]
+    assert "sport" not in _egress(streaming_metrics_port=0)
 
 
 def test_the_file_replaces_only_its_own_table():
