@@ -32,8 +32,8 @@ def rendered(tmp_path_factory) -> Path:
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg"), "ANSIBLE_STRATEGY": "linear"}
     run = subprocess.run([str(ROOT / ".venv" / "bin" / "ansible-playbook"), "-i", str(HERE / "hosts.yml"),
                           str(HERE / "render.yml"), "-e", f"out={out}",
-                          "-e", f"__monitoring_rules_file={out}/roadie.rules.yml"], env=env, capture_output=True, text=True,
-                         timeout=120)
+                          "-e", f"__monitoring_rules_file={out}/roadie.rules.yml"],
+                         env=env, capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     shutil.copy(HERE / "roadie.rules.test.yml", out)
     return out
