@@ -1,9 +1,9 @@
 """The data tier after site.yml on the lab: replication, logins, firewall, Redis ACLs, SSH, backups."""
 
 import hashlib
-import importlib.util
 import shlex
 import subprocess
+import sys
 import time
 import uuid
 
@@ -17,9 +17,9 @@ DB1, DB2, CACHE1 = "10.87.0.20", "10.87.0.21", "10.87.0.30"
 PSQL_APP = f"psql -X -At -h {DB1} -U stream -d stream"
 
 # The stream service's key prefixes and commands, which the redis role's default ACL grants the app user.
-_CACHE_SPEC = importlib.util.spec_from_file_location("streamsvc_cache", ROOT / "app" / "streamsvc" / "cache.py")
-streamsvc_cache = importlib.util.module_from_spec(_CACHE_SPEC)
-_CACHE_SPEC.loader.exec_module(streamsvc_cache)
+if str(ROOT / "app") not in sys.path:
+    sys.path.insert(0, str(ROOT / "app"))
+from streamsvc import cache as streamsvc_cache  # noqa: E402 - needs app/ on sys.path
 
 
 @pytest.fixture(scope="module")

@@ -5,18 +5,19 @@ prefix or command in the app, or a wider rule in the role, fails here before it 
 tests/service runs the service against a real Redis under the same rules and checks what it sends.
 """
 
-import importlib.util
 import re
+import sys
 
 import pytest
 import yaml
 
 from roadie.core.paths import ROOT
 
+if str(ROOT / "app") not in sys.path:
+    sys.path.insert(0, str(ROOT / "app"))
+from streamsvc import cache
+
 REDIS_ROLE = ROOT / "roles" / "redis"
-_SPEC = importlib.util.spec_from_file_location("streamsvc_cache", ROOT / "app" / "streamsvc" / "cache.py")
-cache = importlib.util.module_from_spec(_SPEC)
-_SPEC.loader.exec_module(cache)
 
 DEFAULTS = yaml.safe_load((REDIS_ROLE / "defaults" / "main.yml").read_text())
 RULES = DEFAULTS["redis_app_acl_rules"]
