@@ -3,18 +3,15 @@
 Under gunicorn every worker counts into prometheus_client's multiprocess files in PROMETHEUS_MULTIPROC_DIR
 (gunicorn.conf.py empties it when the master starts), and the master serves their sum on STREAM_METRICS_BIND,
 an address of its own that nginx and the balancer never forward to. Without PROMETHEUS_MULTIPROC_DIR (one
-process: the tests) the default registry counts, and `exposition()` renders it.
+process: the in-process tests) the default registry counts.
 
 Labels stay few: the route is the router's pattern (`/tracks/<track_id>`), never the path asked for.
 """
 
 from __future__ import annotations
 
-import os
+from prometheus_client import Counter, Gauge, Histogram
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
-
-MULTIPROC_DIR = "PROMETHEUS_MULTIPROC_DIR"
 UNMATCHED = "unmatched"   # the route label of a path no route matches (404)
 
 # Time to the response head: an audio body streams for minutes and says nothing of how fast we answered.
@@ -38,15 +35,3 @@ def started(release: str) -> None:
     """Called once per process when the app is built: the release it runs."""
     RELEASE.labels(release=release).set(1)
 
-
-def registry() -> CollectorRegistry:
-    """What to serve: the sum of every worker's files under gunicorn, else this process's own registry."""
-    if os.environ.get(MULTIPROC_DIR):
-        collected = CollectorRegistry()
-        multiprocess.MultiProcessCollector(collected)
-        return collected
-    return REGISTRY
-
-
-def exposition() -> bytes:
-    return generate_latest(registry())
