@@ -4,8 +4,8 @@
 rollbacks, restarts, drains, `fab status` and the on-call tasks all take it. The balancer is the first
 host of its group; it also keeps the deploy lock and the fleet's audit log (the lock host).
 
-`lease_ttl` is the inventory's `roadie_lease_ttl` (roadie/core/inventory.py): how long the lease every change
-holds on the lock host lives without a renewal.
+`lease_ttl` is the inventory's `roadie_lease_ttl` (read once by roadie/core/inventory.py's `load`): how long
+the lease every change holds on the lock host lives without a renewal.
 
 `check` is the fleet check (`fab check`, `inv lab.check`): every host reachable over SSH, its key
 verified, answering with its own name.
@@ -17,7 +17,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from roadie.core import ssh
-from roadie.core.inventory import DEFAULT_LEASE_TTL, Host, Inventory, lease_ttl
+from roadie.core.inventory import DEFAULT_LEASE_TTL, Host, Inventory
 
 
 @dataclass
@@ -36,10 +36,10 @@ class Fleet:
             balancers = inv.groups.get("balancer") or ()
             balancer = inv.hosts[balancers[0]] if balancers else None
             return cls(stream=[inv.hosts[name] for name in inv.groups.get(group, ())], balancer=balancer,
-                       lease_ttl=lease_ttl(inv))
+                       lease_ttl=inv.lease_ttl)
         stream = inv.group(group)
         balancer = inv.group("balancer")[0]
-        return cls(stream=stream, balancer=balancer, lease_ttl=lease_ttl(inv))
+        return cls(stream=stream, balancer=balancer, lease_ttl=inv.lease_ttl)
 
 
 @dataclass

@@ -7,6 +7,7 @@ host_vars, children, patterns and vault behave exactly as they do for `ansible-p
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import ipaddress
 import os
@@ -60,6 +61,8 @@ class Inventory:
     groups: dict[str, tuple[str, ...]] = field(default_factory=dict)
     # Looks up one templated host variable on demand (vault values are decrypted only when asked for).
     resolver: Callable[[str, str], Any] | None = field(default=None, repr=False, compare=False)
+    # roadie_lease_ttl, read and checked once by `load`.
+    lease_ttl: int = DEFAULT_LEASE_TTL
 
     @property
     def name(self) -> str:
@@ -196,8 +199,8 @@ def load(source: str | os.PathLike[str] | None = None) -> Inventory:
         raise RoadieError(f"inventory {path} has no hosts")
     _check_unique_addresses(path, hosts.values())
     inv = Inventory(source=path, hosts=hosts, groups=groups, resolver=resolver)
-    lease_ttl(inv)   # a bad value stops every command here, before any host is contacted
-    return inv
+    # Read once; a bad value stops every command here, before any host is contacted.
+    return dataclasses.replace(inv, lease_ttl=lease_ttl(inv))
 
 
 def lease_ttl(inv: Inventory) -> int:

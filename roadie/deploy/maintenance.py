@@ -234,4 +234,4 @@ class Guarded(Change):
     def __init__(self, inv: Inventory, action: str, *, hosts: list[str], message: str = "", release: str = "",
                  lock: bool = True) -> None:
         super().__init__(lock_host(inv), action, hosts=hosts, message=message, release=release, take_lock=lock,
-                         ttl=inventory.lease_ttl(inv))
+                         ttl=inv.lease_ttl)

@@ -225,7 +225,7 @@ def run_in_change(name: str = "site", inventory: str | None = None, *, check: bo
     # The connection that found the deploy account holds the lease too.
     with probe, Change(host, "provision", hosts=[limit or "all"], message=f"playbooks/{name}.yml"
                        + (f" --tags {tags}" if tags else "") + (" --restart-primary" if restart_primary else ""),
-                       conn=probe, ttl=inventory_mod.lease_ttl(inv)) as change:
+                       conn=probe, ttl=inv.lease_ttl) as change:
         result = _execute(path, argv)
         change.detail.update(returncode=result.returncode, changed_hosts=result.changed_hosts())
         if not result.ok:
